@@ -1,0 +1,150 @@
+"""The routed-delta math shared by the trainable layer and the runtime form.
+
+Both forms reduce to ``down`` (r, in), ``ups`` (E, out, r) and a router on the RMS-pooled
+rank-r projection; λ always lives on the up side, so the router sees exactly what it
+saw in training.  Gates are computed in fp32, the two GEMMs in the activation dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+ROUTER_SOURCES = ("input", "sigma")
+
+
+@dataclass(frozen=True)
+class RouterSpec:
+    """How a layer's router input and gate are formed (derived from the file, never guessed)."""
+
+    source: str = "input"
+    sigma_dim: int = 0  # width of the sinusoidal σ features appended after the pooled projection
+    centered: bool = False  # gate used as g - 1/E
+    sigma_bands: tuple[float, ...] = ()  # B+1 ascending edges; experts split evenly across B bands
+
+    def __post_init__(self) -> None:
+        if self.source not in ROUTER_SOURCES:
+            raise ValueError(f"unknown router source {self.source!r}; supported: {', '.join(ROUTER_SOURCES)}")
+        if self.sigma_dim < 0 or self.sigma_dim % 2:
+            raise ValueError(f"sigma feature width must be even and >= 0, got {self.sigma_dim}")
+
+    @property
+    def needs_sigma(self) -> bool:
+        return self.sigma_dim > 0 or bool(self.sigma_bands)
+
+
+@dataclass
+class GateContext:
+    """What an override sees besides the logits: enough to scope and schedule it."""
+
+    layer: str
+    sigma: torch.Tensor | None  # (B,) σ in [0, 1] units, or None outside sampling
+    extra: dict = field(default_factory=dict)  # host-side facts, e.g. which rows are cond/uncond
+
+
+# An override maps (masked fp32 logits (B, E), context) to a gate (B, E); None means live softmax.
+GateOverride = Callable[[torch.Tensor, GateContext], torch.Tensor]
+
+
+def rms_pool(lx: torch.Tensor) -> torch.Tensor:
+    """(B, ..., r) -> (B, r) fp32 RMS over every token axis: bounded despite DiT outlier channels."""
+    flat = lx.reshape(lx.shape[0], -1, lx.shape[-1]).float()
+    return flat.square().mean(1).sqrt()
+
+
+def sigma_features(sigma: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal features of σ in [0, 1]: ``[sin(σ f_k), cos(σ f_k)]``, f_k = π·2^k, k < dim/2."""
+    half = dim // 2
+    freqs = math.pi * (2.0 ** torch.arange(half, dtype=torch.float32, device=sigma.device))
+    angles = sigma.float().reshape(-1, 1) * freqs
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+def band_mask(sigma: torch.Tensor, edges: Sequence[float], num_experts: int) -> torch.Tensor:
+    """Boolean (B, E): experts of the σ band each sample falls in (band b owns a contiguous block)."""
+    num_bands = len(edges) - 1
+    per_band = num_experts // num_bands
+    inner = torch.tensor(list(edges[1:-1]), dtype=torch.float32, device=sigma.device)
+    band = torch.bucketize(sigma.float().reshape(-1), inner, right=True).clamp(0, num_bands - 1)
+    expert_band = torch.arange(num_experts, device=sigma.device) // per_band
+    return expert_band.unsqueeze(0) == band.unsqueeze(1)
+
+
+def router_logits(pooled: torch.Tensor, router_weight: torch.Tensor, router_bias: torch.Tensor,
+                  spec: RouterSpec, sigma: torch.Tensor | None) -> torch.Tensor:
+    """fp32 logits (B, E) from pooled (B, r) and, when the router wants them, σ features."""
+    features = pooled
+    if spec.sigma_dim:
+        if sigma is None:
+            raise ValueError("this router is conditioned on σ, but no σ was given")
+        sig = _per_sample(sigma, pooled.shape[0])
+        features = torch.cat([pooled, sigma_features(sig, spec.sigma_dim)], dim=-1)
+    w = router_weight.to(device=pooled.device, dtype=torch.float32)
+    b = router_bias.to(device=pooled.device, dtype=torch.float32)
+    logits = torch.addmm(b, features, w.T)
+    if spec.sigma_bands:
+        if sigma is None:
+            raise ValueError("this router partitions experts by σ band, but no σ was given")
+        mask = band_mask(_per_sample(sigma, pooled.shape[0]), spec.sigma_bands, logits.shape[-1])
+        logits = logits.masked_fill(~mask, float("-inf"))
+    return logits
+
+
+def _per_sample(sigma: torch.Tensor, batch: int) -> torch.Tensor:
+    sig = torch.as_tensor(sigma, dtype=torch.float32).reshape(-1)
+    if sig.numel() == 1:
+        return sig.expand(batch)
+    if sig.numel() != batch:
+        raise ValueError(f"σ has {sig.numel()} entries for a batch of {batch}")
+    return sig
+
+
+def finish_gate(logits: torch.Tensor, spec: RouterSpec, context: GateContext | None,
+                override: GateOverride | None) -> torch.Tensor:
+    """Logits -> the mixing weights actually applied: override or softmax, then centering."""
+    if override is not None:
+        gate = override(logits, context if context is not None else GateContext(layer="", sigma=None))
+        gate = gate.to(dtype=torch.float32, device=logits.device)
+    else:
+        gate = torch.softmax(logits, dim=-1)
+    if spec.centered:
+        gate = gate - 1.0 / logits.shape[-1]
+    return gate
+
+
+def project_down(x: torch.Tensor, down: torch.Tensor, inv_scale: torch.Tensor | None) -> torch.Tensor:
+    """``lx = (x ⊙ inv_scale) downᵀ`` in the activation dtype."""
+    if inv_scale is not None:
+        x = x * inv_scale.to(device=x.device, dtype=x.dtype)
+    return x @ down.to(device=x.device, dtype=x.dtype).T
+
+
+def mix_and_project_up(lx: torch.Tensor, gate: torch.Tensor, ups: torch.Tensor, scale: float) -> torch.Tensor:
+    """``Δy = s · lx (Σ_e g_e up_e)ᵀ``: mix the E heads per sample first (E·out·r), then one GEMM."""
+    batch, rank = lx.shape[0], lx.shape[-1]
+    ups = ups.to(device=lx.device, dtype=lx.dtype)
+    weights = (gate * scale).to(lx.dtype)
+    if weights.shape[0] == 1 and batch > 1:
+        weights = weights.expand(batch, -1)
+    mixed = torch.einsum("be,eor->bro", weights, ups)  # (B, r, out)
+    tokens = lx.reshape(batch, -1, rank)
+    out = torch.bmm(tokens, mixed)
+    return out.reshape(*lx.shape[:-1], ups.shape[1])
+
+
+def static_weight(gate: torch.Tensor, ups: torch.Tensor, down: torch.Tensor, scale: float,
+                  inv_scale: torch.Tensor | None, centered: bool) -> torch.Tensor:
+    """Exact fp32 ΔW (out, in) for a constant gate of shape (E,)."""
+    g = gate.to(dtype=torch.float32, device=ups.device).reshape(-1)
+    if g.numel() != ups.shape[0]:
+        raise ValueError(f"gate has {g.numel()} weights for {ups.shape[0]} experts")
+    if centered:
+        g = g - 1.0 / ups.shape[0]
+    up = torch.einsum("e,eor->or", g, ups.float())
+    w = scale * (up @ down.float())
+    if inv_scale is not None:
+        w = w * inv_scale.float().to(w.device)
+    return w

@@ -1,0 +1,105 @@
+"""The trainable layer: Ortho-Hydra and the two HydraLoRA baselines behind one forward."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .basis import disjoint_basis
+from .cayley import cayley
+from .routing import (
+    GateContext,
+    GateOverride,
+    RouterSpec,
+    finish_gate,
+    mix_and_project_up,
+    project_down,
+    rms_pool,
+    router_logits,
+)
+
+INIT_MODES = ("ortho", "zero", "jitter")
+
+
+class OrthoHydraLinear(nn.Module):
+    """Routed experts beside a frozen weight W0 (out, in).
+
+    ``init="ortho"``: frozen disjoint SVD bases rotated by Cayley factors, λ zero-init.
+    ``init="zero"``: HydraLoRA with a random shared down and zero ups.
+    ``init="jitter"``: HydraLoRA with ups ~ N(0, jitter_std²), made zero-sum over experts so that
+    ΔW at the uniform gate is exactly 0 while the experts still differ.
+    """
+
+    def __init__(self, weight: torch.Tensor, rank: int, num_experts: int, *, alpha: float | None = None,
+                 init: str = "ortho", jitter_std: float = 0.1, centered_gate: bool = False,
+                 centered_lambda_init: float = 1e-3, sigma_feature_dim: int = 0, seed: int = 0,
+                 name: str = "") -> None:
+        super().__init__()
+        if init not in INIT_MODES:
+            raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INIT_MODES)}")
+        out_features, in_features = weight.shape
+        if rank > min(out_features, in_features):
+            raise ValueError(f"{name or 'layer'}: rank {rank} exceeds min(out, in) = "
+                             f"{min(out_features, in_features)}; lower the rank")
+        self.name = name
+        self.init_mode = init
+        self.rank = rank
+        self.num_experts = num_experts
+        self.alpha = float(alpha if alpha else rank)
+        self.router_spec = RouterSpec(source="sigma" if sigma_feature_dim else "input",
+                                      sigma_dim=sigma_feature_dim, centered=centered_gate)
+        self.basis_replicated = False
+        gen = torch.Generator().manual_seed(seed)
+
+        if init == "ortho":
+            basis = disjoint_basis(weight, num_experts, rank, seed=seed)
+            self.basis_replicated = basis.replicated
+            self.register_buffer("in_basis", basis.in_basis)
+            self.register_buffer("out_bases", basis.out_bases)
+            self.cayley_seeds = nn.Parameter(torch.zeros(1 + num_experts, rank, rank))
+            lam0 = centered_lambda_init if centered_gate else 0.0
+            self.lam = nn.Parameter(torch.full((rank,), lam0))
+        else:
+            down = torch.empty(rank, in_features)
+            bound = 1.0 / math.sqrt(in_features)  # kaiming-uniform(a=√5), as plain LoRA does
+            down.uniform_(-bound, bound, generator=gen)
+            self.down = nn.Parameter(down)
+            ups = torch.zeros(num_experts, out_features, rank)
+            if init == "jitter" and num_experts > 1:
+                noise = torch.randn(num_experts, out_features, rank, generator=gen)
+                noise = (noise - noise.mean(0, keepdim=True)) * math.sqrt(num_experts / (num_experts - 1))
+                ups = noise * jitter_std
+            self.ups = nn.Parameter(ups)
+
+        self.router = nn.Linear(rank + sigma_feature_dim, num_experts)
+        with torch.no_grad():
+            self.router.weight.zero_()
+            self.router.bias.zero_()
+            if not centered_gate:
+                self.router.weight[:, :rank].normal_(0.0, 0.01, generator=gen)
+        self.last_gate: torch.Tensor | None = None
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(down (r, in), ups (E, out, r)) with λ folded into ups, in fp32."""
+        if self.init_mode != "ortho":
+            return self.down.float(), self.ups.float()
+        rotations = cayley(self.cayley_seeds)  # one batched solve: [R_q, R_p[0..E-1]]
+        down = rotations[0] @ self.in_basis.float()
+        ups = torch.matmul(self.out_bases.float(), rotations[1:]) * self.lam.float()
+        return down, ups
+
+    def delta(self, x: torch.Tensor, sigma: torch.Tensor | None = None,
+              override: GateOverride | None = None) -> torch.Tensor:
+        """Δy for x (B, ..., in); records the gate in ``last_gate`` for losses and telemetry."""
+        down, ups = self.factors()
+        lx = project_down(x, down, None)
+        logits = router_logits(rms_pool(lx), self.router.weight, self.router.bias, self.router_spec, sigma)
+        gate = finish_gate(logits, self.router_spec, GateContext(layer=self.name, sigma=sigma), override)
+        self.last_gate = gate + 1.0 / self.num_experts if self.router_spec.centered else gate
+        return mix_and_project_up(lx, gate, ups, self.scale)
