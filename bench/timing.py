@@ -1,0 +1,59 @@
+"""Side-by-side timing: candidates are interleaved round by round so drift hits all alike."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+OUT_DIR = Path(__file__).resolve().parent / "out"
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def interleaved(cases: dict[str, Callable[[], object]], rounds: int = 7, warmup: int = 1,
+                device: str = "cpu") -> dict[str, dict[str, float]]:
+    """Median and spread of wall time per case, each round running every case once."""
+    for fn in cases.values():
+        for _ in range(warmup):
+            fn()
+    _sync(device)
+    samples: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name, fn in cases.items():
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            samples[name].append(time.perf_counter() - start)
+    return {name: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v), "rounds": len(v)}
+            for name, v in samples.items()}
+
+
+def environment(device: str = "cpu") -> dict[str, str]:
+    env = {"torch": torch.__version__, "threads": str(torch.get_num_threads()), "machine": platform.machine(),
+           "device": device}
+    if device.startswith("cuda"):
+        env["gpu"] = torch.cuda.get_device_name()
+    return env
+
+
+def report(name: str, rows: list[dict], env: dict[str, str]) -> Path:
+    """Print a markdown table and keep the raw numbers in bench/out/<name>.json."""
+    OUT_DIR.mkdir(exist_ok=True)
+    path = OUT_DIR / f"{name}.json"
+    path.write_text(json.dumps({"env": env, "rows": rows}, indent=2))
+    keys = list(rows[0])
+    print(f"\n{name} ({', '.join(f'{k}={v}' for k, v in env.items())})")
+    print("| " + " | ".join(keys) + " |")
+    print("|" + "---|" * len(keys))
+    for row in rows:
+        print("| " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in row.values()) + " |")
+    return path

@@ -1,0 +1,57 @@
+"""Small real DiTs built from ComfyUI's own classes, with seeded random weights."""
+
+from __future__ import annotations
+
+import torch
+
+from .host import boot
+
+
+def mmdit_state_dict(depth: int = 2, seed: int = 0, context_dim: int = 64, adm_dim: int = 64) -> dict[str, torch.Tensor]:
+    """SD3-style MMDiT (hidden = 64·depth) that ``load_diffusion_model_state_dict`` detects as SD3."""
+    boot()
+    from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT
+
+    hidden = 64 * depth
+    torch.manual_seed(seed)
+    model = MMDiT(depth=depth, patch_size=2, in_channels=16,
+                  context_embedder_config={"target": "torch.nn.Linear",
+                                           "params": {"in_features": context_dim, "out_features": hidden}},
+                  adm_in_channels=adm_dim, pos_embed_max_size=32, qk_norm="rms",
+                  dtype=torch.float32, device="cpu", operations=torch.nn)
+    with torch.no_grad():
+        # ComfyUI zero-inits the final layer and modulations; random weights make the model's output
+        # (and thus any patch) visible in samples.
+        for name, p in model.named_parameters():
+            if ".ln_" in name and p.ndim == 1:  # RMSNorm scales are allocated with torch.empty
+                p.fill_(1.0)
+            elif p.ndim == 2 and torch.count_nonzero(p) == 0:
+                p.normal_(0, 0.02)
+    return {k: v.contiguous() for k, v in model.state_dict().items()}
+
+
+def load_mmdit(depth: int = 2, seed: int = 0):
+    """A ComfyUI ModelPatcher around the tiny MMDiT."""
+    boot()
+    import comfy.sd
+
+    return comfy.sd.load_diffusion_model_state_dict(mmdit_state_dict(depth, seed))
+
+
+def mmdit_conditioning(batch: int = 1, tokens: int = 8, seed: int = 0, context_dim: int = 64, adm_dim: int = 64):
+    """Positive conditioning in ComfyUI's list format for the tiny MMDiT."""
+    g = torch.Generator().manual_seed(seed)
+    cond = torch.randn(batch, tokens, context_dim, generator=g)
+    pooled = torch.randn(batch, adm_dim, generator=g)
+    return [[cond, {"pooled_output": pooled}]]
+
+
+def sample(model, latent: torch.Tensor, positive, negative, steps: int = 4, cfg: float = 2.0, seed: int = 0,
+           sampler: str = "euler", scheduler: str = "simple") -> torch.Tensor:
+    """Run ComfyUI's own sampler exactly as KSampler does."""
+    boot()
+    import comfy.sample
+
+    noise = comfy.sample.prepare_noise(latent, seed)
+    return comfy.sample.sample(model, noise, steps, cfg, sampler, scheduler, positive, negative, latent,
+                               denoise=1.0, disable_pbar=True, seed=seed)
