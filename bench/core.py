@@ -17,8 +17,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.timing import environment, interleaved, report  # noqa: E402
-from ortho_hydra import OrthoHydraLinear, distill  # noqa: E402
+from bench.timing import environment, interleaved, report
+from ortho_hydra import OrthoHydraLinear, distill
 
 
 def main() -> None:

@@ -39,4 +39,6 @@ def import_pack() -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     sys.modules[PACK_MODULE] = module
     spec.loader.exec_module(module)
+    for sub in ("ortho_hydra", "nodes"):  # the pack imports these lazily; tests want them now
+        importlib.import_module(f"{PACK_MODULE}.{sub}")
     return module

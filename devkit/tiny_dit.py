@@ -7,7 +7,8 @@ import torch
 from .host import boot
 
 
-def mmdit_state_dict(depth: int = 2, seed: int = 0, context_dim: int = 64, adm_dim: int = 64) -> dict[str, torch.Tensor]:
+def mmdit_state_dict(depth: int = 2, seed: int = 0, context_dim: int = 64,
+                     adm_dim: int = 64) -> dict[str, torch.Tensor]:
     """SD3-style MMDiT (hidden = 64·depth) that ``load_diffusion_model_state_dict`` detects as SD3."""
     boot()
     from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT

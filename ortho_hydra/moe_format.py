@@ -44,33 +44,49 @@ def _group(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, dict[str, torch.
     return groups, ignored
 
 
-def _router_spec(metadata: dict[str, str], path: str, sigma_dim: int) -> RouterSpec:
+def _router_spec(metadata: dict[str, str], path: str, sigma_dim: int, fei_dim: int,
+                 num_experts: int) -> RouterSpec:
     source = metadata.get("ss_router_source", "input") or "input"
     if source not in ROUTER_SOURCES:
-        raise OrthoHydraError(f"router source {source!r} is not supported (supported: {', '.join(ROUTER_SOURCES)}).",
-                              path=path, key="ss_router_source",
-                              fix="use a file trained with an input- or σ-conditioned router")
+        global_hint = " (a network-level GlobalRouter, not per-layer routers)" if source == "crossattn_emb" else ""
+        raise OrthoHydraError(f"router source {source!r}{global_hint} is not supported (supported: "
+                              f"{', '.join(ROUTER_SOURCES)}).", path=path, key="ss_router_source",
+                              fix="use a file trained with per-layer routers on input, sigma or fei features")
     bands: tuple[float, ...] = ()
     if _truthy(metadata.get("ss_specialize_experts_by_sigma_buckets")):
-        raw = metadata.get("ss_sigma_bucket_boundaries", "")
+        raw = metadata.get("ss_sigma_bucket_boundaries")
+        count_raw = metadata.get("ss_num_sigma_buckets")
         try:
-            bands = tuple(float(v) for v in json.loads(raw))
+            if raw:
+                bands = tuple(float(v) for v in json.loads(raw))
+            else:
+                count = int(count_raw or 3)
+                bands = tuple(i / count for i in range(count + 1))
         except (ValueError, TypeError) as exc:
             raise OrthoHydraError(f"σ band edges {raw!r} are not a JSON list of numbers.", path=path,
                                   key="ss_sigma_bucket_boundaries", fix="re-save the file from its trainer") from exc
-        count = metadata.get("ss_num_sigma_buckets")
-        if len(bands) < 2 or any(hi <= lo for lo, hi in itertools.pairwise(bands)):
-            raise OrthoHydraError(f"σ band edges {list(bands)} must be at least 2 ascending values.", path=path,
-                                  key="ss_sigma_bucket_boundaries", fix="re-save the file from its trainer")
-        if count is not None and int(count) != len(bands) - 1:
-            raise OrthoHydraError(f"{count} σ bands stamped but {len(bands)} edges given.", path=path,
+        if len(bands) < 3 or any(hi <= lo for lo, hi in itertools.pairwise(bands)):
+            raise OrthoHydraError(f"σ band edges {list(bands)} must be at least 3 ascending values (2+ bands).",
+                                  path=path, key="ss_sigma_bucket_boundaries", fix="re-save the file from its trainer")
+        if count_raw is not None and int(count_raw) != len(bands) - 1:
+            raise OrthoHydraError(f"{count_raw} σ bands stamped but {len(bands)} edges given.", path=path,
                                   key="ss_num_sigma_buckets", fix="re-save the file from its trainer")
+        if num_experts % (len(bands) - 1):
+            raise OrthoHydraError(f"{num_experts} experts cannot split evenly into {len(bands) - 1} σ bands.",
+                                  path=path, key="ss_num_sigma_buckets", fix="re-save the file from its trainer")
     try:
-        return RouterSpec(source=source, sigma_dim=sigma_dim, centered=_truthy(metadata.get("ss_ortho_centered_gate")),
-                          sigma_bands=bands)
+        return RouterSpec(source=source, sigma_dim=sigma_dim, fei_dim=fei_dim,
+                          fei_sigma_low_div=float(metadata.get("ss_fei_sigma_low_div", "4.0") or 4.0),
+                          centered=_truthy(metadata.get("ss_ortho_centered_gate")), sigma_bands=bands)
     except ValueError as exc:
         raise OrthoHydraError(str(exc) + ".", path=path, key="router.weight",
-                              fix="check that the router width is r + an even σ-feature width") from exc
+                              fix="check that the router width is r + an even σ-feature width + the FEI width") from exc
+
+
+def _fei_width(metadata: dict[str, str]) -> int:
+    if metadata.get("ss_router_source") == "fei" or _truthy(metadata.get("ss_use_fei_router")):
+        return int(metadata.get("ss_fei_feature_dim", "2") or 2)
+    return 0
 
 
 def _shape_error(path: str, key: str, problem: str) -> OrthoHydraError:
@@ -118,13 +134,10 @@ def _routed_layer(prefix: str, group: dict[str, torch.Tensor], path: str, metada
     if inv_scale is not None and inv_scale.reshape(-1).shape != (in_features,):
         raise _shape_error(path, f"{prefix}.inv_scale", f"expected ({in_features},), got {tuple(inv_scale.shape)}")
     sigma_dim = router_w.shape[1] - rank - fei_dim
-    if fei_dim:
-        raise OrthoHydraError("FEI router features are not supported.", path=path, key="ss_fei_feature_dim",
-                              fix="use a file trained without FEI features")
-    spec = _router_spec(metadata, path, sigma_dim)
-    if spec.sigma_bands and num_experts % (len(spec.sigma_bands) - 1):
-        raise _shape_error(path, f"{prefix}.lora_ups.*",
-                           f"{num_experts} experts cannot split evenly into {len(spec.sigma_bands) - 1} σ bands")
+    if sigma_dim < 0:
+        raise _shape_error(path, f"{prefix}.router.weight",
+                           f"width {router_w.shape[1]} is less than rank {rank} + FEI width {fei_dim}")
+    spec = _router_spec(metadata, path, sigma_dim, fei_dim, num_experts)
     return ExpertLayer(
         name=prefix,
         down=down.float(),
@@ -163,7 +176,10 @@ def load(path: str | os.PathLike, *, router_correction: str = "training") -> Ada
     tensors, metadata = read_safetensors(path)
     check_finite(tensors, path, "the adapter diverged or was damaged; use an earlier checkpoint")
     groups, ignored = _group(tensors)
-    fei_dim = int(metadata.get("ss_fei_feature_dim", "0") or 0)
+    if any(k.startswith("global_router.") for k in tensors) or metadata.get("ss_route_per_layer") == "false":
+        raise OrthoHydraError("this adapter routes through one network-level GlobalRouter, which is not supported.",
+                              path=path, key="global_router", fix="train with per-layer routers (route_per_layer)")
+    fei_dim = _fei_width(metadata)
     layers: dict[str, ExpertLayer] = {}
     plain: dict[str, PlainLoRA] = {}
     for prefix, group in sorted(groups.items()):
@@ -253,6 +269,8 @@ def adapter_metadata(adapter: Adapter, extra: dict[str, str] | None = None) -> d
         "oh_num_experts": str(adapter.num_experts),
         "oh_lambda_placement": "up",
     })
+    if spec.fei_dim:
+        meta.update({"ss_fei_feature_dim": str(spec.fei_dim), "ss_fei_sigma_low_div": str(spec.fei_sigma_low_div)})
     if spec.sigma_bands:
         meta.update({
             "ss_specialize_experts_by_sigma_buckets": "true",

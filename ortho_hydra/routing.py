@@ -13,23 +13,30 @@ from dataclasses import dataclass, field
 
 import torch
 
-ROUTER_SOURCES = ("input", "sigma")
+ROUTER_SOURCES = ("input", "sigma", "fei")
 
 
 @dataclass(frozen=True)
 class RouterSpec:
-    """How a layer's router input and gate are formed (derived from the file, never guessed)."""
+    """How a layer's router input and gate are formed (derived from the file, never guessed).
+
+    Router input = [RMS-pooled rank-r projection, σ features (sigma_dim), FEI (fei_dim)].
+    """
 
     source: str = "input"
-    sigma_dim: int = 0  # width of the sinusoidal σ features appended after the pooled projection
+    sigma_dim: int = 0  # width of the sinusoidal σ features
+    fei_dim: int = 0  # 2 when the router also sees the latent's (low, high) frequency energy
+    fei_sigma_low_div: float = 4.0
     centered: bool = False  # gate used as g - 1/E
-    sigma_bands: tuple[float, ...] = ()  # B+1 ascending edges; experts split evenly across B bands
+    sigma_bands: tuple[float, ...] = ()  # B+1 ascending edges; expert e belongs to band e mod B
 
     def __post_init__(self) -> None:
         if self.source not in ROUTER_SOURCES:
             raise ValueError(f"unknown router source {self.source!r}; supported: {', '.join(ROUTER_SOURCES)}")
         if self.sigma_dim < 0 or self.sigma_dim % 2:
-            raise ValueError(f"sigma feature width must be even and >= 0, got {self.sigma_dim}")
+            raise ValueError(f"σ feature width must be even and >= 0, got {self.sigma_dim}")
+        if self.fei_dim not in (0, 2):
+            raise ValueError(f"FEI width must be 0 or 2, got {self.fei_dim}")
 
     @property
     def needs_sigma(self) -> bool:
@@ -56,40 +63,49 @@ def rms_pool(lx: torch.Tensor) -> torch.Tensor:
 
 
 def sigma_features(sigma: torch.Tensor, dim: int) -> torch.Tensor:
-    """Sinusoidal features of σ in [0, 1]: ``[sin(σ f_k), cos(σ f_k)]``, f_k = π·2^k, k < dim/2."""
+    """Sinusoidal features of flow σ in [0, 1]: ``[cos(σ ω_k), sin(σ ω_k)]``, ω_k = 10000^(-k/h), h = dim/2."""
     half = dim // 2
-    freqs = math.pi * (2.0 ** torch.arange(half, dtype=torch.float32, device=sigma.device))
-    angles = sigma.float().reshape(-1, 1) * freqs
-    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+    k = torch.arange(half, dtype=torch.float32, device=sigma.device)
+    omega = torch.exp(-math.log(10000.0) * k / max(half, 1))
+    angles = sigma.float().reshape(-1, 1) * omega
+    return torch.cat([angles.cos(), angles.sin()], dim=-1)
 
 
 def band_mask(sigma: torch.Tensor, edges: Sequence[float], num_experts: int) -> torch.Tensor:
-    """Boolean (B, E): experts of the σ band each sample falls in (band b owns a contiguous block)."""
+    """Boolean (B, E): experts of each sample's σ band; expert e serves band e mod B.
+
+    A σ exactly on an interior edge belongs to the lower band; σ beyond the last edge to the last band.
+    """
     num_bands = len(edges) - 1
-    per_band = num_experts // num_bands
     inner = torch.tensor(list(edges[1:-1]), dtype=torch.float32, device=sigma.device)
-    band = torch.bucketize(sigma.float().reshape(-1), inner, right=True).clamp(0, num_bands - 1)
-    expert_band = torch.arange(num_experts, device=sigma.device) // per_band
+    band = torch.bucketize(sigma.float().reshape(-1), inner, right=False).clamp(0, num_bands - 1)
+    expert_band = torch.arange(num_experts, device=sigma.device) % num_bands
     return expert_band.unsqueeze(0) == band.unsqueeze(1)
 
 
 def router_logits(pooled: torch.Tensor, router_weight: torch.Tensor, router_bias: torch.Tensor,
-                  spec: RouterSpec, sigma: torch.Tensor | None) -> torch.Tensor:
-    """fp32 logits (B, E) from pooled (B, r) and, when the router wants them, σ features."""
-    features = pooled
+                  spec: RouterSpec, sigma: torch.Tensor | None, fei: torch.Tensor | None = None) -> torch.Tensor:
+    """fp32 logits (B, E) from pooled (B, r) plus, when the router wants them, σ features and FEI."""
+    batch = pooled.shape[0]
+    parts = [pooled]
     if spec.sigma_dim:
         if sigma is None:
             raise ValueError("this router is conditioned on σ, but no σ was given")
-        sig = _per_sample(sigma, pooled.shape[0])
-        features = torch.cat([pooled, sigma_features(sig, spec.sigma_dim)], dim=-1)
+        parts.append(sigma_features(_per_sample(sigma, batch), spec.sigma_dim).to(pooled.device))
+    if spec.fei_dim:
+        if fei is None:
+            raise ValueError("this router is conditioned on the latent's FEI, but none was given")
+        fei = fei.to(device=pooled.device, dtype=torch.float32).reshape(-1, spec.fei_dim)
+        parts.append(fei.expand(batch, -1) if fei.shape[0] == 1 else fei)
+    features = torch.cat(parts, dim=-1) if len(parts) > 1 else pooled
     w = router_weight.to(device=pooled.device, dtype=torch.float32)
     b = router_bias.to(device=pooled.device, dtype=torch.float32)
     logits = torch.addmm(b, features, w.T)
     if spec.sigma_bands:
         if sigma is None:
             raise ValueError("this router partitions experts by σ band, but no σ was given")
-        mask = band_mask(_per_sample(sigma, pooled.shape[0]), spec.sigma_bands, logits.shape[-1])
-        logits = logits.masked_fill(~mask, float("-inf"))
+        mask = band_mask(_per_sample(sigma, batch), spec.sigma_bands, logits.shape[-1])
+        logits = logits.masked_fill(~mask.to(logits.device), float("-inf"))
     return logits
 
 

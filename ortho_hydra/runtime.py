@@ -53,24 +53,24 @@ class ExpertLayer:
         return self.alpha / self.rank
 
     def gate_from_projection(self, lx: torch.Tensor, sigma: torch.Tensor | None = None,
-                             override: GateOverride | None = None,
-                             context: GateContext | None = None) -> torch.Tensor:
+                             override: GateOverride | None = None, context: GateContext | None = None,
+                             fei: torch.Tensor | None = None) -> torch.Tensor:
         """Gate (B, E) fp32 from an already computed ``lx`` (lets callers share the down GEMM)."""
-        logits = router_logits(rms_pool(lx), self.router_weight, self.router_bias, self.router, sigma)
+        logits = router_logits(rms_pool(lx), self.router_weight, self.router_bias, self.router, sigma, fei)
         if context is None:
             context = GateContext(layer=self.name, sigma=sigma)
         return finish_gate(logits, self.router, context, override)
 
-    def gate(self, x: torch.Tensor, sigma: torch.Tensor | None = None,
-             override: GateOverride | None = None, context: GateContext | None = None) -> torch.Tensor:
+    def gate(self, x: torch.Tensor, sigma: torch.Tensor | None = None, override: GateOverride | None = None,
+             context: GateContext | None = None, fei: torch.Tensor | None = None) -> torch.Tensor:
         """Per-sample mixing weights (B, E), after any override and centering."""
-        return self.gate_from_projection(project_down(x, self.down, self.inv_scale), sigma, override, context)
+        return self.gate_from_projection(project_down(x, self.down, self.inv_scale), sigma, override, context, fei)
 
-    def delta(self, x: torch.Tensor, sigma: torch.Tensor | None = None,
-              override: GateOverride | None = None, context: GateContext | None = None) -> torch.Tensor:
+    def delta(self, x: torch.Tensor, sigma: torch.Tensor | None = None, override: GateOverride | None = None,
+              context: GateContext | None = None, fei: torch.Tensor | None = None) -> torch.Tensor:
         """Δy with the shape of the wrapped Linear's output, in x's dtype."""
         lx = project_down(x, self.down, self.inv_scale)
-        gate = self.gate_from_projection(lx, sigma, override, context)
+        gate = self.gate_from_projection(lx, sigma, override, context, fei)
         return mix_and_project_up(lx, gate, self.ups, self.scale)
 
     def static_delta_weight(self, gate: torch.Tensor) -> torch.Tensor:

@@ -34,7 +34,7 @@ class OrthoHydraLinear(nn.Module):
 
     def __init__(self, weight: torch.Tensor, rank: int, num_experts: int, *, alpha: float | None = None,
                  init: str = "ortho", jitter_std: float = 0.1, centered_gate: bool = False,
-                 centered_lambda_init: float = 1e-3, sigma_feature_dim: int = 0, seed: int = 0,
+                 centered_lambda_init: float = 1e-2, sigma_feature_dim: int = 0, seed: int = 0,
                  name: str = "") -> None:
         super().__init__()
         if init not in INIT_MODES:
@@ -94,12 +94,12 @@ class OrthoHydraLinear(nn.Module):
         ups = torch.matmul(self.out_bases.float(), rotations[1:]) * self.lam.float()
         return down, ups
 
-    def delta(self, x: torch.Tensor, sigma: torch.Tensor | None = None,
-              override: GateOverride | None = None) -> torch.Tensor:
-        """Δy for x (B, ..., in); records the gate in ``last_gate`` for losses and telemetry."""
+    def delta(self, x: torch.Tensor, sigma: torch.Tensor | None = None, override: GateOverride | None = None,
+              fei: torch.Tensor | None = None) -> torch.Tensor:
+        """Δy for x (B, ..., in); records the raw gate in ``last_gate`` for losses and telemetry."""
         down, ups = self.factors()
         lx = project_down(x, down, None)
-        logits = router_logits(rms_pool(lx), self.router.weight, self.router.bias, self.router_spec, sigma)
+        logits = router_logits(rms_pool(lx), self.router.weight, self.router.bias, self.router_spec, sigma, fei)
         gate = finish_gate(logits, self.router_spec, GateContext(layer=self.name, sigma=sigma), override)
         self.last_gate = gate + 1.0 / self.num_experts if self.router_spec.centered else gate
         return mix_and_project_up(lx, gate, ups, self.scale)

@@ -1,9 +1,6 @@
-import pytest
+"""Host tests run against the real ComfyUI installed by `make setup`, booted on the CPU
+before any test module imports ``comfy``."""
 
 from devkit.host import boot
 
-
-@pytest.fixture(scope="session", autouse=True)
-def comfy_host():
-    """The real ComfyUI installed by `make setup`, booted on the CPU."""
-    return boot(cpu=True)
+COMFY_DIR = boot(cpu=True)

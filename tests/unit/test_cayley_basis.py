@@ -2,9 +2,9 @@ import warnings
 
 import pytest
 import torch
+from reference_math import cayley64
 
 from ortho_hydra import cayley, disjoint_basis
-from tests.unit.reference_math import cayley64
 
 
 def test_cayley_is_orthogonal_fp32_and_matches_fp64_inverse_form():

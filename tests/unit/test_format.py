@@ -4,13 +4,13 @@ import pickle
 
 import pytest
 import torch
+from factories import adapter, trained_layer
+from reference_math import training_factors64
 from safetensors.torch import load_file, save_file
 
 import ortho_hydra
 from ortho_hydra import OrthoHydraError
 from ortho_hydra.moe_format import adapter_tensors
-from tests.unit.factories import adapter, trained_layer
-from tests.unit.reference_math import training_factors64
 
 
 def test_save_load_round_trip_is_bit_exact(tmp_path):
@@ -55,7 +55,9 @@ def test_sigma_router_and_inv_scale_round_trip(tmp_path):
     x, sigma = torch.randn(2, 6, 40), torch.tensor([0.2, 0.8])
     assert torch.equal(loaded.gate(x, sigma), layer.gate(x, sigma))
     gate = loaded.gate(x, sigma)
-    assert torch.all(gate[0, 2:] == 0) and torch.all(gate[1, :2] == 0)  # each sample stays in its band
+    # expert e serves band e mod 2: σ=0.2 -> band 0 (experts 0, 2), σ=0.8 -> band 1 (experts 1, 3)
+    assert torch.all(gate[0, 1::2] == 0) and torch.all(gate[1, 0::2] == 0)
+    assert torch.allclose(gate.sum(-1), torch.ones(2))
 
 
 def _reference_layout_file(path, layer, inv_scale=None):

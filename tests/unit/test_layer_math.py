@@ -2,10 +2,10 @@ import math
 
 import pytest
 import torch
+from reference_math import training_delta64, training_gate64
 
 from ortho_hydra import OrthoHydraLinear, distill
 from ortho_hydra.routing import rms_pool
-from tests.unit.reference_math import training_delta64, training_gate64
 
 
 def _weight(out=48, inn=40, seed=0):

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from factories import trained_layer
 
 from ortho_hydra import OrthoHydraError
 from ortho_hydra.training_state import (
@@ -10,7 +11,6 @@ from ortho_hydra.training_state import (
     resume_path_for,
     save_training_state,
 )
-from tests.unit.factories import trained_layer
 
 
 def _step(layer, opt, x, target):
@@ -49,8 +49,9 @@ def test_sidecar_round_trip_restores_module_optimizer_and_rng(tmp_path):
 
 
 def test_foreign_resume_file_and_mismatched_optimizer_state_are_refused(tmp_path):
+    from factories import adapter
+
     import ortho_hydra
-    from tests.unit.factories import adapter
 
     path = tmp_path / "x.safetensors"
     ortho_hydra.save(adapter(), path)

@@ -1,0 +1,47 @@
+"""Adapters for the tiny test models, built with the core library from the model's own weights."""
+
+from __future__ import annotations
+
+import torch
+
+from .host import boot, import_pack
+
+
+def library():
+    """The core library as the pack sees it (its classes are the ones the nodes check against)."""
+    return import_pack().ortho_hydra
+
+
+def lora_weights(model, prefixes: list[str] | None = None, pattern: str | None = None) -> dict[str, torch.Tensor]:
+    """``{lora_unet_* prefix: W0}`` for the model's Linears, via ComfyUI's own key map."""
+    boot()
+    import re
+
+    import comfy.lora
+
+    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
+    sd = model.model.state_dict()
+    out = {}
+    for name, key in key_map.items():
+        if not name.startswith("lora_unet_") or not isinstance(key, str) or key not in sd or sd[key].ndim != 2:
+            continue
+        if prefixes is not None and name not in prefixes:
+            continue
+        if pattern is not None and not re.search(pattern, name):
+            continue
+        out[name] = sd[key].detach().float().clone()
+    return out
+
+
+def randomized_adapter(weights: dict[str, torch.Tensor], rank: int = 4, experts: int = 3, seed: int = 0,
+                       lam_scale: float = 0.5, router_scale: float = 0.3, **kwargs):
+    """An Ortho-Hydra adapter with random rotations, λ and routers, so rows route differently."""
+    net = library().network.OrthoHydraNetwork(weights, rank, experts, seed=seed, **kwargs)
+    g = torch.Generator().manual_seed(seed + 1000)
+    with torch.no_grad():
+        for _, layer in net.items():
+            layer.cayley_seeds.copy_(0.3 * torch.randn(layer.cayley_seeds.shape, generator=g))
+            layer.lam.copy_(lam_scale * torch.randn(layer.lam.shape, generator=g))
+            layer.router.weight.copy_(router_scale * torch.randn(layer.router.weight.shape, generator=g))
+            layer.router.bias.copy_(0.1 * torch.randn(layer.router.bias.shape, generator=g))
+    return net.to_adapter(provenance={"kind": "randomized test adapter", "seed": seed})

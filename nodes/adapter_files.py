@@ -1,0 +1,51 @@
+"""Adapter files through folder_paths, parsed once per (path, size, mtime)."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import folder_paths
+
+from ..ortho_hydra import Adapter, OrthoHydraError, load
+from ..ortho_hydra.training_state import RESUME_SUFFIX
+
+_cache: dict[tuple, Adapter] = {}
+_lock = threading.Lock()
+_MAX_ENTRIES = 8
+
+
+def adapter_choices() -> list[str]:
+    """Files in ``models/loras`` a user can pick (resume sidecars are not adapters)."""
+    return [n for n in folder_paths.get_filename_list("loras") if not n.endswith(RESUME_SUFFIX)]
+
+
+def resolve(name: str) -> str:
+    path = folder_paths.get_full_path("loras", name)
+    if path is None:
+        raise OrthoHydraError(f"'{name}' is not in models/loras.", path=name, key="lora_name",
+                              fix="put the file in ComfyUI/models/loras and refresh (press R) the node list")
+    return path
+
+
+def file_fingerprint(name: str) -> tuple:
+    """What makes a cached parse stale: a retrained file changes size or mtime."""
+    path = resolve(name)
+    st = os.stat(path)
+    return path, st.st_size, st.st_mtime_ns
+
+
+def load_cached(name: str, router_correction: str = "training") -> Adapter:
+    key = (*file_fingerprint(name), router_correction)
+    with _lock:
+        hit = _cache.get(key)
+    if hit is not None:
+        return hit
+    adapter = load(key[0], router_correction=router_correction)
+    with _lock:
+        for stale in [k for k in _cache if k[0] == key[0]]:
+            del _cache[stale]
+        while len(_cache) >= _MAX_ENTRIES:
+            del _cache[next(iter(_cache))]
+        _cache[key] = adapter
+    return adapter

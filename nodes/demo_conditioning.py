@@ -1,0 +1,53 @@
+"""A demo helper: conditioning from a seed, for models used without a text encoder.
+
+It exists so the embedded demo and tests can drive a DiT end to end with no CLIP/T5 weights.
+It carries no meaning: it is seeded noise of the model's context width.
+"""
+
+from __future__ import annotations
+
+import torch
+from comfy_api.latest import io
+
+
+def context_widths(model) -> tuple[int, int]:
+    """(token width, pooled width) the diffusion model expects; pooled 0 when it has none."""
+    dm = model.model.diffusion_model
+    token = getattr(getattr(dm, "context_embedder", None), "in_features", None)
+    if token is None:
+        token = model.model.model_config.unet_config.get("crossattn_emb_channels")
+    pooled = 0
+    y_embedder = getattr(dm, "y_embedder", None)
+    if y_embedder is not None:
+        first = next((m for m in y_embedder.modules() if isinstance(m, torch.nn.Linear)), None)
+        pooled = first.in_features if first is not None else 0
+    if token is None:
+        raise ValueError(f"cannot tell the context width of {type(dm).__name__}; this helper supports "
+                         "MMDiT (SD3) and Cosmos-style models")
+    return int(token), int(pooled)
+
+
+class OrthoHydraDemoConditioning(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="OrthoHydraDemoConditioning",
+            display_name="Ortho-Hydra Demo Conditioning",
+            category="conditioning/ortho_hydra",
+            description="Demo helper: seeded random conditioning of the model's context width, for driving a "
+                        "DiT without a text encoder. Not a prompt.",
+            inputs=[
+                io.Model.Input("model", tooltip="The diffusion model whose context width is used."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Same seed, same conditioning."),
+                io.Int.Input("tokens", default=8, min=1, max=512, tooltip="Number of context tokens."),
+            ],
+            outputs=[io.Conditioning.Output(display_name="conditioning")],
+        )
+
+    @classmethod
+    def execute(cls, model, seed: int, tokens: int) -> io.NodeOutput:
+        token_width, pooled_width = context_widths(model)
+        gen = torch.Generator().manual_seed(seed)
+        cond = torch.randn(1, tokens, token_width, generator=gen)
+        extra = {"pooled_output": torch.randn(1, pooled_width, generator=gen)} if pooled_width else {}
+        return io.NodeOutput([[cond, extra]])

@@ -1,0 +1,100 @@
+"""Load an adapter file and apply it router-live."""
+
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..ortho_hydra.moe_format import ROUTER_CORRECTIONS
+from .adapter_files import adapter_choices, file_fingerprint, load_cached
+from .patcher import apply_adapter
+from .types import OrthoHydraAdapterType
+
+CATEGORY = "loaders/ortho_hydra"
+_STRENGTH_TIP = "Multiplier on the adapter's output. 0 disables it; negative values push away from the styles."
+_CORRECTION_TIP = ("'training' restores the gates the router was trained with on reference-trainer files; "
+                   "'none' uses the router as stored, like the reference ComfyUI node.")
+
+
+def _lora_input() -> io.Combo.Input:
+    return io.Combo.Input("lora_name", options=adapter_choices(),
+                          tooltip="A Hydra / Ortho-Hydra *_moe.safetensors file from models/loras.")
+
+
+def _correction_input() -> io.Combo.Input:
+    return io.Combo.Input("router_correction", options=list(ROUTER_CORRECTIONS), default="training",
+                          tooltip=_CORRECTION_TIP)
+
+
+class OrthoHydraLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="OrthoHydraLoader",
+            display_name="Load Ortho-Hydra Adapter",
+            category=CATEGORY,
+            description="Reads a mixture-of-experts LoRA file (ours or the reference trainer's) and summarises it.",
+            inputs=[_lora_input(), _correction_input()],
+            outputs=[OrthoHydraAdapterType.Output(display_name="adapter"),
+                     io.String.Output(display_name="summary")],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, lora_name: str, router_correction: str = "training") -> tuple:
+        return (*file_fingerprint(lora_name), router_correction)
+
+    @classmethod
+    def execute(cls, lora_name: str, router_correction: str = "training") -> io.NodeOutput:
+        adapter = load_cached(lora_name, router_correction)
+        return io.NodeOutput(adapter, adapter.summary())
+
+
+class OrthoHydraApply(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="OrthoHydraApply",
+            display_name="Apply Ortho-Hydra",
+            category=CATEGORY,
+            description="Patches a clone of the diffusion model so every adapted Linear routes each sample "
+                        "through its experts, as in training.",
+            inputs=[
+                io.Model.Input("model", tooltip="The diffusion model (DiT) to patch; the input is left untouched."),
+                OrthoHydraAdapterType.Input("adapter", tooltip="An adapter from Load Ortho-Hydra Adapter or the "
+                                                               "router node."),
+                io.Float.Input("strength", default=1.0, min=-10.0, max=10.0, step=0.01, tooltip=_STRENGTH_TIP),
+            ],
+            outputs=[io.Model.Output(display_name="model")],
+        )
+
+    @classmethod
+    def execute(cls, model, adapter, strength: float) -> io.NodeOutput:
+        patched, _ = apply_adapter(model, adapter, strength, getattr(adapter, "override", None))
+        return io.NodeOutput(patched)
+
+
+class OrthoHydraLoadAndApply(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="OrthoHydraLoadAndApply",
+            display_name="Load + Apply Ortho-Hydra",
+            category=CATEGORY,
+            description="Load an adapter file and apply it router-live in one node.",
+            inputs=[
+                io.Model.Input("model", tooltip="The diffusion model (DiT) to patch; the input is left untouched."),
+                _lora_input(),
+                io.Float.Input("strength", default=1.0, min=-10.0, max=10.0, step=0.01, tooltip=_STRENGTH_TIP),
+                _correction_input(),
+            ],
+            outputs=[io.Model.Output(display_name="model"), io.String.Output(display_name="summary")],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, model, lora_name: str, strength: float, router_correction: str = "training"):
+        return (*file_fingerprint(lora_name), strength, router_correction)
+
+    @classmethod
+    def execute(cls, model, lora_name: str, strength: float, router_correction: str = "training") -> io.NodeOutput:
+        adapter = load_cached(lora_name, router_correction)
+        patched, patch_plan = apply_adapter(model, adapter, strength)
+        return io.NodeOutput(patched, adapter.summary() + "\n" + patch_plan.coverage())

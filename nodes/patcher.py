@@ -1,0 +1,217 @@
+"""Install an adapter on a ComfyUI ModelPatcher: forward hooks for routed layers, weight patches
+for constant ones.  Everything goes through ModelPatcher so unpatching restores the model bit for bit.
+
+* Hooks: ``add_object_patch("<module>._forward_hooks", merged OrderedDict)``; other packs' hooks are
+  kept because the dict is built from ``get_model_object``.  ``forward`` is never replaced.
+* Adapter tensors: leaf modules of frozen parameters in their own ModelPatcher, attached with
+  ``set_additional_models`` so ComfyUI's loader moves and accounts for them with the model.
+* σ and cond/uncond rows: an APPLY_MODEL wrapper records them for the hooks (a Linear hook does not
+  see ``transformer_options``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+
+import comfy.lora
+import comfy.model_patcher
+import comfy.model_sampling
+import comfy.patcher_extension
+import torch
+from torch import nn
+
+from ..ortho_hydra import Adapter, ExpertLayer, OrthoHydraError, PlainLoRA
+from ..ortho_hydra.routing import GateContext, GateOverride
+from ..ortho_hydra.targets import PatchPlan, Target, merge_shared_legs, plan, summarize
+
+log = logging.getLogger("ortho_hydra")
+ADDITIONAL_MODELS_PREFIX = "ortho_hydra"
+_hook_ids = itertools.count(start=2**40)  # apart from torch's own small handle ids
+
+
+@dataclass
+class SamplingState:
+    """σ (router units, one per row) and the cond/uncond layout of the current model call."""
+
+    sigma: torch.Tensor | None = None
+    cond_or_uncond: list[int] | None = None
+    extra: dict = field(default_factory=dict)
+
+    def context(self, layer: str, batch: int) -> GateContext:
+        sigma = self.sigma
+        if sigma is not None and sigma.numel() not in (1, batch):
+            sigma = sigma.reshape(-1)[:1]  # a hook inside a sub-batch; σ is shared within a call
+        extra = dict(self.extra)
+        if self.cond_or_uncond:
+            per = max(batch // len(self.cond_or_uncond), 1)
+            extra["uncond_rows"] = torch.tensor([c == 1 for c in self.cond_or_uncond]).repeat_interleave(per)[:batch]
+        return GateContext(layer=layer, sigma=sigma, extra=extra)
+
+
+class TargetWeights(nn.Module):
+    """One hooked Linear's adapter tensors as frozen parameters (a leaf module ComfyUI can move)."""
+
+    def __init__(self, legs: list, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.specs = []
+        for i, leg in enumerate(legs):
+            layer = leg.layer
+            tensors = {"down": layer.down.to(dtype)}
+            if isinstance(layer, ExpertLayer):
+                tensors.update(ups=layer.ups.to(dtype), router_weight=layer.router_weight.float(),
+                               router_bias=layer.router_bias.float())
+            else:
+                tensors["up"] = layer.up.to(dtype)
+            if layer.inv_scale is not None:
+                tensors["inv_scale"] = layer.inv_scale.to(dtype)
+            for name, t in tensors.items():
+                self.register_parameter(f"leg{i}_{name}", nn.Parameter(t.contiguous(), requires_grad=False))
+            self.specs.append((i, layer, leg.offset, leg.size, tuple(tensors)))
+
+    def legs(self):
+        """Yield (offset, size, layer) with tensors wherever ComfyUI has put this module now."""
+        for i, layer, offset, size, names in self.specs:
+            live = {n: getattr(self, f"leg{i}_{n}") for n in names}
+            live.setdefault("inv_scale", None)
+            yield offset, size, replace(layer, **live)
+
+
+class RoutedHook:
+    """Forward hook: ``y <- y + strength · Δy`` with Δy from the core library, per output slice."""
+
+    def __init__(self, weights: TargetWeights, state: SamplingState, strength: float,
+                 override: GateOverride | None, out_features: int) -> None:
+        self.weights = weights
+        self.state = state
+        self.strength = strength
+        self.override = override
+        self.out_features = out_features
+
+    def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        x = args[0]
+        pieces = []
+        for offset, size, layer in self.weights.legs():
+            if isinstance(layer, ExpertLayer):
+                ctx = self.state.context(layer.name, x.shape[0])
+                delta = layer.delta(x, ctx.sigma, self.override, ctx)
+            else:
+                delta = layer.delta(x)
+            pieces.append((offset, size, delta))
+        if len(pieces) == 1 and (pieces[0][1] in (None, self.out_features)):
+            return output + self.strength * pieces[0][2].to(output.dtype)
+        full = torch.zeros_like(output)
+        for offset, size, delta in pieces:
+            full[..., offset:offset + (size or self.out_features)] += delta.to(output.dtype)
+        return output + self.strength * full
+
+
+def router_sigma_fn(model_sampling) -> callable:
+    """Map the sampler's σ to the router's σ in [0, 1]: flow models use σ itself, others t/1000."""
+    if isinstance(model_sampling, comfy.model_sampling.CONST):
+        return lambda sigma: sigma.float()
+    return lambda sigma: (model_sampling.timestep(sigma).float() / 1000.0).clamp(0, 1)
+
+
+def _apply_model_wrapper(state: SamplingState, to_router_sigma):
+    def wrapper(executor, x, t, *args, **kwargs):
+        transformer_options = args[3] if len(args) > 3 else kwargs.get("transformer_options", {})
+        state.sigma = to_router_sigma(t)
+        state.cond_or_uncond = list(transformer_options.get("cond_or_uncond") or []) or None
+        try:
+            return executor(x, t, *args, **kwargs)
+        finally:
+            state.sigma, state.cond_or_uncond = None, None
+
+    return wrapper
+
+
+def model_architecture(model) -> str:
+    return type(model.model).__name__
+
+
+def make_plan(model, adapter: Adapter) -> PatchPlan:
+    """Map adapter layers onto this model, or fail naming both sides."""
+    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
+    shapes = {k: tuple(v.shape) for k, v in model.model.state_dict().items() if k.endswith(".weight")}
+    layers = {**adapter.layers, **adapter.plain_layers}
+    try:
+        patch_plan = plan(layers, key_map, shapes)
+    except ValueError as exc:
+        raise OrthoHydraError(f"{exc}.", path=adapter.path, key=str(exc).split(":")[0],
+                              fix="this adapter was trained for a different model size; pick the matching base "
+                                  "model") from exc
+    if not patch_plan.targets:
+        linears = [k for k, shape in shapes.items() if k.startswith("diffusion_model.") and len(shape) == 2]
+        model_side = summarize(linears)
+        raise OrthoHydraError(
+            f"no adapter layer matches this model: adapter targets {summarize(list(layers))}, "
+            f"model is {model_architecture(model)} {model_side}.", path=adapter.path, key=next(iter(layers)),
+            fix="load the base model this adapter was trained on")
+    return patch_plan
+
+
+def _module_dtype(model, module_name: str) -> torch.dtype:
+    dtype = model.model.manual_cast_dtype or model.model_dtype()
+    return dtype if dtype in (torch.float16, torch.bfloat16, torch.float32) else torch.float32
+
+
+def _plain_patches(model, legs: dict[str, PlainLoRA], strength: float) -> int:
+    """Plain legs as ComfyUI's own LoRA weight patches (inv_scale folded into down, exactly)."""
+    if not legs:
+        return 0
+    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
+    sd = {}
+    for name, leg in legs.items():
+        down = leg.down if leg.inv_scale is None else leg.down * leg.inv_scale
+        sd[f"{name}.lora_down.weight"] = down
+        sd[f"{name}.lora_up.weight"] = leg.up
+        sd[f"{name}.alpha"] = torch.tensor(float(leg.alpha))
+    patches = comfy.lora.load_lora(sd, key_map, log_missing=False)
+    model.add_patches(patches, strength)
+    return len(patches)
+
+
+def apply_adapter(model, adapter: Adapter, strength: float = 1.0, override: GateOverride | None = None):
+    """Return a patched clone of ``model`` routing every adapted Linear through its experts."""
+    patch_plan = make_plan(model, adapter)
+    patched = model.clone()
+    if strength == 0:
+        return patched, patch_plan
+    state = SamplingState()
+    key = f"{ADDITIONAL_MODELS_PREFIX}_{uuid.uuid4().hex[:12]}"
+    holder = nn.ModuleDict()
+    plain_static: dict[str, PlainLoRA] = {}
+    for index, target in enumerate(patch_plan.targets.values()):
+        legs = merge_shared_legs(target)
+        if _all_plain_full(legs, target):  # a plain leg on a whole Linear: ComfyUI's own weight patch
+            plain_static.update({leg.layer.name: leg.layer for leg in legs})
+            continue
+        weights = TargetWeights(legs, _module_dtype(patched, target.module))
+        holder[str(index)] = weights
+        _install_hook(patched, target, RoutedHook(weights, state, strength, override, target.out_features))
+    _plain_patches(patched, plain_static, strength)
+    if len(holder):
+        weights_patcher = comfy.model_patcher.ModelPatcher(holder, load_device=patched.load_device,
+                                                           offload_device=patched.offload_device)
+        patched.set_additional_models(key, [weights_patcher])
+        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, key,
+                                     _apply_model_wrapper(state, router_sigma_fn(patched.get_model_object(
+                                         "model_sampling"))))
+    log.info("Ortho-Hydra %s: %s", adapter.path or "adapter", patch_plan.coverage())
+    return patched, patch_plan
+
+
+def _all_plain_full(legs, target: Target) -> bool:
+    return all(isinstance(leg.layer, PlainLoRA) for leg in legs) and all(
+        leg.size in (None, target.out_features) for leg in legs)
+
+
+def _install_hook(model, target: Target, hook: RoutedHook) -> None:
+    name = f"{target.module}._forward_hooks"
+    hooks = OrderedDict(model.get_model_object(name))
+    hooks[next(_hook_ids)] = hook
+    model.add_object_patch(name, hooks)

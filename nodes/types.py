@@ -1,0 +1,5 @@
+"""The pack's own ComfyUI socket types."""
+
+from comfy_api.latest import io
+
+OrthoHydraAdapterType = io.Custom("ORTHO_HYDRA")
