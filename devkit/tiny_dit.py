@@ -56,3 +56,41 @@ def sample(model, latent: torch.Tensor, positive, negative, steps: int = 4, cfg:
     noise = comfy.sample.prepare_noise(latent, seed)
     return comfy.sample.sample(model, noise, steps, cfg, sampler, scheduler, positive, negative, latent,
                                denoise=1.0, disable_pbar=True, seed=seed)
+
+
+COSMOS_CONFIG = {
+    "image_model": "cosmos_predict2", "max_img_h": 240, "max_img_w": 240, "max_frames": 128, "in_channels": 16,
+    "out_channels": 16, "patch_spatial": 2, "patch_temporal": 1, "model_channels": 256, "concat_padding_mask": True,
+    "crossattn_emb_channels": 1024, "pos_emb_cls": "rope3d", "pos_emb_learnable": True,
+    "pos_emb_interpolation": "crop", "min_fps": 1, "max_fps": 30, "use_adaln_lora": True, "adaln_lora_dim": 256,
+    "num_blocks": 2, "num_heads": 16, "extra_per_block_abs_pos_emb": False, "rope_h_extrapolation_ratio": 4.0,
+    "rope_w_extrapolation_ratio": 4.0, "rope_t_extrapolation_ratio": 1.0,
+}
+
+
+def load_cosmos(num_blocks: int = 2, seed: int = 0):
+    """A tiny Cosmos-Predict2 MiniTrainDIT (the Anima family) as a ComfyUI ModelPatcher.
+
+    Built from ComfyUI's own model config: detection only knows the 2B/14B block counts.
+    """
+    boot()
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.supported_models
+    from comfy.ldm.cosmos.predict2 import MiniTrainDIT
+
+    config = {**COSMOS_CONFIG, "num_blocks": num_blocks}
+    torch.manual_seed(seed)
+    kwargs = {k: v for k, v in config.items() if k not in ("image_model", "min_fps", "max_fps")}
+    raw = MiniTrainDIT(**kwargs, dtype=torch.float32, device="cpu", operations=torch.nn)
+    model_config = comfy.supported_models.CosmosT2IPredict2(dict(config))
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model({}, "", device=None)
+    model.load_model_weights({k: v.clone() for k, v in raw.state_dict().items()}, "")
+    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+                                            offload_device=mm.unet_offload_device())
+
+
+def cosmos_conditioning(tokens: int = 6, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return [[torch.randn(1, tokens, 1024, generator=g), {}]]

@@ -8,6 +8,7 @@ import threading
 import folder_paths
 
 from ..ortho_hydra import Adapter, OrthoHydraError, load
+from ..ortho_hydra.moe_format import describe
 from ..ortho_hydra.training_state import RESUME_SUFFIX
 
 _cache: dict[tuple, Adapter] = {}
@@ -49,3 +50,15 @@ def load_cached(name: str, router_correction: str = "training") -> Adapter:
             del _cache[next(iter(_cache))]
         _cache[key] = adapter
     return adapter
+
+
+def validation_error(name: str) -> str | None:
+    """A message for ComfyUI's /prompt validation (a 400 naming the file), or None when the file looks right.
+
+    Only the header is read: cheap enough for every queued prompt.
+    """
+    try:
+        describe(resolve(name))
+    except OrthoHydraError as exc:
+        return str(exc)
+    return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..ortho_hydra.moe_format import ROUTER_CORRECTIONS
-from .adapter_files import adapter_choices, file_fingerprint, load_cached
+from .adapter_files import adapter_choices, file_fingerprint, load_cached, validation_error
 from .patcher import apply_adapter
 from .types import OrthoHydraAdapterType
 
@@ -37,6 +37,10 @@ class OrthoHydraLoader(io.ComfyNode):
             outputs=[OrthoHydraAdapterType.Output(display_name="adapter"),
                      io.String.Output(display_name="summary")],
         )
+
+    @classmethod
+    def validate_inputs(cls, lora_name: str) -> bool | str:
+        return validation_error(lora_name) or True
 
     @classmethod
     def fingerprint_inputs(cls, lora_name: str, router_correction: str = "training") -> tuple:
@@ -88,6 +92,10 @@ class OrthoHydraLoadAndApply(io.ComfyNode):
             ],
             outputs=[io.Model.Output(display_name="model"), io.String.Output(display_name="summary")],
         )
+
+    @classmethod
+    def validate_inputs(cls, lora_name: str) -> bool | str:
+        return validation_error(lora_name) or True
 
     @classmethod
     def fingerprint_inputs(cls, model, lora_name: str, strength: float, router_correction: str = "training"):

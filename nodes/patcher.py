@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..ortho_hydra import Adapter, ExpertLayer, OrthoHydraError, PlainLoRA
+from ..ortho_hydra.fei import frequency_energy_index
 from ..ortho_hydra.routing import GateContext, GateOverride
 from ..ortho_hydra.targets import PatchPlan, Target, merge_shared_legs, plan, summarize
 
@@ -39,6 +40,8 @@ class SamplingState:
 
     sigma: torch.Tensor | None = None
     cond_or_uncond: list[int] | None = None
+    fei: torch.Tensor | None = None
+    fei_div: float | None = None  # set when some routed layer's router reads the latent's FEI
     extra: dict = field(default_factory=dict)
 
     def context(self, layer: str, batch: int) -> GateContext:
@@ -97,7 +100,7 @@ class RoutedHook:
         for offset, size, layer in self.weights.legs():
             if isinstance(layer, ExpertLayer):
                 ctx = self.state.context(layer.name, x.shape[0])
-                delta = layer.delta(x, ctx.sigma, self.override, ctx)
+                delta = layer.delta(x, ctx.sigma, self.override, ctx, self.state.fei)
             else:
                 delta = layer.delta(x)
             pieces.append((offset, size, delta))
@@ -110,9 +113,15 @@ class RoutedHook:
 
 
 def router_sigma_fn(model_sampling) -> callable:
-    """Map the sampler's σ to the router's σ in [0, 1]: flow models use σ itself, others t/1000."""
+    """Map the sampler's σ to the flow time in [0, 1] that routers are trained on.
+
+    Flow (CONST) models sample σ = t directly; Cosmos' rectified flow samples σ with t = σ / (σ + 1);
+    discrete ε/v models use their timestep / 1000.
+    """
     if isinstance(model_sampling, comfy.model_sampling.CONST):
         return lambda sigma: sigma.float()
+    if isinstance(model_sampling, comfy.model_sampling.COSMOS_RFLOW):
+        return lambda sigma: sigma.float() / (sigma.float() + 1.0)
     return lambda sigma: (model_sampling.timestep(sigma).float() / 1000.0).clamp(0, 1)
 
 
@@ -121,10 +130,12 @@ def _apply_model_wrapper(state: SamplingState, to_router_sigma):
         transformer_options = args[3] if len(args) > 3 else kwargs.get("transformer_options", {})
         state.sigma = to_router_sigma(t)
         state.cond_or_uncond = list(transformer_options.get("cond_or_uncond") or []) or None
+        if state.fei_div is not None:  # scale-invariant, so the raw sampler latent is as good as the model input
+            state.fei = frequency_energy_index(x, state.fei_div)
         try:
             return executor(x, t, *args, **kwargs)
         finally:
-            state.sigma, state.cond_or_uncond = None, None
+            state.sigma, state.cond_or_uncond, state.fei = None, None, None
 
     return wrapper
 
@@ -154,18 +165,21 @@ def make_plan(model, adapter: Adapter) -> PatchPlan:
     return patch_plan
 
 
-def _module_dtype(model, module_name: str) -> torch.dtype:
+def _compute_dtype(model) -> torch.dtype:
     dtype = model.model.manual_cast_dtype or model.model_dtype()
     return dtype if dtype in (torch.float16, torch.bfloat16, torch.float32) else torch.float32
 
 
-def _plain_patches(model, legs: dict[str, PlainLoRA], strength: float) -> int:
-    """Plain legs as ComfyUI's own LoRA weight patches (inv_scale folded into down, exactly)."""
+def _plain_patches(model, legs: dict[str, tuple[PlainLoRA, str]], strength: float) -> int:
+    """Plain legs on whole Linears as ComfyUI's own LoRA weight patches (inv_scale folded into down, exactly).
+
+    ``legs`` maps name -> (leg, module path) as resolved by the plan, aliases included.
+    """
     if not legs:
         return 0
-    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
+    key_map = {name: f"{module}.weight" for name, (_, module) in legs.items()}
     sd = {}
-    for name, leg in legs.items():
+    for name, (leg, _) in legs.items():
         down = leg.down if leg.inv_scale is None else leg.down * leg.inv_scale
         sd[f"{name}.lora_down.weight"] = down
         sd[f"{name}.lora_up.weight"] = leg.up
@@ -182,15 +196,20 @@ def apply_adapter(model, adapter: Adapter, strength: float = 1.0, override: Gate
     if strength == 0:
         return patched, patch_plan
     state = SamplingState()
+    fei_divs = {layer.router.fei_sigma_low_div for layer in adapter.layers.values() if layer.router.fei_dim}
+    if len(fei_divs) > 1:
+        raise OrthoHydraError(f"layers disagree on the FEI blur divisor ({sorted(fei_divs)}).", path=adapter.path,
+                              key="ss_fei_sigma_low_div", fix="re-export the adapter")
+    state.fei_div = next(iter(fei_divs), None)
     key = f"{ADDITIONAL_MODELS_PREFIX}_{uuid.uuid4().hex[:12]}"
     holder = nn.ModuleDict()
-    plain_static: dict[str, PlainLoRA] = {}
+    plain_static: dict[str, tuple[PlainLoRA, str]] = {}
     for index, target in enumerate(patch_plan.targets.values()):
         legs = merge_shared_legs(target)
         if _all_plain_full(legs, target):  # a plain leg on a whole Linear: ComfyUI's own weight patch
-            plain_static.update({leg.layer.name: leg.layer for leg in legs})
+            plain_static.update({leg.layer.name: (leg.layer, target.module) for leg in legs})
             continue
-        weights = TargetWeights(legs, _module_dtype(patched, target.module))
+        weights = TargetWeights(legs, _compute_dtype(patched))
         holder[str(index)] = weights
         _install_hook(patched, target, RoutedHook(weights, state, strength, override, target.out_features))
     _plain_patches(patched, plain_static, strength)

@@ -19,7 +19,7 @@ from .adapter import Adapter
 from .errors import OrthoHydraError
 from .routing import ROUTER_SOURCES, RouterSpec
 from .runtime import ExpertLayer, PlainLoRA
-from .safetensors_io import check_finite, read_safetensors, write_safetensors
+from .safetensors_io import check_finite, read_header, read_safetensors, write_safetensors
 
 FORMAT_VERSION = "1"
 ROUTER_CORRECTIONS = ("training", "none")
@@ -226,6 +226,39 @@ def load(path: str | os.PathLike, *, router_correction: str = "training") -> Ada
     if ignored:
         metadata["oh_ignored_keys"] = str(len(ignored))
     return Adapter(layers=layers, plain_layers=plain, metadata=metadata, expert_names=names, path=path)
+
+
+def describe(path: str | os.PathLike) -> dict:
+    """What a UI needs before loading: expert count, names and rank, from the header alone."""
+    path = os.fspath(path)
+    entries, metadata = read_header(path)
+    experts: dict[str, int] = {}
+    ranks: set[int] = set()
+    for key, entry in entries.items():
+        match = _SUFFIX.match(key)
+        if match is None:
+            continue
+        if match["e"] is not None:
+            experts[match["prefix"]] = max(experts.get(match["prefix"], 0), int(match["e"]) + 1)
+        elif match["suffix"] == "lora_down.weight" and isinstance(entry, dict):
+            ranks.add(int(entry["shape"][0]))
+    if not experts:
+        raise OrthoHydraError("no routed layers (no '<prefix>.lora_ups.<e>.weight' keys); not a Hydra / Ortho-Hydra "
+                              "adapter.", path=path, key="lora_ups",
+                              fix="load plain LoRAs with ComfyUI's LoraLoaderModelOnly; pick a *_moe.safetensors here")
+    counts = set(experts.values())
+    num_experts = max(counts)
+    names = None
+    if metadata.get("oh_expert_names"):
+        try:
+            names = [str(n) for n in json.loads(metadata["oh_expert_names"])]
+        except json.JSONDecodeError:
+            names = None
+    if not names or len(names) != num_experts:
+        names = [f"expert {e}" for e in range(num_experts)]
+    return {"num_experts": num_experts, "expert_names": names, "rank": max(ranks, default=0),
+            "routed_layers": len(experts), "spec": metadata.get("ss_network_spec", "hydra"),
+            "router_source": metadata.get("ss_router_source", "input"), "consistent": len(counts) == 1}
 
 
 def adapter_tensors(adapter: Adapter, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
