@@ -21,13 +21,19 @@ def mmdit_state_dict(depth: int = 2, seed: int = 0, context_dim: int = 64,
                   adm_in_channels=adm_dim, pos_embed_max_size=32, qk_norm="rms",
                   dtype=torch.float32, device="cpu", operations=torch.nn)
     with torch.no_grad():
-        # ComfyUI zero-inits the final layer and modulations; random weights make the model's output
-        # (and thus any patch) visible in samples.
+        # ComfyUI zero-inits the final layer and modulations (sensible for training from scratch, but then
+        # a random model predicts ~0 and samples are just the initial noise); give them ordinary Linear
+        # scale so the model, and any patch on it, shapes the sample.
         for name, p in model.named_parameters():
             if ".ln_" in name and p.ndim == 1:  # RMSNorm scales are allocated with torch.empty
                 p.fill_(1.0)
             elif p.ndim == 2 and torch.count_nonzero(p) == 0:
-                p.normal_(0, 0.02)
+                p.normal_(0, p.shape[1] ** -0.5)
+        for name, p in model.named_parameters():
+            # random adaLN gates come out ~0.08, so blocks barely touch the residual stream; trained DiTs
+            # have gates of order 1
+            if "adaLN_modulation" in name and name.endswith("weight"):
+                p.mul_(10.0)
     return {k: v.contiguous() for k, v in model.state_dict().items()}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 
 from .demo_conditioning import OrthoHydraDemoConditioning
+from .latent_preview import OrthoHydraLatentPreview
 from .load_apply import OrthoHydraApply, OrthoHydraLoadAndApply, OrthoHydraLoader
 
 NODES: list[type[io.ComfyNode]] = [
@@ -12,6 +13,7 @@ NODES: list[type[io.ComfyNode]] = [
     OrthoHydraApply,
     OrthoHydraLoadAndApply,
     OrthoHydraDemoConditioning,
+    OrthoHydraLatentPreview,
 ]
 
 

@@ -12,7 +12,7 @@ Public API (stable):
 This package never imports ComfyUI.
 """
 
-from . import network  # noqa: F401  (re-exported module)
+from . import metrics, network  # noqa: F401  (re-exported modules)
 from .adapter import Adapter
 from .basis import ExpertBasis, disjoint_basis
 from .cayley import cayley

@@ -1,0 +1,98 @@
+"""The embedded default: a tiny SD3-style DiT and a small Ortho-Hydra adapter fitted for it.
+
+The adapter is trained, not drawn: every adapted Linear starts from its own weights (disjoint SVD bases)
+and takes a few deterministic Adam steps on a synthetic two-style task.  Style A and style B inputs
+differ in their channel statistics, and each style wants its own low-rank residual on the output, so
+the router has to tell the styles apart from the input alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from .adapters import library, lora_weights
+from .host import COMFY_DIR
+from .tiny_dit import load_mmdit, mmdit_state_dict
+
+DIT_NAME = "ortho_hydra_demo_mmdit.safetensors"
+ADAPTER_NAME = "ortho_hydra_demo_moe.safetensors"
+TARGETS = r"x_block_(attn_qkv|attn_proj|mlp_fc1|mlp_fc2)$"
+STYLE_NAMES = ["style A (dense)", "style B (sparse)"]
+
+
+def _style_batch(in_features: int, style: int, gen: torch.Generator, batch: int = 8, tokens: int = 32):
+    """Style 0: calm activations weighted to the first half of the channels; style 1: 2.5x stronger and
+    spiky, weighted to the second half.  The router sees the difference through the RMS-pooled projection."""
+    x = torch.randn(batch, tokens, in_features, generator=gen)
+    half = in_features // 2
+    scale = torch.ones(in_features)
+    if style == 0:
+        scale[:half] = 1.5
+    else:
+        scale[half:] = 1.5
+        scale *= 2.5
+        x = x * (torch.rand(batch, tokens, in_features, generator=gen) < 0.5) * 1.4
+    return x * scale
+
+
+def fit_demo_adapter(weights: dict[str, torch.Tensor], steps: int = 150, rank: int = 4, seed: int = 0,
+                     log=print) -> tuple[object, dict]:
+    lib = library()
+    net = lib.network.OrthoHydraNetwork(weights, rank=rank, num_experts=2, seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    purities = {}
+    for prefix, layer in net.items():
+        in_f = weights[prefix].shape[1]
+        # each style's wanted change lives in its own expert's output subspace (a random r x r map between
+        # the shared in-basis and that expert's out-slice), at ~30% of the weight's scale
+        wanted = []
+        for style in range(2):
+            core = torch.randn(rank, rank, generator=gen)
+            delta = layer.out_bases[style] @ core @ layer.in_basis
+            wanted.append(0.3 * delta * weights[prefix].norm() / delta.norm())
+        opt = torch.optim.Adam([{"params": [layer.cayley_seeds, layer.lam], "lr": 2e-2},
+                                {"params": layer.router.parameters(), "lr": 5e-2}])
+        start_loss = None
+        for _ in range(steps):
+            opt.zero_grad()
+            loss = 0.0
+            for style in (0, 1):
+                x = _style_batch(in_f, style, gen)
+                loss = loss + (layer.delta(x) - x @ wanted[style].T).pow(2).mean()
+            if start_loss is None:
+                start_loss = loss.item()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            gates = []
+            for style in (0, 1):
+                layer.delta(_style_batch(in_f, style, gen))
+                gates.append(layer.last_gate)
+            labels = torch.tensor([0] * 8 + [1] * 8)
+            purities[prefix] = lib.metrics.style_purity(labels, torch.cat(gates).argmax(-1), 2)
+        log(f"  {prefix}: loss {loss.item():.4f} (from {start_loss:.4f}), style purity {purities[prefix]:.2f}")
+    adapter = net.to_adapter(expert_names=STYLE_NAMES, provenance={
+        "trainer": "comfyui-ortho-hydra devkit/demo_assets.py", "task": "synthetic two-style residual fit",
+        "steps": steps, "rank": rank, "experts": 2, "seed": seed})
+    return adapter, purities
+
+
+def build(models_dir: Path | None = None, log=print) -> tuple[Path, Path]:
+    """Write the tiny DiT to models/diffusion_models and the fitted adapter to models/loras (idempotent)."""
+    models_dir = Path(models_dir or COMFY_DIR / "models")
+    dit_path = models_dir / "diffusion_models" / DIT_NAME
+    adapter_path = models_dir / "loras" / ADAPTER_NAME
+    dit_path.parent.mkdir(parents=True, exist_ok=True)
+    adapter_path.parent.mkdir(parents=True, exist_ok=True)
+    if not dit_path.exists():
+        save_file(mmdit_state_dict(depth=2, seed=0), str(dit_path))
+        log(f"wrote {dit_path}")
+    if not adapter_path.exists():
+        model = load_mmdit(depth=2, seed=0)
+        adapter, _ = fit_demo_adapter(lora_weights(model, pattern=TARGETS), log=log)
+        library().save(adapter, adapter_path)
+        log(f"wrote {adapter_path}")
+    return dit_path, adapter_path

@@ -1,0 +1,55 @@
+"""Frontend workflow JSON (what example_workflows/ holds) -> the API prompt that /prompt takes.
+
+Widget values are matched to input names through the server's own /object_info, in the order the
+frontend writes them (an INT with ``control_after_generate`` carries one extra value).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+
+
+def _ordered_inputs(info: dict) -> list[tuple[str, object, dict]]:
+    out = []
+    for section in ("required", "optional"):
+        for name, spec in info.get("input", {}).get(section, {}).items():
+            kind = spec[0]
+            options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+            out.append((name, kind, options))
+    return out
+
+
+def to_api(workflow: dict, object_info: dict) -> dict:
+    links = {link[0]: link for link in workflow["links"]}
+    prompt = {}
+    for node in workflow["nodes"]:
+        if node.get("mode", 0) in (2, 4):  # muted / bypassed
+            continue
+        node_type = node["type"]
+        if node_type not in object_info:
+            raise KeyError(f"node type {node_type!r} is not registered on this server")
+        linked = {}
+        for slot in node.get("inputs", []):
+            if slot.get("link") is not None:
+                _, src, src_slot, *_ = links[slot["link"]]
+                linked[slot["name"]] = [str(src), src_slot]
+        values = list(node.get("widgets_values", []))
+        inputs = {}
+        for name, kind, options in _ordered_inputs(object_info[node_type]):
+            is_widget = isinstance(kind, list) or kind in WIDGET_TYPES
+            if is_widget and values:
+                value = values.pop(0)
+                if options.get("control_after_generate"):
+                    values.pop(0)
+                inputs[name] = value
+            if name in linked:
+                inputs[name] = linked[name]
+        prompt[str(node["id"])] = {"class_type": node_type, "inputs": inputs}
+    return prompt
+
+
+def load(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text())

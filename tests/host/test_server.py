@@ -1,0 +1,99 @@
+"""The pack inside a real headless ComfyUI: /prompt graphs, error responses, and the server staying up."""
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from devkit import demo_assets, workflow
+from devkit.adapters import library, randomized_adapter
+from devkit.host import ROOT
+from devkit.server import ComfyServer, execution_error, link_pack, output_images
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    base = tmp_path_factory.mktemp("comfy_base")
+    link_pack(base / "custom_nodes")
+    models = base / "models"
+    demo_assets.build(models, log=lambda *_: None)
+    loras = models / "loras"
+    save_file({"model.diffusion_model.x.weight": torch.zeros(2, 2)}, str(loras / "foreign.safetensors"))
+    torch.save({"w": torch.zeros(1)}, loras / "evil.ckpt")
+    cosmos = randomized_adapter({"lora_unet_blocks_0_mlp_layer1": torch.randn(64, 32)}, rank=2, experts=2)
+    library().save(cosmos, loras / "cosmos_blocks_moe.safetensors")
+    srv = ComfyServer(base_dir=base, log_path=base / "comfyui.log").start()
+    yield srv, base
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def example(server):
+    srv, _ = server
+    return workflow.to_api(workflow.load(ROOT / "example_workflows" / "01_load_and_apply.json"),
+                           srv.get("/object_info"))
+
+
+def _with(graph, class_type, **inputs):
+    graph = copy.deepcopy(graph)
+    for node in graph.values():
+        if node["class_type"] == class_type:
+            node["inputs"].update(inputs)
+    return graph
+
+
+def test_pack_nodes_are_registered_with_tooltips(server):
+    srv, _ = server
+    info = srv.get("/object_info")
+    ours = {k: v for k, v in info.items() if k.startswith("OrthoHydra")}
+    assert {"OrthoHydraLoader", "OrthoHydraApply", "OrthoHydraLoadAndApply"} <= set(ours)
+    for name, node in ours.items():
+        for section in ("required", "optional"):
+            for input_name, spec in node["input"].get(section, {}).items():
+                assert len(spec) > 1 and spec[1].get("tooltip"), f"{name}.{input_name} has no tooltip"
+    assert "ortho_hydra_demo_moe.safetensors" in ours["OrthoHydraLoader"]["input"]["required"]["lora_name"][1][
+        "options"]
+
+
+def test_example_graph_renders_and_differs_from_base(server, example):
+    srv, base = server
+    entry = srv.run(example, timeout=300)
+    assert execution_error(entry) is None
+    images = output_images(entry, base / "output")
+    assert len(images) == 2 and all(p.is_file() for p in images)
+    base_entry = srv.run(_with(_with(example, "OrthoHydraLoadAndApply", strength=0.0), "SaveImage",
+                               filename_prefix="base"), timeout=300)
+    base_images = output_images(base_entry, base / "output")
+    for a, b in zip(images, base_images, strict=True):
+        pa, pb = np.asarray(Image.open(a)).astype(int), np.asarray(Image.open(b)).astype(int)
+        assert pa.shape == pb.shape and np.abs(pa - pb).mean() > 1.0
+
+
+@pytest.mark.parametrize("name, fragment", [
+    ("missing_moe.safetensors", "is not in models/loras"),
+    ("foreign.safetensors", "no routed layers"),
+    ("evil.ckpt", "pickle"),
+])
+def test_bad_files_are_refused_at_prompt_time_with_our_message(server, example, name, fragment):
+    srv, _ = server
+    status, body = srv.queue(_with(example, "OrthoHydraLoadAndApply", lora_name=name))
+    assert status == 400
+    text = json.dumps(body)
+    assert fragment in text and name in text and "Fix:" in text, text
+    assert srv.get("/system_stats")["system"]
+
+
+def test_wrong_architecture_fails_the_run_naming_both_sides_and_server_keeps_serving(server, example):
+    srv, base = server
+    entry = srv.run(_with(example, "OrthoHydraLoadAndApply", lora_name="cosmos_blocks_moe.safetensors"))
+    error = execution_error(entry)
+    assert error is not None
+    message = error["exception_message"]
+    assert "adapter targets blocks.N.*" in message and "model is SD3 joint_blocks.N.*" in message
+    assert "cosmos_blocks_moe.safetensors" in message
+    again = srv.run(example, timeout=300)  # still serving, and a good graph still runs
+    assert execution_error(again) is None and output_images(again, base / "output")
