@@ -26,7 +26,7 @@ from torch import nn
 
 from ..ortho_hydra import Adapter, ExpertLayer, OrthoHydraError, PlainLoRA
 from ..ortho_hydra.fei import frequency_energy_index
-from ..ortho_hydra.routing import GateContext, GateOverride
+from ..ortho_hydra.routing import GateContext, GateOverride, add_routed_delta, mix_and_project_up, project_down
 from ..ortho_hydra.targets import PatchPlan, Target, merge_shared_legs, plan, summarize
 
 log = logging.getLogger("ortho_hydra")
@@ -96,20 +96,25 @@ class RoutedHook:
 
     def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
         x = args[0]
-        pieces = []
-        for offset, size, layer in self.weights.legs():
+        legs = list(self.weights.legs())
+        if len(legs) == 1 and legs[0][1] in (None, self.out_features) and isinstance(legs[0][2], ExpertLayer):
+            layer = legs[0][2]  # the common case: one routed layer on the whole output, fused add
+            lx, gate = self._gate(layer, x)
+            return add_routed_delta(output, lx, gate, layer.ups, layer.scale * self.strength)
+        full = torch.zeros_like(output)
+        for offset, size, layer in legs:
             if isinstance(layer, ExpertLayer):
-                ctx = self.state.context(layer.name, x.shape[0])
-                delta = layer.delta(x, ctx.sigma, self.override, ctx, self.state.fei)
+                lx, gate = self._gate(layer, x)
+                delta = mix_and_project_up(lx, gate, layer.ups, layer.scale)
             else:
                 delta = layer.delta(x)
-            pieces.append((offset, size, delta))
-        if len(pieces) == 1 and (pieces[0][1] in (None, self.out_features)):
-            return output + self.strength * pieces[0][2].to(output.dtype)
-        full = torch.zeros_like(output)
-        for offset, size, delta in pieces:
             full[..., offset:offset + (size or self.out_features)] += delta.to(output.dtype)
         return output + self.strength * full
+
+    def _gate(self, layer: ExpertLayer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ctx = self.state.context(layer.name, x.shape[0])
+        lx = project_down(x, layer.down, layer.inv_scale)
+        return lx, layer.gate_from_projection(lx, ctx.sigma, self.override, ctx, self.state.fei)
 
 
 def router_sigma_fn(model_sampling) -> callable:

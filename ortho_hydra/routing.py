@@ -138,17 +138,29 @@ def project_down(x: torch.Tensor, down: torch.Tensor, inv_scale: torch.Tensor | 
     return x @ down.to(device=x.device, dtype=x.dtype).T
 
 
-def mix_and_project_up(lx: torch.Tensor, gate: torch.Tensor, ups: torch.Tensor, scale: float) -> torch.Tensor:
-    """``Δy = s · lx (Σ_e g_e up_e)ᵀ``: mix the E heads per sample first (E·out·r), then one GEMM."""
-    batch, rank = lx.shape[0], lx.shape[-1]
+def _mixed_ups(lx: torch.Tensor, gate: torch.Tensor, ups: torch.Tensor, scale: float) -> torch.Tensor:
+    """Per-sample ``s · Σ_e g_e up_eᵀ`` of shape (B, r, out): E·out·r work, tiny next to the GEMMs."""
     ups = ups.to(device=lx.device, dtype=lx.dtype)
     weights = (gate * scale).to(lx.dtype)
-    if weights.shape[0] == 1 and batch > 1:
-        weights = weights.expand(batch, -1)
-    mixed = torch.einsum("be,eor->bro", weights, ups)  # (B, r, out)
-    tokens = lx.reshape(batch, -1, rank)
-    out = torch.bmm(tokens, mixed)
+    if weights.shape[0] == 1 and lx.shape[0] > 1:
+        weights = weights.expand(lx.shape[0], -1)
+    return torch.einsum("be,eor->bro", weights, ups)
+
+
+def mix_and_project_up(lx: torch.Tensor, gate: torch.Tensor, ups: torch.Tensor, scale: float) -> torch.Tensor:
+    """``Δy = s · lx (Σ_e g_e up_e)ᵀ``: mix the E heads per sample first, then one GEMM."""
+    mixed = _mixed_ups(lx, gate, ups, scale)
+    out = torch.bmm(lx.reshape(lx.shape[0], -1, lx.shape[-1]), mixed)
     return out.reshape(*lx.shape[:-1], ups.shape[1])
+
+
+def add_routed_delta(output: torch.Tensor, lx: torch.Tensor, gate: torch.Tensor, ups: torch.Tensor,
+                     scale: float) -> torch.Tensor:
+    """``output + Δy`` in one fused ``baddbmm`` (no separate Δy tensor): the hot path of a hook."""
+    mixed = _mixed_ups(lx, gate, ups, scale).to(output.dtype)
+    tokens = lx.reshape(lx.shape[0], -1, lx.shape[-1]).to(output.dtype)
+    summed = torch.baddbmm(output.reshape(output.shape[0], -1, output.shape[-1]), tokens, mixed)
+    return summed.reshape(output.shape)
 
 
 def static_weight(gate: torch.Tensor, ups: torch.Tensor, down: torch.Tensor, scale: float,
