@@ -1,0 +1,62 @@
+import os
+
+import comfy.model_management as mm
+import comfy.sd
+import folder_paths
+import torch
+
+from devkit import tiny_dit
+from devkit.adapters import library, lora_weights, randomized_adapter
+from devkit.host import import_pack
+
+
+def test_loader_cache_picks_up_a_retrained_file(tmp_path):
+    files = import_pack().nodes.adapter_files
+    folder_paths.add_model_folder_path("loras", str(tmp_path))
+    w = {"lora_unet_blocks_0_mlp_layer1": torch.randn(32, 24)}
+    path = tmp_path / "retrained_moe.safetensors"
+    library().save(randomized_adapter(w, rank=2, experts=2, seed=1), path)
+    first = files.load_cached("retrained_moe.safetensors")
+    assert files.load_cached("retrained_moe.safetensors") is first  # cached
+    library().save(randomized_adapter(w, rank=3, experts=2, seed=2), path)
+    os.utime(path, ns=(first_mtime := os.stat(path).st_mtime_ns, first_mtime + 10**9))
+    second = files.load_cached("retrained_moe.safetensors")
+    assert second is not first and second.rank == 3 and first.rank == 2
+    assert "retrained_moe.safetensors" in files.adapter_choices()
+    assert not any(n.endswith(".resume.safetensors") for n in files.adapter_choices())
+
+
+def test_bf16_model_gemms_in_the_activation_dtype_fp32_gates_weights_owned_by_comfy():
+    """bf16 weights: ComfyUI computes in its manual-cast dtype (fp32 on this CPU, bf16 on most GPUs); the
+    adapter's GEMM operands must match what the Linear actually receives, and gates stay fp32."""
+    patcher = import_pack().nodes.patcher
+    sd = tiny_dit.mmdit_state_dict(depth=2, seed=0)
+    model = comfy.sd.load_diffusion_model_state_dict(sd, model_options={"dtype": torch.bfloat16})
+    assert model.model_dtype() == torch.bfloat16
+    adapter = randomized_adapter(lora_weights(model, pattern=r"mlp_fc1$"), rank=4, experts=3, seed=0)
+    patched, _ = patcher.apply_adapter(model, adapter)
+    holders = [m for models in patched.additional_models.values() for m in models]
+    assert len(holders) == 1
+    params = dict(holders[0].model.named_parameters())
+    activation_dtypes = []
+    fc1 = model.model.diffusion_model.joint_blocks[0].x_block.mlp.fc1
+    handle = fc1.register_forward_hook(lambda m, a, o: activation_dtypes.append(a[0].dtype))
+    seen = {}
+
+    def spy(logits, ctx):
+        seen["logits"] = logits.dtype
+        return torch.softmax(logits, -1)
+
+    spied, _ = patcher.apply_adapter(model, adapter, override=spy)
+    latent = torch.zeros(1, 16, 16, 16)
+    out = tiny_dit.sample(spied, latent, tiny_dit.mmdit_conditioning(seed=1), tiny_dit.mmdit_conditioning(seed=2),
+                          steps=2)
+    handle.remove()
+    assert torch.isfinite(out).all() and seen["logits"] == torch.float32
+    assert set(activation_dtypes) == {model.model.manual_cast_dtype or torch.bfloat16}
+    assert all(p.dtype == activation_dtypes[0] for n, p in params.items() if n.endswith(("down", "ups")))
+    assert all(p.dtype == torch.float32 for n, p in params.items() if "router" in n)
+    loaded = {id(lm.model.model) for lm in mm.current_loaded_models}  # LoadedModel -> ModelPatcher -> module
+    spied_holders = [m.model for models in spied.additional_models.values() for m in models]
+    assert len(spied_holders) == 1 and id(spied_holders[0]) in loaded  # ComfyUI's loader owns the adapter tensors
+    mm.unload_all_models()
