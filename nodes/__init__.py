@@ -4,17 +4,30 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
+from .bake import OrthoHydraBakeLoRA
 from .demo_conditioning import OrthoHydraDemoConditioning
+from .gallery import OrthoHydraExpertGallery
 from .latent_preview import OrthoHydraLatentPreview
 from .load_apply import OrthoHydraApply, OrthoHydraLoadAndApply, OrthoHydraLoader
+from .router import OrthoHydraRouter
+from .style_profiles import OrthoHydraCaptureStyle, OrthoHydraLoadStyle, OrthoHydraSaveStyle, register_profile_folder
 
 NODES: list[type[io.ComfyNode]] = [
     OrthoHydraLoader,
     OrthoHydraApply,
     OrthoHydraLoadAndApply,
+    OrthoHydraRouter,
+    OrthoHydraCaptureStyle,
+    OrthoHydraSaveStyle,
+    OrthoHydraLoadStyle,
+    OrthoHydraBakeLoRA,
+    OrthoHydraExpertGallery,
     OrthoHydraDemoConditioning,
     OrthoHydraLatentPreview,
 ]
+
+
+register_profile_folder()
 
 
 class OrthoHydraExtension(ComfyExtension):

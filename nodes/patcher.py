@@ -24,8 +24,10 @@ import comfy.patcher_extension
 import torch
 from torch import nn
 
-from ..ortho_hydra import Adapter, ExpertLayer, OrthoHydraError, PlainLoRA
+from ..ortho_hydra import Adapter, ExpertLayer, OrthoHydraError
+from ..ortho_hydra.bake import kohya_name, target_lora
 from ..ortho_hydra.fei import frequency_energy_index
+from ..ortho_hydra.overrides import OverrideStack
 from ..ortho_hydra.routing import GateContext, GateOverride, add_routed_delta, mix_and_project_up, project_down
 from ..ortho_hydra.targets import PatchPlan, Target, merge_shared_legs, plan, summarize
 
@@ -43,6 +45,15 @@ class SamplingState:
     fei: torch.Tensor | None = None
     fei_div: float | None = None  # set when some routed layer's router reads the latent's FEI
     extra: dict = field(default_factory=dict)
+    recorder: dict | None = None  # layer -> list of (σ, gate rows) while a capture or trace listens
+
+    def record(self, layer: str, gate: torch.Tensor, ctx: GateContext) -> None:
+        uncond = ctx.extra.get("uncond_rows")
+        self.recorder.setdefault(layer, []).append({
+            "sampler_sigma": self.extra.get("sampler_sigma"),
+            "gate": gate.detach().float().cpu(),
+            "uncond_rows": None if uncond is None else uncond.cpu(),
+        })
 
     def context(self, layer: str, batch: int) -> GateContext:
         sigma = self.sigma
@@ -114,7 +125,10 @@ class RoutedHook:
     def _gate(self, layer: ExpertLayer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ctx = self.state.context(layer.name, x.shape[0])
         lx = project_down(x, layer.down, layer.inv_scale)
-        return lx, layer.gate_from_projection(lx, ctx.sigma, self.override, ctx, self.state.fei)
+        gate = layer.gate_from_projection(lx, ctx.sigma, self.override, ctx, self.state.fei)
+        if self.state.recorder is not None:
+            self.state.record(layer.name, gate, ctx)
+        return lx, gate
 
 
 def router_sigma_fn(model_sampling) -> callable:
@@ -134,6 +148,7 @@ def _apply_model_wrapper(state: SamplingState, to_router_sigma):
     def wrapper(executor, x, t, *args, **kwargs):
         transformer_options = args[3] if len(args) > 3 else kwargs.get("transformer_options", {})
         state.sigma = to_router_sigma(t)
+        state.extra["sampler_sigma"] = float(t.reshape(-1)[0])  # schedules are keyed on the sampler's σ
         state.cond_or_uncond = list(transformer_options.get("cond_or_uncond") or []) or None
         if state.fei_div is not None:  # scale-invariant, so the raw sampler latent is as good as the model input
             state.fei = frequency_energy_index(x, state.fei_div)
@@ -141,6 +156,7 @@ def _apply_model_wrapper(state: SamplingState, to_router_sigma):
             return executor(x, t, *args, **kwargs)
         finally:
             state.sigma, state.cond_or_uncond, state.fei = None, None, None
+            state.extra.pop("sampler_sigma", None)
 
     return wrapper
 
@@ -175,31 +191,50 @@ def _compute_dtype(model) -> torch.dtype:
     return dtype if dtype in (torch.float16, torch.bfloat16, torch.float32) else torch.float32
 
 
-def _plain_patches(model, legs: dict[str, tuple[PlainLoRA, str]], strength: float) -> int:
-    """Plain legs on whole Linears as ComfyUI's own LoRA weight patches (inv_scale folded into down, exactly).
-
-    ``legs`` maps name -> (leg, module path) as resolved by the plan, aliases included.
-    """
-    if not legs:
+def _static_patches(model, folded: list[tuple[Target, dict]], strength: float) -> int:
+    """Targets whose legs are all plain or constant-gated, as ComfyUI's own LoRA weight patches (exact)."""
+    if not folded:
         return 0
-    key_map = {name: f"{module}.weight" for name, (_, module) in legs.items()}
-    sd = {}
-    for name, (leg, _) in legs.items():
-        down = leg.down if leg.inv_scale is None else leg.down * leg.inv_scale
+    key_map, sd = {}, {}
+    for target, gates in folded:
+        up, down = target_lora(target, gates)
+        name = kohya_name(target.module)
+        key_map[name] = f"{target.module}.weight"
+        sd[f"{name}.lora_up.weight"] = up
         sd[f"{name}.lora_down.weight"] = down
-        sd[f"{name}.lora_up.weight"] = leg.up
-        sd[f"{name}.alpha"] = torch.tensor(float(leg.alpha))
+        sd[f"{name}.alpha"] = torch.tensor(float(down.shape[0]))
     patches = comfy.lora.load_lora(sd, key_map, log_missing=False)
     model.add_patches(patches, strength)
     return len(patches)
 
 
-def apply_adapter(model, adapter: Adapter, strength: float = 1.0, override: GateOverride | None = None):
-    """Return a patched clone of ``model`` routing every adapted Linear through its experts."""
+def _bind_override(model, adapter: Adapter, override):
+    """Check an override against the adapter and express its keyframes in this model's sampler σ."""
+    if override is None or not isinstance(override, OverrideStack):
+        return override
+    for o in override.overrides:
+        for frame in o.keyframes:
+            try:
+                frame.rule.check(adapter.num_experts)
+            except ValueError as exc:
+                raise OrthoHydraError(f"router override: {exc}.", path=adapter.path, key="override",
+                                      fix="adjust the Ortho-Hydra Router node's settings") from exc
+    sampling = model.get_model_object("model_sampling")
+    return override.bind(lambda p: float(sampling.percent_to_sigma(p)))
+
+
+def apply_adapter(model, adapter: Adapter, strength: float = 1.0, override: GateOverride | None = None,
+                  fold: bool = True):
+    """Return a patched clone of ``model`` routing every adapted Linear through its experts.
+
+    ``override`` (default: the adapter's own) changes the gates; layers whose gate it fixes for the whole
+    run are folded into the weights when ``fold`` is true, so they cost nothing at sampling time.
+    """
     patch_plan = make_plan(model, adapter)
     patched = model.clone()
     if strength == 0:
         return patched, patch_plan
+    override = _bind_override(patched, adapter, override if override is not None else adapter.override)
     state = SamplingState()
     fei_divs = {layer.router.fei_sigma_low_div for layer in adapter.layers.values() if layer.router.fei_dim}
     if len(fei_divs) > 1:
@@ -208,16 +243,16 @@ def apply_adapter(model, adapter: Adapter, strength: float = 1.0, override: Gate
     state.fei_div = next(iter(fei_divs), None)
     key = f"{ADDITIONAL_MODELS_PREFIX}_{uuid.uuid4().hex[:12]}"
     holder = nn.ModuleDict()
-    plain_static: dict[str, tuple[PlainLoRA, str]] = {}
+    folded: list[tuple[Target, dict]] = []
     for index, target in enumerate(patch_plan.targets.values()):
-        legs = merge_shared_legs(target)
-        if _all_plain_full(legs, target):  # a plain leg on a whole Linear: ComfyUI's own weight patch
-            plain_static.update({leg.layer.name: (leg.layer, target.module) for leg in legs})
+        gates = _constant_gates(target, override) if fold else None
+        if gates is not None:
+            folded.append((target, gates))
             continue
-        weights = TargetWeights(legs, _compute_dtype(patched))
+        weights = TargetWeights(merge_shared_legs(target), _compute_dtype(patched))
         holder[str(index)] = weights
         _install_hook(patched, target, RoutedHook(weights, state, strength, override, target.out_features))
-    _plain_patches(patched, plain_static, strength)
+    _static_patches(patched, folded, strength)
     if len(holder):
         weights_patcher = comfy.model_patcher.ModelPatcher(holder, load_device=patched.load_device,
                                                            offload_device=patched.offload_device)
@@ -225,13 +260,40 @@ def apply_adapter(model, adapter: Adapter, strength: float = 1.0, override: Gate
         patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, key,
                                      _apply_model_wrapper(state, router_sigma_fn(patched.get_model_object(
                                          "model_sampling"))))
-    log.info("Ortho-Hydra %s: %s", adapter.path or "adapter", patch_plan.coverage())
+    # attachments are shared by reference with later clones (model_options would be deep-copied)
+    patched.set_attachments(key, AppliedAdapter(adapter=adapter, state=state, folded=len(folded),
+                                                hooked=len(holder)))
+    log.info("Ortho-Hydra %s: %s; %d folded into weights, %d router-live", adapter.path or "adapter",
+             patch_plan.coverage(), len(folded), len(holder))
     return patched, patch_plan
 
 
-def _all_plain_full(legs, target: Target) -> bool:
-    return all(isinstance(leg.layer, PlainLoRA) for leg in legs) and all(
-        leg.size in (None, target.out_features) for leg in legs)
+@dataclass
+class AppliedAdapter:
+    """What an apply left on the patched model, for nodes that inspect it later (capture, trace)."""
+
+    adapter: Adapter
+    state: SamplingState
+    folded: int
+    hooked: int
+
+
+def applied_adapters(model) -> list[AppliedAdapter]:
+    return [v for k, v in model.attachments.items() if k.startswith(ADDITIONAL_MODELS_PREFIX)]
+
+
+def _constant_gates(target: Target, override) -> dict | None:
+    """Per-leg constant gates when every leg is plain or fixed by the override, else None (needs a hook)."""
+    gates = {}
+    for leg in target.legs:
+        layer = leg.layer
+        if not isinstance(layer, ExpertLayer):
+            continue
+        gate = override.constant_gate(layer.name, layer.num_experts) if isinstance(override, OverrideStack) else None
+        if gate is None:
+            return None
+        gates[layer.name] = gate
+    return gates
 
 
 def _install_hook(model, target: Target, hook: RoutedHook) -> None:

@@ -3,3 +3,4 @@
 from comfy_api.latest import io
 
 OrthoHydraAdapterType = io.Custom("ORTHO_HYDRA")
+StyleProfileType = io.Custom("STYLE_PROFILE")

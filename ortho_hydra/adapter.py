@@ -17,6 +17,7 @@ class Adapter:
     metadata: dict[str, str] = field(default_factory=dict)
     expert_names: list[str] | None = None
     path: str | None = None
+    override: object | None = None  # an OverrideStack from the router node, applied when the adapter is applied
 
     @property
     def num_experts(self) -> int:

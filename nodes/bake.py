@@ -1,0 +1,54 @@
+"""Export a constant override as a standard LoRA file that any LoRA loader reproduces."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import folder_paths
+from comfy_api.latest import io
+
+from ..ortho_hydra import OrthoHydraError
+from ..ortho_hydra.bake import baked_lora
+from ..ortho_hydra.overrides import OverrideStack
+from ..ortho_hydra.safetensors_io import write_safetensors
+from .patcher import make_plan
+from .types import OrthoHydraAdapterType
+
+
+def constant_gates(adapter) -> dict:
+    stack = adapter.override if isinstance(adapter.override, OverrideStack) else OverrideStack()
+    return {name: stack.constant_gate(name, layer.num_experts) for name, layer in adapter.layers.items()}
+
+
+class OrthoHydraBakeLoRA(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="OrthoHydraBakeLoRA",
+            display_name="Bake Ortho-Hydra to LoRA",
+            category="loaders/ortho_hydra",
+            description="Writes a pinned, blended or profiled adapter as a plain LoRA (lora_up / lora_down / alpha "
+                        "in ComfyUI's naming) into models/loras. Live or scheduled routing cannot be baked.",
+            inputs=[
+                io.Model.Input("model", tooltip="The base model the LoRA is for (resolves the layer names)."),
+                OrthoHydraAdapterType.Input("adapter", tooltip="An adapter with a constant override (router node)."),
+                io.String.Input("filename", default="ortho_hydra_baked", tooltip="File name in models/loras "
+                                                                                 "(.safetensors is added)."),
+            ],
+            outputs=[io.String.Output(display_name="path")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, model, adapter, filename: str) -> io.NodeOutput:
+        if not re.match(r"^[\w\- .]+$", filename) or filename.startswith("."):
+            raise OrthoHydraError(f"'{filename}' is not a safe file name.", key="filename",
+                                  fix="use letters, digits, '-', '_', '.' and spaces")
+        tensors = baked_lora(make_plan(model, adapter), constant_gates(adapter))
+        name = filename if filename.endswith(".safetensors") else f"{filename}.safetensors"
+        path = os.path.join(folder_paths.get_folder_paths("loras")[0], name)
+        override = adapter.override.describe() if isinstance(adapter.override, OverrideStack) else "none"
+        write_safetensors(path, tensors, {"ss_network_module": "networks.lora", "oh_baked_from":
+                                          os.path.basename(adapter.path or "adapter"), "oh_override": override})
+        return io.NodeOutput(path)

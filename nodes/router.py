@@ -1,0 +1,175 @@
+"""Pin, blend, bias, sharpen or schedule an adapter's experts (evaluated inside the hooks, no re-patching)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from comfy_api.latest import io
+
+from ..ortho_hydra import Adapter, OrthoHydraError
+from ..ortho_hydra.overrides import (
+    GROUPS,
+    MODES,
+    SIDES,
+    GateRule,
+    Keyframe,
+    Override,
+    OverrideStack,
+    Scope,
+    count_blocks,
+)
+from ..ortho_hydra.profiles import check_matches
+from .types import OrthoHydraAdapterType, StyleProfileType
+
+KEYFRAMES_TIP = ("Optional schedule, one keyframe per line: '<start_percent> <mode> [args]', e.g. '0.0 live' / "
+                 "'0.4 pin 2' / '0.7 blend 1,1,0,0' / 'bias 0,2,0,0' / 'temperature 0.5' / 'top_k 2'. "
+                 "When set, it replaces mode / start_percent / end_percent.")
+
+
+def parse_floats(text: str, what: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.replace(";", ",").split(",") if v.strip())
+    except ValueError as exc:
+        raise ValueError(f"{what} must be comma-separated numbers, got {text!r}") from exc
+
+
+def rule_from(mode: str, args: str = "", *, expert: int = 0, weights: str = "", renormalize: bool = True,
+              temperature: float = 1.0, top_k: int = 1, profile=None) -> GateRule:
+    """A rule from the node's widgets, or from a keyframe line's arguments."""
+    args = args.strip()
+    if mode == "pin":
+        return GateRule("pin", expert=int(args) if args else expert)
+    if mode in ("blend", "bias"):
+        return GateRule(mode, weights=parse_floats(args or weights, f"{mode} weights"), renormalize=renormalize)
+    if mode == "temperature":
+        return GateRule("temperature", temperature=float(args) if args else temperature)
+    if mode == "top_k":
+        return GateRule("top_k", top_k=int(args) if args else top_k)
+    if mode == "profile":
+        if profile is None:
+            raise ValueError("mode 'profile' needs a STYLE_PROFILE connected to the profile input")
+        return GateRule("profile", profile=profile.layers)
+    return GateRule(mode)
+
+
+def parse_keyframes(text: str, profile=None, renormalize: bool = True) -> tuple[Keyframe, ...]:
+    frames = []
+    for number, raw in enumerate(text.strip().splitlines(), start=1):
+        line = raw.split("#")[0].strip()
+        if not line:
+            continue
+        parts = line.split(None, 2)
+        try:
+            start = float(parts[0])
+            parts = parts[1:]
+        except ValueError:
+            start = 0.0 if not frames else None
+            if start is None:
+                raise ValueError(f"keyframe line {number} ({raw!r}) needs a start percent") from None
+        if not parts or parts[0] not in MODES:
+            raise ValueError(f"keyframe line {number} ({raw!r}): mode must be one of {', '.join(MODES)}")
+        frames.append(Keyframe(start, rule_from(parts[0], parts[1] if len(parts) > 1 else "", profile=profile,
+                                                renormalize=renormalize)))
+    if not frames:
+        raise ValueError("the keyframes text has no keyframe lines")
+    return tuple(frames)
+
+
+def build_override(adapter: Adapter, *, mode: str, expert: int, weights: str, renormalize: bool,
+                   temperature: float, top_k: int, group: str, block_start: int, block_end: int, layer_regex: str,
+                   start_percent: float, end_percent: float, keyframes: str, interpolation: str, side: str,
+                   profile=None) -> Override:
+    if keyframes.strip():
+        frames = parse_keyframes(keyframes, profile, renormalize)
+    else:
+        rule = rule_from(mode, expert=expert, weights=weights, renormalize=renormalize, temperature=temperature,
+                         top_k=top_k, profile=profile)
+        if not 0.0 <= start_percent < end_percent <= 1.0:
+            raise ValueError(f"need 0 <= start_percent < end_percent <= 1, got {start_percent} and {end_percent}")
+        frames = (Keyframe(start_percent, rule),)
+        if end_percent < 1.0:
+            frames += (Keyframe(end_percent, GateRule("live")),)
+    scope = Scope(group=group, block_start=None if block_start < 0 else block_start,
+                  block_end=None if block_end < 0 else block_end, regex=layer_regex.strip())
+    override = Override(frames, scope, side, interpolation)
+    for frame in frames:
+        frame.rule.check(adapter.num_experts)
+    return override
+
+
+class OrthoHydraRouter(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="OrthoHydraRouter",
+            display_name="Ortho-Hydra Router",
+            category="loaders/ortho_hydra",
+            description="Override the learned router: pin one expert, blend experts by hand, bias, sharpen or "
+                        "top-k the gates, for a scope of layers and a window of the denoise. Chain several; "
+                        "later nodes win where scopes overlap. Constant overrides fold into the weights at zero "
+                        "sampling cost.",
+            inputs=[
+                OrthoHydraAdapterType.Input("adapter", tooltip="The adapter to override (from the loader or "
+                                                               "another router node)."),
+                io.Combo.Input("mode", options=list(MODES), default="pin",
+                               tooltip="live: the learned router; pin: one expert; blend: your weights; bias: "
+                                       "live plus logit offsets; temperature: divide logits by T; top_k: keep "
+                                       "the k largest gates; profile: a captured style profile."),
+                io.Int.Input("expert", default=0, min=0, max=255, tooltip="pin: the expert that gets all the "
+                                                                          "weight (0-based)."),
+                io.String.Input("weights", default="", tooltip="blend: one weight per expert; bias: one logit "
+                                                               "offset per expert (comma-separated)."),
+                io.Boolean.Input("renormalize", default=True, tooltip="blend: divide the weights by their sum."),
+                io.Float.Input("temperature", default=1.0, min=0.0, max=100.0, step=0.01,
+                               tooltip="temperature: T < 1 sharpens, T -> 0 is argmax, T > 1 flattens."),
+                io.Int.Input("top_k", default=1, min=1, max=255, tooltip="top_k: how many experts stay."),
+                io.Combo.Input("group", options=list(GROUPS), default="all",
+                               tooltip="Layers to touch: attention / MLP Linears, or the early, middle, late "
+                                       "third of the blocks (architecture-neutral, from the block index)."),
+                io.Int.Input("block_start", default=-1, min=-1, max=1024, tooltip="First block (inclusive); "
+                                                                                   "-1: no lower bound."),
+                io.Int.Input("block_end", default=-1, min=-1, max=1024, tooltip="Last block (inclusive); "
+                                                                                 "-1: no upper bound."),
+                io.String.Input("layer_regex", default="", tooltip="Only layers whose name matches this regex "
+                                                                   "(e.g. 'mlp_layer1'); empty: all."),
+                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Where in the denoise the override starts (0 = first step), converted "
+                                       "to σ with the model's own sampling."),
+                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Where it stops (back to the learned router)."),
+                io.String.Input("keyframes", default="", multiline=True, tooltip=KEYFRAMES_TIP),
+                io.Combo.Input("interpolation", options=["step", "linear"], default="step",
+                               tooltip="Between keyframes: switch at once, or blend the gates linearly in σ."),
+                io.Combo.Input("side", options=list(SIDES), default="both",
+                               tooltip="Apply to both CFG sides, only the positive, or only the negative rows."),
+                StyleProfileType.Input("profile", optional=True,
+                                       tooltip="A style profile (mode 'profile' or keyframe 'profile')."),
+            ],
+            outputs=[OrthoHydraAdapterType.Output(display_name="adapter"),
+                     io.String.Output(display_name="summary")],
+        )
+
+    @classmethod
+    def execute(cls, adapter: Adapter, mode: str, expert: int, weights: str, renormalize: bool,
+                temperature: float, top_k: int, group: str, block_start: int, block_end: int, layer_regex: str,
+                start_percent: float, end_percent: float, keyframes: str, interpolation: str, side: str,
+                profile=None) -> io.NodeOutput:
+        if profile is not None:
+            check_matches(profile, adapter, path=profile.source or profile.name)
+        try:
+            override = build_override(adapter, mode=mode, expert=expert, weights=weights, renormalize=renormalize,
+                                      temperature=temperature, top_k=top_k, group=group, block_start=block_start,
+                                      block_end=block_end, layer_regex=layer_regex, start_percent=start_percent,
+                                      end_percent=end_percent, keyframes=keyframes, interpolation=interpolation,
+                                      side=side, profile=profile)
+        except ValueError as exc:
+            raise OrthoHydraError(f"{exc}.", path=adapter.path, key="OrthoHydraRouter",
+                                  fix="fix the router node's settings") from exc
+        stack = adapter.override if isinstance(adapter.override, OverrideStack) else \
+            OverrideStack(num_blocks=count_blocks(list(adapter.layers)))
+        stack = stack.then(override)
+        routed = dataclasses.replace(adapter, override=stack)
+        constant = sum(stack.constant_gate(n, adapter.num_experts) is not None for n in adapter.layers)
+        summary = (f"{stack.describe()}\n{constant} of {len(adapter.layers)} routed layers have a constant gate "
+                   "(folded into the weights at apply time).")
+        return io.NodeOutput(routed, summary)
