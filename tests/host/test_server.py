@@ -97,3 +97,19 @@ def test_wrong_architecture_fails_the_run_naming_both_sides_and_server_keeps_ser
     assert "cosmos_blocks_moe.safetensors" in message
     again = srv.run(example, timeout=300)  # still serving, and a good graph still runs
     assert execution_error(again) is None and output_images(again, base / "output")
+
+
+@pytest.mark.parametrize("name", ["02_pin_blend_gallery.json", "03_capture_and_replay_style.json"])
+def test_every_example_workflow_uses_registered_nodes_and_runs(server, name):
+    srv, base = server
+    info = srv.get("/object_info")
+    wf = workflow.load(ROOT / "example_workflows" / name)
+    missing = {n["type"] for n in wf["nodes"]} - set(info)
+    assert not missing
+    entry = srv.run(workflow.to_api(wf, info), timeout=600)
+    assert execution_error(entry) is None, execution_error(entry)
+    images = output_images(entry, base / "output")
+    assert images and all(p.is_file() for p in images)
+    if name.startswith("03"):
+        assert (base / "models" / "ortho_hydra_profiles" / "demo_style.json").is_file()
+        assert (base / "models" / "loras" / "ortho_hydra_demo_style_baked.safetensors").is_file()
