@@ -10,7 +10,9 @@ from .gallery import OrthoHydraExpertGallery
 from .latent_preview import OrthoHydraLatentPreview
 from .load_apply import OrthoHydraApply, OrthoHydraLoadAndApply, OrthoHydraLoader
 from .router import OrthoHydraRouter
+from .save_plot import OrthoHydraPlotTraining, OrthoHydraSave
 from .style_profiles import OrthoHydraCaptureStyle, OrthoHydraLoadStyle, OrthoHydraSaveStyle, register_profile_folder
+from .train import OrthoHydraTrain
 
 NODES: list[type[io.ComfyNode]] = [
     OrthoHydraLoader,
@@ -22,6 +24,9 @@ NODES: list[type[io.ComfyNode]] = [
     OrthoHydraLoadStyle,
     OrthoHydraBakeLoRA,
     OrthoHydraExpertGallery,
+    OrthoHydraTrain,
+    OrthoHydraSave,
+    OrthoHydraPlotTraining,
     OrthoHydraDemoConditioning,
     OrthoHydraLatentPreview,
 ]

@@ -1,0 +1,81 @@
+"""Host-independent pieces of training: noise-level draws, the router trace, the balance term."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from . import metrics
+
+TIMESTEP_SAMPLING = ("uniform", "logit_normal", "shift")
+
+
+def draw_noise_levels(count: int, mode: str, generator: torch.Generator, shift: float = 3.0) -> torch.Tensor:
+    """Noise levels u in (0, 1) (1 = pure noise); the host maps them to its σ via percent = 1 - u.
+
+    uniform: u ~ U(0, 1); logit_normal: u = sigmoid(N(0, 1)), the reference trainer's default; shift: uniform u
+    pushed toward noise, u' = s·u / (1 + (s - 1)·u), as SD3-style schedules do.
+    """
+    if mode not in TIMESTEP_SAMPLING:
+        raise ValueError(f"unknown timestep sampling {mode!r}; choose one of {', '.join(TIMESTEP_SAMPLING)}")
+    if mode == "logit_normal":
+        u = torch.sigmoid(torch.randn(count, generator=generator))
+    else:
+        u = torch.rand(count, generator=generator)
+        if mode == "shift":
+            u = shift * u / (1 + (shift - 1) * u)
+    return u.clamp(1e-4, 1 - 1e-4)
+
+
+def mean_balance_loss(gates: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """Switch-style balance loss averaged over routed modules."""
+    losses = [metrics.balance_loss(g) for g in gates.values() if g is not None]
+    return torch.stack(losses).mean() if losses else None
+
+
+@dataclass
+class RouterTrace:
+    """Every N steps: per-layer normalised entropy, KL(mean gate || uniform), usage; optional style purity."""
+
+    num_experts: int
+    steps: list[int] = field(default_factory=list)
+    layers: dict[str, dict[str, list]] = field(default_factory=dict)
+    mean_entropy: list[float] = field(default_factory=list)
+    mean_kl: list[float] = field(default_factory=list)
+    purity: list[float] = field(default_factory=list)
+    init: str = ""
+    replicated_layers: list[str] = field(default_factory=list)
+
+    def record(self, step: int, gates: dict[str, torch.Tensor], labels: torch.Tensor | None = None) -> None:
+        self.steps.append(step)
+        entropies, kls, purities = [], [], []
+        for name, gate in gates.items():
+            g = gate.detach().float().cpu()
+            entry = self.layers.setdefault(name, {"entropy": [], "kl": [], "usage": []})
+            h = float(metrics.normalized_entropy(g).mean())
+            kl = float(metrics.kl_to_uniform(g))
+            entry["entropy"].append(h)
+            entry["kl"].append(kl)
+            entry["usage"].append(metrics.expert_usage(g).tolist())
+            entropies.append(h)
+            kls.append(kl)
+            if labels is not None and labels.numel() == g.shape[0]:
+                purities.append(metrics.style_purity(labels, g.argmax(-1), self.num_experts))
+        self.mean_entropy.append(sum(entropies) / max(len(entropies), 1))
+        self.mean_kl.append(sum(kls) / max(len(kls), 1))
+        if purities:
+            self.purity.append(sum(purities) / len(purities))
+
+    def usage_matrix(self) -> tuple[list[str], torch.Tensor]:
+        """Layers x experts mean usage over the whole trace."""
+        names = sorted(self.layers)
+        if not names:
+            return names, torch.zeros(0, self.num_experts)
+        rows = [torch.tensor(self.layers[n]["usage"]).mean(0) for n in names]
+        return names, torch.stack(rows)
+
+    def to_json(self) -> dict:
+        return {"num_experts": self.num_experts, "steps": self.steps, "mean_entropy": self.mean_entropy,
+                "mean_kl": self.mean_kl, "purity": self.purity, "init": self.init,
+                "replicated_layers": self.replicated_layers, "layers": self.layers}

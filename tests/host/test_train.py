@@ -1,0 +1,135 @@
+"""The in-graph trainer on the real host (CPU): fitting, de-uniformisation, resume, interrupt, reload, errors."""
+
+import dataclasses
+import itertools
+import warnings
+
+import comfy.model_management as mm
+import folder_paths
+import pytest
+import torch
+
+from devkit import tiny_dit
+from devkit.adapters import library
+from devkit.host import import_pack
+
+
+@pytest.fixture(scope="module")
+def T():
+    return import_pack().nodes.train
+
+
+@pytest.fixture()
+def loras(tmp_path):
+    folder_paths.add_model_folder_path("loras", str(tmp_path), is_default=True)
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def base():
+    return tiny_dit.load_mmdit(depth=2, seed=0)
+
+
+LATENTS = torch.randn(4, 16, 16, 16, generator=torch.Generator().manual_seed(0))
+POSITIVE = tiny_dit.mmdit_conditioning(seed=1)
+
+
+def config(T, **kw):
+    values = dict(steps=20, learning_rate=1e-2, batch_size=4, grad_accumulation=1, rank=4, experts=4, alpha=0.0,
+                  init="ortho", jitter_std=0.1, balance_weight=1e-5, router_lr_scale=10.0, targets="attention+mlp",
+                  target_regex="", timestep_sampling="logit_normal", shift=3.0, gradient_checkpointing=False,
+                  training_dtype="fp32", seed=0, save_every=0, output_name="run", fixed_noise=False)
+    values.update(kw)
+    return T.TrainConfig(**values)
+
+
+def test_fixed_batch_loss_falls_and_ortho_gates_leave_uniform(T, base, loras):
+    _, _, loss_map, trace = T.train(base, LATENTS, POSITIVE, config(T, fixed_noise=True, trace_every=1,
+                                                                     learning_rate=3e-2, targets="all_linear"))
+    loss = loss_map["loss"]
+    assert len(loss) == 20 and all(torch.isfinite(torch.tensor(loss)))
+    first, last = sum(loss[:3]) / 3, sum(loss[-3:]) / 3
+    assert last < 0.99 * first, (first, last)  # it learns the fixed batch (see README: no 2x drop on a random DiT)
+    assert sum(b < a for a, b in itertools.pairwise(loss)) >= 15  # and keeps improving step after step
+    assert 1 - trace.mean_entropy[0] < 0.01  # starts at the uniform prior ...
+    assert 1 - trace.mean_entropy[-1] > 0.05  # ... and leaves it within 20 steps
+    assert trace.mean_kl[-1] > trace.mean_kl[0]
+
+
+def test_resume_is_exact(T, base, loras):
+    lib = library()
+    full = T.train(base, LATENTS, POSITIVE, config(T, steps=8, output_name="straight"))[1]
+    T.train(base, LATENTS, POSITIVE, config(T, steps=4, output_name="split"))
+    resumed = T.train(base, LATENTS, POSITIVE, config(T, steps=8, output_name="split"),
+                      resume=str(loras / "split.resume.safetensors"))[1]
+    state = lib.training_state.load_training_state(loras / "split.resume.safetensors")
+    assert state.step == 8
+    for name, layer in full.layers.items():
+        other = resumed.layers[name]
+        for attr in ("down", "ups", "router_weight", "router_bias"):
+            assert torch.allclose(getattr(layer, attr), getattr(other, attr), atol=1e-6, rtol=1e-5), (name, attr)
+    assert not torch.equal(full.layers[name].ups, T.train(base, LATENTS, POSITIVE, config(
+        T, steps=4, output_name="short"))[1].layers[name].ups)  # and 4 steps really differ from 8
+
+
+def test_interrupt_saves_a_loadable_checkpoint_then_re_raises(T, base, loras, monkeypatch):
+    def press_cancel_after_step_three(payload):  # what the UI's cancel button does, mid-run
+        if payload["step"] == 3:
+            mm.interrupt_current_processing(True)
+
+    monkeypatch.setattr(T, "_notify", press_cancel_after_step_three)
+    with pytest.raises(mm.InterruptProcessingException):
+        T.train(base, LATENTS, POSITIVE, config(T, steps=10, output_name="stopped", trace_every=1))
+    adapter = library().load(loras / "stopped.safetensors")
+    assert adapter.num_experts == 4 and len(adapter.layers) > 0
+    assert library().training_state.load_training_state(loras / "stopped.resume.safetensors").step == 3
+    assert not [p for p in loras.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_trained_adapter_reloaded_through_the_loader_gives_the_same_sample(T, base, loras):
+    pack = import_pack()
+    live, _adapter, _, _ = T.train(base, LATENTS, POSITIVE, config(T, steps=6, output_name="reload_me"))
+    loaded = pack.nodes.load_apply.OrthoHydraLoader.execute("reload_me.safetensors", "training").args[0]
+    again = pack.nodes.load_apply.OrthoHydraApply.execute(base, loaded, 1.0).args[0]
+    latent = torch.zeros(1, 16, 16, 16)
+    neg = tiny_dit.mmdit_conditioning(seed=2)
+    a = tiny_dit.sample(live, latent, POSITIVE, neg, steps=3)
+    b = tiny_dit.sample(again, latent, POSITIVE, neg, steps=3)
+    mm.unload_all_models()
+    assert torch.allclose(a, b, atol=1e-5)
+    assert not torch.allclose(a, tiny_dit.sample(base, latent, POSITIVE, neg, steps=3), atol=1e-4)
+
+
+def test_hydra_baselines_train_and_are_stamped_hydra(T, base, loras):
+    for init in ("hydra_zero", "hydra_jitter"):
+        _, adapter, loss_map, trace = T.train(base, LATENTS, POSITIVE, config(T, steps=3, init=init,
+                                                                              output_name=init))
+        assert adapter.spec == "hydra" and trace.init == init and len(loss_map["loss"]) == 3
+        assert library().load(loras / f"{init}.safetensors").metadata["ss_network_spec"] == "hydra"
+
+
+def test_bad_inputs_get_clear_errors(T, base, loras):
+    lib = library()
+    with pytest.raises(lib.OrthoHydraError, match="3 conditionings for 4 latents"):
+        T.train(base, LATENTS, POSITIVE * 3, config(T))
+    with pytest.raises(lib.OrthoHydraError, match="rank 999 exceeds min") as err:
+        T.train(base, LATENTS, POSITIVE, config(T, rank=999))
+    assert "Fix:" in str(err.value)
+    with pytest.raises(lib.OrthoHydraError, match="3 style labels for 4 images"):
+        T.train(base, LATENTS, POSITIVE, config(T), style_labels="0,1,0")
+    with warnings.catch_warnings(record=True) as caught:  # E·r over the disjoint limit: warn and report, no crash
+        warnings.simplefilter("always")
+        _, _adapter, _, trace = T.train(base, LATENTS, POSITIVE, config(T, steps=2, rank=48, experts=4,
+                                                                        output_name="crowded"))
+    assert trace.replicated_layers and any("replicating the top slice" in str(w.message) or "deadlock" in
+                                           str(w.message) for w in caught)
+    T.train(base, LATENTS, POSITIVE, config(T, steps=2, output_name="for_sd3"))
+    other = tiny_dit.load_mmdit(depth=3, seed=1)
+    with pytest.raises(lib.OrthoHydraError, match="written for another model") as err:
+        T.train(other, LATENTS, tiny_dit.mmdit_conditioning(seed=1), config(T, steps=4, output_name="x"),
+                resume=str(loras / "for_sd3.resume.safetensors"))
+    assert "for_sd3.resume.safetensors" in str(err.value)
+    with pytest.raises(lib.OrthoHydraError, match="settings differ"):
+        T.train(base, LATENTS, POSITIVE, config(T, steps=4, rank=2, output_name="y"),
+                resume=str(loras / "for_sd3.resume.safetensors"))
+    assert dataclasses.fields(T.TrainConfig)
