@@ -96,3 +96,36 @@ def build(models_dir: Path | None = None, log=print) -> tuple[Path, Path]:
         library().save(adapter, adapter_path)
         log(f"wrote {adapter_path}")
     return dit_path, adapter_path
+
+
+TRAIN_LATENT_NAME = "ortho_hydra_demo_styles.latent"
+TRAIN_LABELS = "0,0,0,0,1,1,1,1"
+
+
+def two_style_latents(per_style: int = 4, size: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same contents rendered in two latent signatures.
+
+    Content: smooth random blobs (one per content id).  Style 0 adds a slow colour drift on channels 0-7;
+    style 1 adds a fine checker texture on channels 8-15.  The conditioning will name only the content.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    coarse = torch.randn(per_style, 16, size // 4, size // 4, generator=gen)
+    content = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    drift = torch.sin(xx / size * 3.14159)[None, None]
+    checker = (((xx + yy) % 2) * 2.0 - 1.0)[None, None]
+    style_a, style_b = content.clone(), content.clone()
+    style_a[:, :8] += 1.2 * drift
+    style_b[:, 8:] += 1.2 * checker
+    latents = torch.cat([style_a, style_b])
+    labels = torch.tensor([0] * per_style + [1] * per_style)
+    return latents, labels
+
+
+def write_training_latents(input_dir: Path) -> Path:
+    """ComfyUI's .latent format (LoadLatent), so the training graph reads the data like a user's."""
+    latents, _ = two_style_latents()
+    input_dir.mkdir(parents=True, exist_ok=True)
+    path = input_dir / TRAIN_LATENT_NAME
+    save_file({"latent_tensor": latents.contiguous(), "latent_format_version_0": torch.tensor([])}, str(path))
+    return path

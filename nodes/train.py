@@ -59,7 +59,10 @@ def target_weights(model, targets: str, regex: str) -> dict[str, tuple[str, torc
     for name, key in comfy.lora.model_lora_keys_unet(model.model, {}).items():
         if not name.startswith("lora_unet_") or not isinstance(key, str) or key not in sd or sd[key].ndim != 2:
             continue
-        if compiled.search(name[len("lora_unet_"):]) and "adaLN" not in name and "modulation" not in name:
+        short = name[len("lora_unet_"):]
+        if targets in ("attention+mlp", "mlp") and "embedder" in short:
+            continue  # timestep / pooled-text embedders are not the blocks' attention or MLP
+        if compiled.search(short) and "adaLN" not in name and "modulation" not in name:
             out[name] = (key[: -len(".weight")], sd[key])
     if not out:
         raise OrthoHydraError(f"no Linear layer of this model matches the targets ({targets} {pattern!r}).",
@@ -168,6 +171,36 @@ class TrainingRun:
         self.generator.set_state(state.rng["generator"])
         self.step = state.step
         self.losses = list(state.info.get("losses", []))
+
+
+def _as_normal_tensor(weight: torch.Tensor) -> torch.Tensor:
+    return weight.clone() if weight.is_inference() else weight
+
+
+def _wrap_inference_weights(mp) -> int:
+    """Tensors loaded while ComfyUI executed in inference mode cannot be saved for backward.
+
+    In this training clone only, ComfyUI-op weights get a weight wrapper that hands the forward a normal copy,
+    and any other parameter or buffer (norm scales, rope tables) a normal copy through an object patch; both
+    are reverted on unpatch.
+    """
+    count = 0
+    for name, module in mp.model.named_modules():
+        tensors = list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False))
+        for attr, tensor in tensors:
+            if tensor is None or not tensor.is_inference():
+                continue
+            key = f"{name}.{attr}" if name else attr
+            if hasattr(module, "weight_function") and attr in ("weight", "bias"):
+                mp.add_weight_wrapper(key, _as_normal_tensor)
+            elif isinstance(tensor, torch.nn.Parameter):
+                mp.add_object_patch(key, torch.nn.Parameter(tensor.clone(), requires_grad=False))
+            else:
+                mp.add_object_patch(key, tensor.clone())
+            count += 1
+    if count:
+        mp.force_cast_weights = True
+    return count
 
 
 def _notify(payload: dict) -> None:
@@ -325,11 +358,12 @@ def train(model, latents: torch.Tensor, positive: list, config: TrainConfig, *, 
             for m in checkpointed:
                 nodes_train.patch(m)
         mp.model.requires_grad_(False)
+        _wrap_inference_weights(mp)
         comfy.model_management.load_models_gpu([mp], memory_required=1e20, force_full_load=True)
         guider = nodes_custom_sampler.Guider_Basic(mp)
         guider.set_conds(positive)
         sampler = OrthoHydraTrainSampler(run, unique_id)
-        latents = latents.to(torch.float32)
+        latents = latents.to(torch.float32).clone()  # a normal tensor: ComfyUI runs nodes in inference mode
         try:
             guider.sample(torch.zeros_like(latents), latents, sampler, torch.arange(count, dtype=torch.float32),
                           seed=config.seed)

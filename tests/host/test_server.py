@@ -21,6 +21,7 @@ def server(tmp_path_factory):
     link_pack(base / "custom_nodes")
     models = base / "models"
     demo_assets.build(models, log=lambda *_: None)
+    demo_assets.write_training_latents(base / "input")
     loras = models / "loras"
     save_file({"model.diffusion_model.x.weight": torch.zeros(2, 2)}, str(loras / "foreign.safetensors"))
     torch.save({"w": torch.zeros(1)}, loras / "evil.ckpt")
@@ -99,7 +100,8 @@ def test_wrong_architecture_fails_the_run_naming_both_sides_and_server_keeps_ser
     assert execution_error(again) is None and output_images(again, base / "output")
 
 
-@pytest.mark.parametrize("name", ["02_pin_blend_gallery.json", "03_capture_and_replay_style.json"])
+@pytest.mark.parametrize("name", ["02_pin_blend_gallery.json", "03_capture_and_replay_style.json",
+                                  "04_train_then_apply.json"])
 def test_every_example_workflow_uses_registered_nodes_and_runs(server, name):
     srv, base = server
     info = srv.get("/object_info")
@@ -110,6 +112,10 @@ def test_every_example_workflow_uses_registered_nodes_and_runs(server, name):
     assert execution_error(entry) is None, execution_error(entry)
     images = output_images(entry, base / "output")
     assert images and all(p.is_file() for p in images)
+    if name.startswith("04"):  # trained in the server's inference-mode executor, checkpoint + resume file kept
+        assert (base / "models" / "loras" / "ortho_hydra_demo_trained.safetensors").is_file()
+        assert (base / "models" / "loras" / "ortho_hydra_demo_trained.resume.safetensors").is_file()
+        assert len(images) == 3
     if name.startswith("03"):
         assert (base / "models" / "ortho_hydra_profiles" / "demo_style.json").is_file()
         assert (base / "models" / "loras" / "ortho_hydra_demo_style_baked.safetensors").is_file()
