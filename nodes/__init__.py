@@ -10,15 +10,18 @@ from .gallery import OrthoHydraExpertGallery
 from .latent_preview import OrthoHydraLatentPreview
 from .load_apply import OrthoHydraApply, OrthoHydraLoadAndApply, OrthoHydraLoader
 from .router import OrthoHydraRouter
+from .router_trace import OrthoHydraRouterTrace
 from .save_plot import OrthoHydraPlotTraining, OrthoHydraSave
 from .style_profiles import OrthoHydraCaptureStyle, OrthoHydraLoadStyle, OrthoHydraSaveStyle, register_profile_folder
 from .train import OrthoHydraTrain
+from .web_routes import register_routes
 
 NODES: list[type[io.ComfyNode]] = [
     OrthoHydraLoader,
     OrthoHydraApply,
     OrthoHydraLoadAndApply,
     OrthoHydraRouter,
+    OrthoHydraRouterTrace,
     OrthoHydraCaptureStyle,
     OrthoHydraSaveStyle,
     OrthoHydraLoadStyle,
@@ -33,6 +36,7 @@ NODES: list[type[io.ComfyNode]] = [
 
 
 register_profile_folder()
+register_routes()
 
 
 class OrthoHydraExtension(ComfyExtension):

@@ -119,3 +119,25 @@ def test_every_example_workflow_uses_registered_nodes_and_runs(server, name):
     if name.startswith("03"):
         assert (base / "models" / "ortho_hydra_profiles" / "demo_style.json").is_file()
         assert (base / "models" / "loras" / "ortho_hydra_demo_style_baked.safetensors").is_file()
+
+
+def test_web_extension_route_and_docs_are_served(server):
+    srv, _ = server
+    import urllib.error
+    import urllib.request
+
+    body = srv.get("/ortho_hydra/experts?lora_name=ortho_hydra_demo_moe.safetensors")
+    assert body["num_experts"] == 2 and body["expert_names"] == demo_assets.STYLE_NAMES
+    for bad in ("..%2F..%2Fcomfy%2Fsd.py", "evil.ckpt", "nope"):
+        with pytest.raises(urllib.error.HTTPError) as err:
+            srv.get(f"/ortho_hydra/experts?lora_name={bad}")
+        assert err.value.code == 400
+    assert srv.get("/system_stats")["system"]
+    with urllib.request.urlopen(srv.url + "/extensions/comfyui-ortho-hydra/ortho_hydra.js", timeout=30) as resp:
+        script = resp.read().decode()
+    assert "registerExtension" in script and "/ortho_hydra/experts" in script
+    extensions = srv.get("/extensions")
+    assert any(e.endswith("ortho_hydra.js") for e in extensions)
+    with urllib.request.urlopen(srv.url + "/extensions/comfyui-ortho-hydra/docs/OrthoHydraRouter.md",
+                                timeout=30) as resp:
+        assert resp.read().decode().startswith("# Ortho-Hydra Router")

@@ -1,0 +1,82 @@
+"""Write web/docs/<NodeId>.md for every node from its V3 schema plus a short hand-written intro and tip.
+
+    .venv/bin/python scripts/gen_node_docs.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from devkit.host import import_pack  # noqa: E402
+
+TIPS = {
+    "OrthoHydraLoader": ("Reads an Ortho-Hydra or HydraLoRA `*_moe.safetensors` (ours or the reference trainer's) "
+                         "and summarises it.",
+                         "A retrained file is picked up on the next run: the cache is keyed by size and mtime."),
+    "OrthoHydraApply": ("Patches a clone of the model so every adapted Linear routes each sample through its experts, "
+                        "as in training. Pinned or blended layers are folded into the weights.",
+                        "Unpatching restores the model bit for bit; other packs' hooks on the same layers are kept."),
+    "OrthoHydraLoadAndApply": ("Load and apply in one node, with a one-line coverage report.",
+                               "If nothing matches, the error names both sides, e.g. blocks.N.* vs joint_blocks.N.*."),
+    "OrthoHydraRouter": ("Overrides the learned router: pin, blend, bias, temperature, top-k or a style profile, for a "
+                         "scope of layers and a window of the denoise. Chain several; later nodes win.",
+                         "The mixer under the widgets has one slider and one pin button per expert, read from the "
+                         "selected file's header. Constant overrides cost nothing at sampling time."),
+    "OrthoHydraRouterTrace": ("A sampler that also records every routed layer's gates per step, per CFG side.",
+                              "Saturation is 1 - normalised entropy: grey means the router is undecided."),
+    "OrthoHydraCaptureStyle": ("Records each layer's mean gate on a reference latent at a few noise levels: a "
+                               "replayable style profile.",
+                               "Feed it a VAE-encoded image of the style and its caption; same seed, same profile."),
+    "OrthoHydraSaveStyle": ("Saves a style profile to models/ortho_hydra_profiles.",
+                            "Profiles are stamped with the adapter's content hash and refuse other adapters."),
+    "OrthoHydraLoadStyle": ("Loads a saved style profile.", "Connect it to the router node's profile input."),
+    "OrthoHydraBakeLoRA": ("Exports a pinned, blended or profiled adapter as a standard LoRA file.",
+                           "The result loads with ComfyUI's own LoRA loader and matches the folded adapter."),
+    "OrthoHydraExpertGallery": ("Renders one seed with each expert pinned, plus live routing, as a labelled grid.",
+                                "Name the experts here or store names in the file with the save node."),
+    "OrthoHydraTrain": ("Fine-tunes an Ortho-Hydra (or HydraLoRA) adapter on this model inside the graph, with "
+                        "per-sample routing.",
+                        "Keep balance_weight tiny (2e-6..5e-5). Cancel at any time: a checkpoint and a resume file "
+                        "are kept in models/loras."),
+    "OrthoHydraSave": ("Saves an adapter as a `_moe` file with λ on the up side (exact under any Hydra runtime).",
+                       "Expert names given here appear in the mixer and the gallery."),
+    "OrthoHydraPlotTraining": ("Loss curve, mean gate entropy per run, and a layers x experts usage heatmap.",
+                               "Connect a HydraLoRA baseline's trace to compare de-uniformisation."),
+    "OrthoHydraDemoConditioning": ("Demo helper: seeded random conditioning of the model's context width.",
+                                   "For models used without a text encoder; it is not a prompt."),
+    "OrthoHydraLatentPreview": ("Demo helper: an approximate RGB image of a latent, without VAE weights.",
+                                "Uses the linear map of ComfyUI's live preview; decode with a VAE for real images."),
+}
+
+
+def render(schema) -> str:
+    intro, tip = TIPS[schema.node_id]
+    lines = [f"# {schema.display_name}", "", intro, "", "## Inputs", ""]
+    for item in schema.inputs:
+        optional = " (optional)" if getattr(item, "optional", False) else ""
+        lines.append(f"- **{item.id}**{optional}: {item.tooltip}")
+    lines += ["", "## Outputs", ""]
+    for out in schema.outputs or []:
+        lines.append(f"- **{out.display_name or out.io_type}** ({out.io_type})")
+    lines += ["", "## Tip", "", tip, ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    pack = import_pack()
+    nodes = asyncio.run(asyncio.run(pack.comfy_entrypoint()).get_node_list())
+    out = ROOT / "web" / "docs"
+    out.mkdir(parents=True, exist_ok=True)
+    for node in nodes:
+        schema = node.GET_SCHEMA()
+        (out / f"{schema.node_id}.md").write_text(render(schema))
+    print(f"wrote {len(nodes)} pages to {out}")
+
+
+if __name__ == "__main__":
+    main()
