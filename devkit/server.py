@@ -118,10 +118,12 @@ def execution_error(entry: dict) -> dict | None:
 
 
 def output_images(entry: dict, output_dir: Path) -> list[Path]:
+    """Saved images of a finished prompt (previews live in the temp folder and are not outputs)."""
     files = []
     for node_output in entry.get("outputs", {}).values():
         for image in node_output.get("images", []):
-            files.append(Path(output_dir) / image.get("subfolder", "") / image["filename"])
+            if image.get("type", "output") == "output":
+                files.append(Path(output_dir) / image.get("subfolder", "") / image["filename"])
     return files
 
 

@@ -38,7 +38,8 @@ class OrthoHydraDemoConditioning(io.ComfyNode):
                         "DiT without a text encoder. Not a prompt.",
             inputs=[
                 io.Model.Input("model", tooltip="The diffusion model whose context width is used."),
-                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Same seed, same conditioning."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=True,
+                             tooltip="Same seed, same conditioning."),
                 io.Int.Input("tokens", default=8, min=1, max=512, tooltip="Number of context tokens."),
             ],
             outputs=[io.Conditioning.Output(display_name="conditioning")],

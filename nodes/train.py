@@ -433,7 +433,8 @@ class OrthoHydraTrain(io.ComfyNode):
                 io.Boolean.Input("gradient_checkpointing", default=False, tooltip="Trade compute for memory."),
                 io.Combo.Input("training_dtype", options=["fp32", "bf16"], default="bf16",
                                tooltip="Autocast dtype of the forward; adapter weights stay fp32."),
-                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Seed for init, batches and noise."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=True,
+                             tooltip="Seed for init, batches and noise."),
                 io.Int.Input("save_every", default=0, min=0, max=1_000_000, tooltip="Checkpoint every N steps "
                                                                                     "(0: only at the end)."),
                 io.String.Input("output_name", default="ortho_hydra_trained",

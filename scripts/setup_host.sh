@@ -66,6 +66,20 @@ if ! stamp_ok reqs "$host_reqs_key"; then
   stamp_set reqs "$host_reqs_key"
 fi
 
+# The browser test drives Debian's chromium (never a downloaded browser).  Optional: without it that one
+# test is skipped with a message saying why.
+if [ ! -x /usr/bin/chromium ] && [ "${OH_SKIP_BROWSER:-0}" != "1" ]; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ]; then
+    echo "[setup] installing Debian's chromium for the browser test"
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+        >"$HOST_DIR/chromium-install.log" 2>&1; then
+      echo "[setup] chromium could not be installed (see $HOST_DIR/chromium-install.log); the browser test will skip"
+    fi
+  else
+    echo "[setup] no root apt-get: chromium not installed; the browser test will skip"
+  fi
+fi
+
 link="$COMFY/custom_nodes/comfyui-ortho-hydra"
 if [ "$(readlink "$link" 2>/dev/null)" != "$ROOT" ]; then
   rm -rf "$link"

@@ -40,21 +40,23 @@ function pushBlend(node) {
 }
 
 async function buildMixer(node) {
+  // a workflow load fires many connection changes: only the latest build may touch the widgets
+  const token = (node.ohBuild = (node.ohBuild || 0) + 1);
   const name = upstreamLoraName(node);
+  let info = null;
+  if (name) {
+    const response = await api.fetchApi(`/ortho_hydra/experts?lora_name=${encodeURIComponent(name)}`);
+    info = response.ok ? await response.json() : null;
+  }
+  if (token !== node.ohBuild) return;
   clearMixer(node);
-  if (!name) {
-    node.ohExperts = null;
+  node.ohExperts = info;
+  if (!info) {
     node.setSize(node.computeSize());
     return;
   }
-  const response = await api.fetchApi(`/ortho_hydra/experts?lora_name=${encodeURIComponent(name)}`);
-  if (!response.ok) {
-    node.ohExperts = null;
-    return;
-  }
-  const info = await response.json();
-  node.ohExperts = info;
-  const current = (widget(node, "weights")?.value || "").split(",").map(Number);
+  const text = (widget(node, "weights")?.value || "").trim();
+  const current = text ? text.split(",").map(Number) : [];
   info.expert_names.forEach((label, e) => {
     const start = Number.isFinite(current[e]) ? current[e] : 1 / info.num_experts;
     transient(node.addWidget("slider", `${MIXER_PREFIX} w ${e}: ${label}`, start, () => pushBlend(node),

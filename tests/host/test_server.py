@@ -101,7 +101,7 @@ def test_wrong_architecture_fails_the_run_naming_both_sides_and_server_keeps_ser
 
 
 @pytest.mark.parametrize("name", ["02_pin_blend_gallery.json", "03_capture_and_replay_style.json",
-                                  "04_train_then_apply.json"])
+                                  "04_train_then_apply.json", "05_router_trace.json"])
 def test_every_example_workflow_uses_registered_nodes_and_runs(server, name):
     srv, base = server
     info = srv.get("/object_info")
