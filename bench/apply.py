@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.models import routed_mmdit
 from bench.timing import environment, interleaved, report
 from devkit.host import boot
 
@@ -40,16 +41,14 @@ def main() -> None:
 
     import nodes as comfy_nodes
     from devkit import tiny_dit
-    from devkit.adapters import library, lora_weights, randomized_adapter
+    from devkit.adapters import library
     from devkit.host import import_pack
 
     pack = import_pack()
     patcher = pack.nodes.patcher
     lib = library()
     torch.manual_seed(0)
-    base = tiny_dit.load_mmdit(depth=args.depth, seed=0)
-    weights = lora_weights(base, pattern=r"(attn_qkv|attn_proj|mlp_fc1|mlp_fc2)$")
-    adapter = randomized_adapter(weights, rank=16, experts=4, seed=0)
+    base, adapter = routed_mmdit(args.depth)
     uniform = torch.full((4,), 0.25)
 
     # the same adapter as a plain LoRA at the uniform gate: rank r, exact ΔW, in ComfyUI's key naming

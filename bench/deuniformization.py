@@ -30,9 +30,12 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from safetensors.torch import load_file, save_file
+
 from devkit.host import boot
 from devkit.tiny_dit import mmdit_state_dict
 from ortho_hydra import OrthoHydraLinear, metrics
+from ortho_hydra.atomic import atomic_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -200,10 +203,10 @@ def logit_normal(gen: torch.Generator, n: int) -> torch.Tensor:
 
 def pretrained_base(cfg: Config, out_dir: Path) -> dict[str, torch.Tensor]:
     """Pretrain every base weight on smooth random fields once; cached so all arms share W0 exactly."""
-    path = out_dir / f"deuniformization_base_d{cfg.depth}_s{cfg.latent}_p{cfg.pretrain_steps}.pt"
-    if path.is_file():
+    path = out_dir / f"deuniformization_base_d{cfg.depth}_s{cfg.latent}_p{cfg.pretrain_steps}.safetensors"
+    if path.is_file():  # safetensors: the project never unpickles
         print(f"base: cached pretrained W0 {path.relative_to(ROOT)}")
-        return torch.load(path, weights_only=True)
+        return load_file(str(path))
     model = build_mmdit(cfg)
     model.load_state_dict(mmdit_state_dict(cfg.depth, cfg.base_seed, cfg.ctx_dim, cfg.ctx_dim))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.pretrain_lr, weight_decay=0.0)
@@ -223,8 +226,9 @@ def pretrained_base(cfg: Config, out_dir: Path) -> dict[str, torch.Tensor]:
         if step % 100 == 0 or step == cfg.pretrain_steps - 1:
             print(f"base pretrain step {step:4d}  loss {statistics.fmean(losses[-20:]):.4f}")
     print(f"base pretrain: {cfg.pretrain_steps} steps in {time.perf_counter() - start:.1f}s")
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    torch.save(state, path)
+    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, tmp)
     return state
 
 

@@ -57,3 +57,24 @@ def report(name: str, rows: list[dict], env: dict[str, str]) -> Path:
     for row in rows:
         print("| " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in row.values()) + " |")
     return path
+
+
+def paired_ratios(cases: dict[str, Callable[[], float]], reference: str, rounds: int) -> dict[str, dict[str, float]]:
+    """Per-round ratios to ``reference``, the case order rotated every round, reported as medians.
+
+    On a shared machine whole rounds drift by 10%; a ratio taken within one round cancels that drift, and the
+    rotation cancels any cost of running first or after a particular case.  Each case callable returns its own
+    measured seconds (so set-up outside its timer is excluded).
+    """
+    names = list(cases)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for name in order:
+            times[name].append(cases[name]())
+    out = {}
+    for name in names:
+        ratios = [t / ref for t, ref in zip(times[name], times[reference], strict=True)]
+        out[name] = {"median_s": statistics.median(times[name]), "ratio": statistics.median(ratios),
+                     "ratio_min": min(ratios), "ratio_max": max(ratios)}
+    return out

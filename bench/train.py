@@ -2,8 +2,8 @@
 
 Same model (MMDiT depth 8, hidden 512), same data (64x64 latents, batch 2), same rank (16), fp32 on the
 CPU; Ortho-Hydra with E = 4 on every Linear (the core node adapts every weight).  Each measurement runs in
-its own process, so peak RSS belongs to one trainer; seconds per step is the difference between an 8-step
-and a 2-step run divided by 6 (set-up cancels).
+its own process, so peak RSS belongs to one trainer; seconds per step is the median interval between the
+trainers' own per-step progress updates, first step dropped (set-up, such as the SVD bases, is excluded).
 
     .venv/bin/python bench/train.py [--rounds 2]
 
@@ -13,6 +13,7 @@ Targets: <= 1.25x TrainLoraNode's step time and <= 1.2x its memory.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import resource
 import statistics
@@ -45,6 +46,16 @@ def child(case: str, steps: int, depth: int, latent: int) -> None:
     model = tiny_dit.load_mmdit(depth=depth, seed=0)
     latents = torch.randn(4, 16, latent, latent, generator=torch.Generator().manual_seed(0))
     positive = tiny_dit.mmdit_conditioning(seed=1)
+    import comfy.utils
+
+    stamps: list[float] = []
+    original = comfy.utils.ProgressBar.update_absolute
+
+    def stamped(self, value, total=None, preview=None):  # both trainers advance a ProgressBar once per step
+        stamps.append(time.perf_counter())
+        return original(self, value, total, preview)
+
+    comfy.utils.ProgressBar.update_absolute = stamped
     before = _rss_mb()
     start = time.perf_counter()
     if case == "core":
@@ -67,7 +78,10 @@ def child(case: str, steps: int, depth: int, latent: int) -> None:
         train.train(model, latents, positive, config)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"case": case, "steps": steps, "seconds": seconds, "peak_mb": peak, "before_mb": before}))
+    intervals = [b - a for a, b in itertools.pairwise(stamps)][1:]  # drop the first (warm-up) step
+    step = statistics.median(intervals) if intervals else float("nan")
+    print(json.dumps({"case": case, "steps": steps, "seconds": seconds, "step_s": step, "peak_mb": peak,
+                      "before_mb": before}))
 
 
 def run(case: str, steps: int, args) -> dict:
@@ -95,10 +109,10 @@ def main() -> None:
     extra: dict[str, list[float]] = {"core": [], "ours": []}
     for _ in range(args.rounds):
         for case in ("core", "ours"):
-            short, long = run(case, 2, args), run(case, args.steps, args)
-            per_step[case].append((long["seconds"] - short["seconds"]) / (args.steps - 2))
-            peak[case].append(long["peak_mb"])
-            extra[case].append(long["peak_mb"] - long["before_mb"])
+            result = run(case, args.steps, args)
+            per_step[case].append(result["step_s"])
+            peak[case].append(result["peak_mb"])
+            extra[case].append(result["peak_mb"] - result["before_mb"])
     names = {"core": "ComfyUI TrainLoraNode (LoRA r=16, every weight)",
              "ours": "OrthoHydraTrain (r=16, E=4, all Linear)"}
     med = {k: statistics.median(v) for k, v in per_step.items()}

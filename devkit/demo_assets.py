@@ -129,3 +129,13 @@ def write_training_latents(input_dir: Path) -> Path:
     path = input_dir / TRAIN_LATENT_NAME
     save_file({"latent_tensor": latents.contiguous(), "latent_format_version_0": torch.tensor([])}, str(path))
     return path
+
+
+def prepare_base_directory(base: Path) -> Path:
+    """A ComfyUI --base-directory holding this pack, the demo model, adapter and training latents."""
+    from .server import link_pack
+
+    link_pack(base / "custom_nodes")
+    build(base / "models", log=lambda *_: None)
+    write_training_latents(base / "input")
+    return base

@@ -6,7 +6,6 @@ import dataclasses
 
 import comfy.model_management
 import comfy.sample
-import comfy.samplers
 import comfy.utils
 import numpy as np
 import torch
@@ -16,7 +15,7 @@ from PIL import Image, ImageDraw
 from ..ortho_hydra.overrides import GateRule, Keyframe, Override, OverrideStack, count_blocks
 from .latent_preview import latent_to_rgb
 from .patcher import apply_adapter
-from .types import OrthoHydraAdapterType
+from .types import OrthoHydraAdapterType, sampler_inputs
 
 
 def pinned(adapter, expert: int):
@@ -54,14 +53,7 @@ class OrthoHydraExpertGallery(io.ComfyNode):
                 io.Conditioning.Input("positive", tooltip="Positive conditioning."),
                 io.Conditioning.Input("negative", tooltip="Negative conditioning."),
                 io.Latent.Input("latent", tooltip="The latent to start from (first sample is used)."),
-                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=True,
-                             tooltip="One seed for every tile."),
-                io.Int.Input("steps", default=20, min=1, max=200, tooltip="Sampling steps per tile."),
-                io.Float.Input("cfg", default=4.0, min=0.0, max=30.0, step=0.1, tooltip="Guidance scale."),
-                io.Combo.Input("sampler_name", options=list(comfy.samplers.KSampler.SAMPLERS), default="euler",
-                               tooltip="Sampler."),
-                io.Combo.Input("scheduler", options=list(comfy.samplers.KSampler.SCHEDULERS), default="simple",
-                               tooltip="Noise schedule."),
+                *sampler_inputs("One seed for every tile.", "Sampling steps per tile.", 200),
                 io.Float.Input("strength", default=1.0, min=-10.0, max=10.0, step=0.01, tooltip="Adapter strength."),
                 io.String.Input("expert_names", default="", tooltip="Optional labels, comma-separated; default: "
                                                                     "the names stored in the file."),

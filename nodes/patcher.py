@@ -48,11 +48,13 @@ class SamplingState:
     recorder: dict | None = None  # layer -> list of (σ, gate rows) while a capture or trace listens
 
     def record(self, layer: str, gate: torch.Tensor, ctx: GateContext) -> None:
+        # plain lists, not tensors: hundreds of small tensors kept alive for a run fragment the heap and slowed
+        # large-model sampling by ~12% (bench/trace.py); lists cost nothing measurable
         uncond = ctx.extra.get("uncond_rows")
         self.recorder.setdefault(layer, []).append({
             "sampler_sigma": self.extra.get("sampler_sigma"),
-            "gate": gate.detach().float().cpu(),
-            "uncond_rows": None if uncond is None else uncond.cpu(),
+            "gate": gate.detach().float().cpu().tolist(),
+            "uncond_rows": None if uncond is None else uncond.cpu().tolist(),
         })
 
     def context(self, layer: str, batch: int) -> GateContext:
@@ -64,6 +66,13 @@ class SamplingState:
             per = max(batch // len(self.cond_or_uncond), 1)
             extra["uncond_rows"] = torch.tensor([c == 1 for c in self.cond_or_uncond]).repeat_interleave(per)[:batch]
         return GateContext(layer=layer, sigma=sigma, extra=extra)
+
+
+def recorded_gates(recorder: dict) -> dict[str, list[dict]]:
+    """The recorder's entries with ``gate`` (rows, E) and ``uncond_rows`` (rows,) as tensors."""
+    return {layer: [{**e, "gate": torch.tensor(e["gate"]),
+                     "uncond_rows": None if e["uncond_rows"] is None else torch.tensor(e["uncond_rows"])}
+                    for e in entries] for layer, entries in recorder.items()}
 
 
 class TargetWeights(nn.Module):

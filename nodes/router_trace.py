@@ -7,14 +7,14 @@ import io as _io
 import json
 
 import comfy.sample
-import comfy.samplers
 import numpy as np
 import torch
 from comfy_api.latest import io, ui
 
 from ..ortho_hydra import OrthoHydraError
 from ..ortho_hydra.metrics import normalized_entropy
-from .patcher import applied_adapters
+from .patcher import applied_adapters, recorded_gates
+from .types import sampler_inputs
 
 
 def summarize_records(records: dict, num_experts: int) -> dict:
@@ -87,14 +87,7 @@ class OrthoHydraRouterTrace(io.ComfyNode):
                 io.Conditioning.Input("positive", tooltip="Positive conditioning."),
                 io.Conditioning.Input("negative", tooltip="Negative conditioning."),
                 io.Latent.Input("latent_image", tooltip="The latent to denoise."),
-                io.Int.Input("seed", default=0, min=0, max=2**63 - 1, control_after_generate=True,
-                             tooltip="Noise seed."),
-                io.Int.Input("steps", default=20, min=1, max=1000, tooltip="Sampling steps."),
-                io.Float.Input("cfg", default=4.0, min=0.0, max=100.0, step=0.1, tooltip="Guidance scale."),
-                io.Combo.Input("sampler_name", options=list(comfy.samplers.KSampler.SAMPLERS), default="euler",
-                               tooltip="Sampler."),
-                io.Combo.Input("scheduler", options=list(comfy.samplers.KSampler.SCHEDULERS), default="simple",
-                               tooltip="Noise schedule."),
+                *sampler_inputs("Noise seed.", "Sampling steps.", 1000),
                 io.Combo.Input("side", options=["positive", "negative"], default="positive",
                                tooltip="Which CFG side the images show (the JSON has both)."),
             ],
@@ -117,7 +110,7 @@ class OrthoHydraRouterTrace(io.ComfyNode):
         try:
             out = comfy.sample.sample(model, noise, steps, cfg, sampler_name, scheduler, positive, negative, samples,
                                       noise_mask=latent_image.get("noise_mask"), seed=seed)
-            records = target.state.recorder
+            records = recorded_gates(target.state.recorder)
         finally:
             target.state.recorder = None
         adapter = target.adapter

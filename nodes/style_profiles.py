@@ -15,7 +15,7 @@ from comfy_api.latest import io
 
 from ..ortho_hydra import OrthoHydraError
 from ..ortho_hydra.profiles import StyleProfile, adapter_fingerprint, load_profile, save_profile
-from .patcher import applied_adapters
+from .patcher import applied_adapters, recorded_gates
 from .types import StyleProfileType
 
 PROFILE_FOLDER = "ortho_hydra_profiles"
@@ -58,7 +58,7 @@ def capture(model, latent: torch.Tensor, conditioning, percents: list[float], se
             comfy.sample.sample_custom(model, noise, 1.0, sampler, sigmas, conditioning, conditioning, latent,
                                        disable_pbar=True, seed=seed)
             pbar.update(1)
-        records = target.state.recorder
+        records = recorded_gates(target.state.recorder)
     finally:
         target.state.recorder = None
     adapter = target.adapter

@@ -1,7 +1,21 @@
 """The pack's own ComfyUI socket types."""
 
+import comfy.samplers
 from comfy_api.latest import io
 
 OrthoHydraAdapterType = io.Custom("ORTHO_HYDRA")
 StyleProfileType = io.Custom("STYLE_PROFILE")
 RouterTraceType = io.Custom("ROUTER_TRACE")
+
+
+def sampler_inputs(seed_tip: str, steps_tip: str, max_steps: int) -> list:
+    """The KSampler-style widgets (seed, steps, cfg, sampler, scheduler) our sampling nodes share."""
+    return [
+        io.Int.Input("seed", default=0, min=0, max=2**63 - 1, control_after_generate=True, tooltip=seed_tip),
+        io.Int.Input("steps", default=20, min=1, max=max_steps, tooltip=steps_tip),
+        io.Float.Input("cfg", default=4.0, min=0.0, max=100.0, step=0.1, tooltip="Guidance scale."),
+        io.Combo.Input("sampler_name", options=list(comfy.samplers.KSampler.SAMPLERS), default="euler",
+                       tooltip="Sampler."),
+        io.Combo.Input("scheduler", options=list(comfy.samplers.KSampler.SCHEDULERS), default="simple",
+                       tooltip="Noise schedule."),
+    ]

@@ -150,6 +150,15 @@ def _routed_layer(prefix: str, group: dict[str, torch.Tensor], path: str, metada
     )
 
 
+def _expert_names(metadata: dict[str, str]) -> list[str] | None:
+    """The optional ``oh_expert_names`` JSON list; a malformed stamp is ignored, not fatal."""
+    try:
+        names = json.loads(metadata.get("oh_expert_names") or "null")
+    except json.JSONDecodeError:
+        return None
+    return [str(n) for n in names] if isinstance(names, list) else None
+
+
 def _correct_router(layer: ExpertLayer) -> None:
     """Undo the reference's √|λ| split on the router: divide its first r columns by √|λ|.
 
@@ -216,12 +225,7 @@ def load(path: str | os.PathLike, *, router_correction: str = "training") -> Ada
     if is_reference_split and router_correction == "training":
         for layer in layers.values():
             _correct_router(layer)
-    names = None
-    if metadata.get("oh_expert_names"):
-        try:
-            names = [str(n) for n in json.loads(metadata["oh_expert_names"])]
-        except json.JSONDecodeError:
-            names = None
+    names = _expert_names(metadata)
     metadata = dict(metadata)
     if ignored:
         metadata["oh_ignored_keys"] = str(len(ignored))
@@ -248,12 +252,7 @@ def describe(path: str | os.PathLike) -> dict:
                               fix="load plain LoRAs with ComfyUI's LoraLoaderModelOnly; pick a *_moe.safetensors here")
     counts = set(experts.values())
     num_experts = max(counts)
-    names = None
-    if metadata.get("oh_expert_names"):
-        try:
-            names = [str(n) for n in json.loads(metadata["oh_expert_names"])]
-        except json.JSONDecodeError:
-            names = None
+    names = _expert_names(metadata)
     if not names or len(names) != num_experts:
         names = [f"expert {e}" for e in range(num_experts)]
     return {"num_experts": num_experts, "expert_names": names, "rank": max(ranks, default=0),

@@ -11,7 +11,7 @@ import pytest
 
 from devkit import demo_assets
 from devkit.host import ROOT
-from devkit.server import ComfyServer, link_pack
+from devkit.server import ComfyServer
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -26,10 +26,7 @@ if not CHROMIUM.exists():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    base = tmp_path_factory.mktemp("browser_base")
-    link_pack(base / "custom_nodes")
-    demo_assets.build(base / "models", log=lambda *_: None)
-    demo_assets.write_training_latents(base / "input")
+    base = demo_assets.prepare_base_directory(tmp_path_factory.mktemp("browser_base"))
     settings = base / "user" / "default" / "comfy.settings.json"  # no first-run template browser over the canvas
     settings.parent.mkdir(parents=True)
     settings.write_text(json.dumps({"Comfy.TutorialCompleted": True}))
@@ -137,3 +134,18 @@ def test_trace_node_previews_its_heatmap(server, page):
     page.wait_for_function("() => { const n = window.app.graph._nodes.find(n => n.comfyClass === "
                            "'OrthoHydraRouterTrace'); return n && n.imgs && n.imgs.length > 0; }", timeout=30_000)
     _show(page, "OrthoHydraRouterTrace", ARTIFACTS / "trace_heatmap.png")
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "example_workflows").glob("*.json")))
+def test_every_example_workflow_loads_with_no_missing_nodes(page, name):
+    _load(page, name)
+    missing = page.evaluate("() => window.app.graph._nodes.filter(n => !LiteGraph.registered_node_types[n.type])"
+                            ".map(n => n.type)")
+    assert missing == []
+    expected = len(json.loads((ROOT / "example_workflows" / name).read_text())["nodes"])
+    assert page.evaluate("() => window.app.graph._nodes.length") == expected
+    page.evaluate("() => { const c = window.app.canvas; c.ds.scale = 0.55; c.ds.offset = [40, 60];"
+                  " window.app.graph.setDirtyCanvas(true, true); }")
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(ARTIFACTS / f"workflow_{Path(name).stem}.png"), clip={"x": 60, "y": 80,
+                                                                                  "width": 1200, "height": 800})

@@ -157,7 +157,7 @@ def _record(pack, base, routed, steps=6, cfg=3.0, fold=False):
     tiny_dit.sample(patched, latent, tiny_dit.mmdit_conditioning(seed=1), tiny_dit.mmdit_conditioning(seed=2),
                     steps=steps, cfg=cfg)
     mm.unload_all_models()
-    records, state.recorder = state.recorder, None
+    records, state.recorder = pack.nodes.patcher.recorded_gates(state.recorder), None
     return patched, records
 
 

@@ -12,17 +12,13 @@ from safetensors.torch import save_file
 from devkit import demo_assets, workflow
 from devkit.adapters import library, randomized_adapter
 from devkit.host import ROOT
-from devkit.server import ComfyServer, execution_error, link_pack, output_images
+from devkit.server import ComfyServer, execution_error, output_images
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    base = tmp_path_factory.mktemp("comfy_base")
-    link_pack(base / "custom_nodes")
-    models = base / "models"
-    demo_assets.build(models, log=lambda *_: None)
-    demo_assets.write_training_latents(base / "input")
-    loras = models / "loras"
+    base = demo_assets.prepare_base_directory(tmp_path_factory.mktemp("comfy_base"))
+    loras = base / "models" / "loras"
     save_file({"model.diffusion_model.x.weight": torch.zeros(2, 2)}, str(loras / "foreign.safetensors"))
     torch.save({"w": torch.zeros(1)}, loras / "evil.ckpt")
     cosmos = randomized_adapter({"lora_unet_blocks_0_mlp_layer1": torch.randn(64, 32)}, rank=2, experts=2)

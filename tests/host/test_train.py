@@ -133,3 +133,22 @@ def test_bad_inputs_get_clear_errors(T, base, loras):
         T.train(base, LATENTS, POSITIVE, config(T, steps=4, rank=2, output_name="y"),
                 resume=str(loras / "for_sd3.resume.safetensors"))
     assert dataclasses.fields(T.TrainConfig)
+
+
+def test_out_of_memory_becomes_a_clear_error_and_keeps_the_checkpoint(T, base, loras, monkeypatch):
+    real = T.mean_balance_loss
+    calls = {"n": 0}
+
+    def runs_out_of_memory_on_the_third_step(gates):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(gates)
+
+    monkeypatch.setattr(T, "mean_balance_loss", runs_out_of_memory_on_the_third_step)
+    with pytest.raises(library().OrthoHydraError) as err:
+        T.train(base, LATENTS, POSITIVE, config(T, steps=10, output_name="oom"))
+    message = str(err.value)
+    assert "out of GPU memory at step 2" in message and "gradient_checkpointing" in message
+    assert "oom.safetensors" in message
+    assert library().training_state.load_training_state(loras / "oom.resume.safetensors").step == 2

@@ -1,0 +1,92 @@
+"""What router telemetry costs: router-live sampling with and without the trace recorder, side by side.
+
+MMDiT depth 8 (hidden 512), 61 routed Linears (r = 16, E = 4), 8 Euler steps on a 64x64 latent, cfg 3.
+The recorder is what OrthoHydraRouterTrace switches on.
+
+    .venv/bin/python bench/trace.py [--rounds 3]
+
+Target: <= 1.05x router-live sampling without the trace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.models import routed_mmdit
+from bench.timing import environment, paired_ratios, report
+from devkit.host import boot
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--depth", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--latent", type=int, default=64)
+    args = parser.parse_args()
+    boot(cpu=True)
+    import comfy.model_management as mm
+    import torch
+
+    from devkit import tiny_dit
+    from devkit.host import import_pack
+
+    patcher = import_pack().nodes.patcher
+    base, adapter = routed_mmdit(args.depth)
+    live, _ = patcher.apply_adapter(base, adapter)
+    state = patcher.applied_adapters(live)[-1].state
+    latent = torch.zeros(1, 16, args.latent, args.latent)
+    pos, neg = tiny_dit.mmdit_conditioning(seed=1), tiny_dit.mmdit_conditioning(seed=2)
+
+    def timed(trace: bool) -> float:
+        mm.load_models_gpu([live])
+        state.recorder = {} if trace else None
+        start = time.perf_counter()
+        tiny_dit.sample(live, latent, pos, neg, steps=args.steps, cfg=3.0)
+        elapsed = time.perf_counter() - start
+        state.recorder = None
+        return elapsed
+
+    timed(False), timed(True)
+    results = paired_ratios({"router-live": lambda: timed(False),
+                             "router-live + trace recording": lambda: timed(True)}, "router-live", args.rounds)
+    rows = [{"case": k, "median s": r["median_s"], "vs untraced (median of per-round ratios)": r["ratio"],
+             "ratio range": f"{r['ratio_min']:.3f}..{r['ratio_max']:.3f}"} for k, r in results.items()]
+    # what recording adds where it happens, free of whole-run drift: one hook call on one real layer input
+    target = next(iter(patcher.applied_adapters(live)[-1].adapter.layers))
+    module_path = patcher.make_plan(base, adapter).targets
+    path = next(t.module for t in module_path.values() if t.legs[0].layer.name == target)
+    mm.load_models_gpu([live])
+    module = live.model.get_submodule(path)
+    hook = next(h for h in module._forward_hooks.values() if isinstance(h, patcher.RoutedHook))
+    x = torch.randn(2, (args.latent // 2) ** 2 + 8, module.in_features)
+    out = module(x)
+
+    def hook_calls(trace: bool, n: int = 200) -> float:
+        state.recorder = {} if trace else None
+        start = time.perf_counter()
+        for _ in range(n):
+            hook(module, (x,), out)
+        state.recorder = None
+        return (time.perf_counter() - start) / n
+
+    hook_calls(False), hook_calls(True)
+    per_hook = paired_ratios({"hook call": lambda: hook_calls(False), "hook call + record": lambda: hook_calls(True)},
+                             "hook call", 10)
+    rows += [{"case": k, "median s": r["median_s"], "vs untraced (median of per-round ratios)": r["ratio"],
+              "ratio range": f"{r['ratio_min']:.3f}..{r['ratio_max']:.3f}"} for k, r in per_hook.items()]
+    report("trace_cpu", rows, {**environment("cpu"), "model": f"MMDiT depth {args.depth}"})
+    ratio = results["router-live + trace recording"]["ratio"]
+    print(f"\ntraced / untraced sampling = {ratio:.3f} (target <= 1.05): {'PASS' if ratio <= 1.05 else 'FAIL'}")
+    added = per_hook["hook call + record"]["median_s"] - per_hook["hook call"]["median_s"]
+    print(f"recording adds {added * 1e6:.1f} us per hook call ({per_hook['hook call + record']['ratio']:.3f}x the "
+          "hook), i.e. this much of each routed Linear's work")
+
+
+if __name__ == "__main__":
+    main()
