@@ -153,7 +153,7 @@ def router_sigma_fn(model_sampling) -> callable:
     return lambda sigma: (model_sampling.timestep(sigma).float() / 1000.0).clamp(0, 1)
 
 
-def _apply_model_wrapper(state: SamplingState, to_router_sigma):
+def apply_model_wrapper(state: SamplingState, to_router_sigma):
     def wrapper(executor, x, t, *args, **kwargs):
         transformer_options = args[3] if len(args) > 3 else kwargs.get("transformer_options", {})
         state.sigma = to_router_sigma(t)
@@ -267,7 +267,7 @@ def apply_adapter(model, adapter: Adapter, strength: float = 1.0, override: Gate
                                                            offload_device=patched.offload_device)
         patched.set_additional_models(key, [weights_patcher])
         patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, key,
-                                     _apply_model_wrapper(state, router_sigma_fn(patched.get_model_object(
+                                     apply_model_wrapper(state, router_sigma_fn(patched.get_model_object(
                                          "model_sampling"))))
     # attachments are shared by reference with later clones (model_options would be deep-copied)
     patched.set_attachments(key, AppliedAdapter(adapter=adapter, state=state, folded=len(folded),

@@ -36,7 +36,7 @@ from ..ortho_hydra.training_state import (
     resume_path_for,
     save_training_state,
 )
-from .patcher import SamplingState, _apply_model_wrapper, apply_adapter, router_sigma_fn
+from .patcher import SamplingState, apply_adapter, apply_model_wrapper, router_sigma_fn
 from .types import OrthoHydraAdapterType, RouterTraceType
 
 log = logging.getLogger("ortho_hydra")
@@ -351,7 +351,7 @@ def train(model, latents: torch.Tensor, positive: list, config: TrainConfig, *, 
             hooks[id(layer)] = TrainingHook(layer, state)
             mp.add_object_patch(f"{module}._forward_hooks", OrderedDict(hooks))
         mp.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "ortho_hydra_train",
-                                _apply_model_wrapper(state, router_sigma_fn(mp.get_model_object("model_sampling"))))
+                                apply_model_wrapper(state, router_sigma_fn(mp.get_model_object("model_sampling"))))
         checkpointed = []
         if config.gradient_checkpointing:
             checkpointed = list(nodes_train.find_all_highest_child_module_with_forward(mp.model.diffusion_model))
