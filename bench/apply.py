@@ -11,7 +11,6 @@ Targets: router-live <= 1.15x merged-LoRA sampling; load+patch <= 1.5x LoraLoade
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -20,17 +19,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.models import routed_mmdit
+from bench.models import routed_mmdit, sampling_parser
 from bench.timing import environment, interleaved, report
 from devkit.host import boot
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--depth", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--latent", type=int, default=64)
+    parser = sampling_parser(__doc__)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     os.environ["OH_DEVICE"] = args.device

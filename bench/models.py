@@ -14,3 +14,15 @@ def routed_mmdit(depth: int, rank: int = 16, experts: int = 4, seed: int = 0):
     base = tiny_dit.load_mmdit(depth=depth, seed=seed)
     adapter = randomized_adapter(lora_weights(base, pattern=MAIN_LINEARS), rank=rank, experts=experts, seed=seed)
     return base, adapter
+
+
+def sampling_parser(description: str):
+    """The options every sampling benchmark takes (rounds, model depth, steps, latent size)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--depth", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--latent", type=int, default=64)
+    return parser

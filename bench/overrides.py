@@ -12,7 +12,6 @@ Target: fully folded <= 1.02x the base model.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 import time
@@ -20,17 +19,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.models import routed_mmdit
+from bench.models import routed_mmdit, sampling_parser
 from bench.timing import environment, paired_ratios, report
 from devkit.host import boot
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--depth", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--latent", type=int, default=64)
+    parser = sampling_parser(__doc__)
     args = parser.parse_args()
     boot(cpu=True)
     import comfy.model_management as mm
