@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
 
 import folder_paths
@@ -62,3 +63,14 @@ def validation_error(name: str) -> str | None:
     except OrthoHydraError as exc:
         return str(exc)
     return None
+
+
+_SAFE_NAME = re.compile(r"^[\w\- .]+$")
+
+
+def checked_file_name(name: str, key: str) -> str:
+    """A user-typed file name for models/: letters, digits, '-', '_', '.' and spaces, no leading dot."""
+    if not _SAFE_NAME.match(name) or name.startswith("."):
+        raise OrthoHydraError(f"'{name}' is not a safe file name.", key=key,
+                              fix="use letters, digits, '-', '_', '.' and spaces")
+    return name

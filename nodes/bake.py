@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import os
-import re
 
 import folder_paths
 from comfy_api.latest import io
 
-from ..ortho_hydra import OrthoHydraError
 from ..ortho_hydra.bake import baked_lora
 from ..ortho_hydra.overrides import OverrideStack
 from ..ortho_hydra.safetensors_io import write_safetensors
+from .adapter_files import checked_file_name
 from .patcher import make_plan
 from .types import OrthoHydraAdapterType
 
@@ -42,9 +41,7 @@ class OrthoHydraBakeLoRA(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, adapter, filename: str) -> io.NodeOutput:
-        if not re.match(r"^[\w\- .]+$", filename) or filename.startswith("."):
-            raise OrthoHydraError(f"'{filename}' is not a safe file name.", key="filename",
-                                  fix="use letters, digits, '-', '_', '.' and spaces")
+        checked_file_name(filename, "filename")
         tensors = baked_lora(make_plan(model, adapter), constant_gates(adapter))
         name = filename if filename.endswith(".safetensors") else f"{filename}.safetensors"
         path = os.path.join(folder_paths.get_folder_paths("loras")[0], name)

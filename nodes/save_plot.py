@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io as _io
 import os
-import re
 
 import folder_paths
 import numpy as np
@@ -13,6 +12,7 @@ from comfy_api.latest import io
 
 from ..ortho_hydra import OrthoHydraError, save
 from ..ortho_hydra.training import RouterTrace
+from .adapter_files import checked_file_name
 from .types import OrthoHydraAdapterType, RouterTraceType
 
 
@@ -35,9 +35,7 @@ class OrthoHydraSave(io.ComfyNode):
 
     @classmethod
     def execute(cls, adapter, filename: str, expert_names: str) -> io.NodeOutput:
-        if not re.match(r"^[\w\- .]+$", filename) or filename.startswith("."):
-            raise OrthoHydraError(f"'{filename}' is not a safe file name.", key="filename",
-                                  fix="use letters, digits, '-', '_', '.' and spaces")
+        checked_file_name(filename, "filename")
         names = [n.strip() for n in expert_names.split(",") if n.strip()] or adapter.expert_names
         if names is not None and len(names) != adapter.num_experts:
             raise OrthoHydraError(f"{len(names)} expert names for {adapter.num_experts} experts.", key="expert_names",

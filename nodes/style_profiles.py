@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 
 import comfy.model_management
 import comfy.sample
@@ -15,6 +14,7 @@ from comfy_api.latest import io
 
 from ..ortho_hydra import OrthoHydraError
 from ..ortho_hydra.profiles import StyleProfile, adapter_fingerprint, load_profile, save_profile
+from .adapter_files import checked_file_name
 from .patcher import applied_adapters, recorded_gates
 from .types import StyleProfileType
 
@@ -122,9 +122,6 @@ class OrthoHydraCaptureStyle(io.ComfyNode):
         return io.NodeOutput(profile, f"profile '{name}' over {len(profile.layers)} layers; mean usage {usage}")
 
 
-_NAME = re.compile(r"^[\w\- .]+$")
-
-
 class OrthoHydraSaveStyle(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -141,9 +138,7 @@ class OrthoHydraSaveStyle(io.ComfyNode):
 
     @classmethod
     def execute(cls, profile: StyleProfile, name: str) -> io.NodeOutput:
-        if not _NAME.match(name) or name.startswith("."):
-            raise OrthoHydraError(f"'{name}' is not a safe file name.", key="name",
-                                  fix="use letters, digits, '-', '_', '.' and spaces")
+        checked_file_name(name, "name")
         path = os.path.join(profile_dir(), f"{name}.json")
         save_profile(profile, path)
         return io.NodeOutput(path)

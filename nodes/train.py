@@ -36,6 +36,7 @@ from ..ortho_hydra.training_state import (
     resume_path_for,
     save_training_state,
 )
+from .adapter_files import checked_file_name
 from .patcher import SamplingState, apply_adapter, apply_model_wrapper, router_sigma_fn
 from .types import OrthoHydraAdapterType, RouterTraceType
 
@@ -459,9 +460,7 @@ class OrthoHydraTrain(io.ComfyNode):
                 timestep_sampling: str, shift: float, gradient_checkpointing: bool, training_dtype: str, seed: int,
                 save_every: int, output_name: str, fixed_noise: bool, style_labels: str,
                 resume: str) -> io.NodeOutput:
-        if not re.match(r"^[\w\- .]+$", output_name) or output_name.startswith("."):
-            raise OrthoHydraError(f"'{output_name}' is not a safe file name.", key="output_name",
-                                  fix="use letters, digits, '-', '_', '.' and spaces")
+        checked_file_name(output_name, "output_name")
         config = TrainConfig(steps, learning_rate, batch_size, grad_accumulation, rank, experts, alpha, init,
                              jitter_std, balance_weight, router_lr_scale, targets, target_regex, timestep_sampling,
                              shift, gradient_checkpointing, training_dtype, seed, save_every, output_name,

@@ -3,6 +3,7 @@ import os
 import comfy.model_management as mm
 import comfy.sd
 import folder_paths
+import pytest
 import torch
 
 from devkit import tiny_dit
@@ -60,3 +61,12 @@ def test_bf16_model_gemms_in_the_activation_dtype_fp32_gates_weights_owned_by_co
     spied_holders = [m.model for models in spied.additional_models.values() for m in models]
     assert len(spied_holders) == 1 and id(spied_holders[0]) in loaded  # ComfyUI's loader owns the adapter tensors
     mm.unload_all_models()
+
+
+def test_user_typed_file_names_cannot_leave_their_folder():
+    files = import_pack().nodes.adapter_files
+    assert files.checked_file_name("my style 2.v1", "name") == "my style 2.v1"
+    for bad in ("../escape", "sub/dir", ".hidden", "a\\b", ""):
+        with pytest.raises(library().OrthoHydraError, match="not a safe file name") as err:
+            files.checked_file_name(bad, "output_name")
+        assert "key 'output_name'" in str(err.value) and "Fix:" in str(err.value)
