@@ -274,3 +274,67 @@ def test_failed_save_writes_nothing_and_keeps_the_old_file(tmp_path):
 
 def test_missing_file_is_named(tmp_path):
     _expect(tmp_path / "nope.safetensors", "file not found")
+
+
+def _file_with_header_length(path, residue: int) -> int:
+    """A valid one-tensor safetensors file, written by hand, whose header length is ≡ residue (mod 256)."""
+    data = torch.arange(6, dtype=torch.float32).numpy().tobytes()
+    entry = {"w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, len(data)]}}
+    for pad in range(512):
+        header = json.dumps({"__metadata__": {"note": "x" * pad}, **entry}).encode()
+        if len(header) % 256 == residue:
+            path.write_bytes(len(header).to_bytes(8, "little") + header + data)
+            return len(header)
+    raise AssertionError(residue)
+
+
+def test_every_header_length_mod_256_is_accepted(tmp_path):
+    """The first byte of a valid file is its header length's low byte: 0x80 (the pickle opcode) included."""
+    from ortho_hydra.safetensors_io import read_header, read_safetensors
+
+    for residue in range(256):
+        path = tmp_path / f"h{residue}.safetensors"
+        length = _file_with_header_length(path, residue)
+        assert path.read_bytes()[0] == residue and length % 256 == residue
+        entries, metadata = read_header(path)
+        assert entries["w"]["shape"] == [2, 3] and set(metadata["note"]) <= {"x"}
+    # files written by safetensors itself pad the header to 8 bytes: every reachable residue loads whole
+    seen = set()
+    for pad in range(400):
+        path = tmp_path / "lib.safetensors"
+        save_file({"w": torch.ones(2, 3)}, str(path), metadata={"note": "y" * pad})
+        residue = path.read_bytes()[0]
+        if residue in seen:
+            continue
+        seen.add(residue)
+        tensors, metadata = read_safetensors(path)
+        assert torch.equal(tensors["w"], torch.ones(2, 3)) and metadata["note"] == "y" * pad
+    assert 0x80 in seen and len(seen) == 32
+
+
+def test_moe_file_with_0x80_first_byte_loads(tmp_path):
+    """An ordinary adapter whose header happens to be 128 mod 256 bytes long is loaded, not called a pickle."""
+    original = adapter(names=["ink", "watercolor", "pixel"])
+    for pad in range(300):
+        path = tmp_path / "style_moe.safetensors"
+        ortho_hydra.save(original, path, metadata={"oh_provenance": json.dumps({"note": "z" * pad})})
+        if path.read_bytes()[0] == 0x80:
+            break
+    else:
+        raise AssertionError("no padding gave a 0x80 first byte")
+    loaded = ortho_hydra.load(path)
+    assert loaded.expert_names == ["ink", "watercolor", "pixel"]
+    for name, layer in original.layers.items():
+        assert torch.equal(layer.ups, loaded.layers[name].ups)
+
+
+def test_foreign_formats_are_named_without_reading(tmp_path):
+    gguf = tmp_path / "model.safetensors"
+    gguf.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x00" * 64)
+    _expect(gguf, "GGUF")
+    pickled = tmp_path / "p.safetensors"
+    pickled.write_bytes(pickle.dumps({"a": 1}, protocol=4))
+    _expect(pickled, "pickle")
+    small = tmp_path / "s.safetensors"  # a length that fits, then something that is not JSON
+    small.write_bytes((4).to_bytes(8, "little") + b"\x80\x04K\x01")
+    _expect(small, "not a safetensors JSON object")
