@@ -10,6 +10,7 @@ Target: <= 1.05x router-live sampling without the trace.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -31,21 +32,19 @@ def main() -> None:
     from devkit import tiny_dit
     from devkit.host import import_pack
 
-    patcher = import_pack().nodes.patcher
+    pack = import_pack()
+    patcher, recording = pack.nodes.patcher, pack.nodes.gate_recording.recording
     base, adapter = routed_mmdit(args.depth)
     live, _ = patcher.apply_adapter(base, adapter)
-    state = patcher.applied_adapters(live)[-1].state
     latent = torch.zeros(1, 16, args.latent, args.latent)
     pos, neg = tiny_dit.mmdit_conditioning(seed=1), tiny_dit.mmdit_conditioning(seed=2)
 
     def timed(trace: bool) -> float:
         mm.load_models_gpu([live])
-        state.recorder = {} if trace else None
-        start = time.perf_counter()
-        tiny_dit.sample(live, latent, pos, neg, steps=args.steps, cfg=3.0)
-        elapsed = time.perf_counter() - start
-        state.recorder = None
-        return elapsed
+        with recording(live) if trace else contextlib.nullcontext():
+            start = time.perf_counter()
+            tiny_dit.sample(live, latent, pos, neg, steps=args.steps, cfg=3.0)
+            return time.perf_counter() - start
 
     timed(False), timed(True)
     results = paired_ratios({"router-live": lambda: timed(False),
@@ -63,12 +62,11 @@ def main() -> None:
     out = module(x)
 
     def hook_calls(trace: bool, n: int = 200) -> float:
-        state.recorder = {} if trace else None
-        start = time.perf_counter()
-        for _ in range(n):
-            hook(module, (x,), out)
-        state.recorder = None
-        return (time.perf_counter() - start) / n
+        with recording(live) if trace else contextlib.nullcontext():
+            start = time.perf_counter()
+            for _ in range(n):
+                hook(module, (x,), out)
+            return (time.perf_counter() - start) / n
 
     hook_calls(False), hook_calls(True)
     per_hook = paired_ratios({"hook call": lambda: hook_calls(False), "hook call + record": lambda: hook_calls(True)},

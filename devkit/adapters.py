@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .host import boot, import_pack
+from .host import import_pack
 
 
 def library():
@@ -13,24 +13,10 @@ def library():
 
 
 def lora_weights(model, prefixes: list[str] | None = None, pattern: str | None = None) -> dict[str, torch.Tensor]:
-    """``{lora_unet_* prefix: W0}`` for the model's Linears, via ComfyUI's own key map."""
-    boot()
-    import re
-
-    import comfy.lora
-
-    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
-    sd = model.model.state_dict()
-    out = {}
-    for name, key in key_map.items():
-        if not name.startswith("lora_unet_") or not isinstance(key, str) or key not in sd or sd[key].ndim != 2:
-            continue
-        if prefixes is not None and name not in prefixes:
-            continue
-        if pattern is not None and not re.search(pattern, name):
-            continue
-        out[name] = sd[key].detach().float().clone()
-    return out
+    """``{lora_unet_* prefix: W0}`` for the model's Linears, through the pack's one Linear selection."""
+    linears = import_pack().nodes.model_linears.adaptable_linears
+    chosen = linears(model, "regex" if pattern else "all_linear", pattern or "", names=prefixes)
+    return {name: weight.detach().float().clone() for name, (_, weight) in chosen.items()}
 
 
 def randomized_adapter(weights: dict[str, torch.Tensor], rank: int = 4, experts: int = 3, seed: int = 0,

@@ -41,6 +41,7 @@ def _style_batch(in_features: int, style: int, gen: torch.Generator, batch: int 
 def fit_demo_adapter(weights: dict[str, torch.Tensor], steps: int = 150, rank: int = 4, seed: int = 0,
                      log=print) -> tuple[object, dict]:
     lib = library()
+    from ortho_hydra.training import StepGates
     net = lib.network.OrthoHydraNetwork(weights, rank=rank, num_experts=2, seed=seed)
     gen = torch.Generator().manual_seed(seed)
     purities = {}
@@ -69,8 +70,9 @@ def fit_demo_adapter(weights: dict[str, torch.Tensor], steps: int = 150, rank: i
         with torch.no_grad():
             gates = []
             for style in (0, 1):
-                layer.delta(_style_batch(in_f, style, gen))
-                gates.append(layer.last_gate)
+                seen = StepGates()
+                layer.delta(_style_batch(in_f, style, gen), sink=seen)
+                gates.append(seen[layer.name])
             labels = torch.tensor([0] * 8 + [1] * 8)
             purities[prefix] = lib.metrics.style_purity(labels, torch.cat(gates).argmax(-1), 2)
         log(f"  {prefix}: loss {loss.item():.4f} (from {start_loss:.4f}), style purity {purities[prefix]:.2f}")

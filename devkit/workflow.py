@@ -1,7 +1,8 @@
 """Frontend workflow JSON (what example_workflows/ holds) -> the API prompt that /prompt takes.
 
 Widget values are matched to input names through the server's own /object_info, in the order the
-frontend writes them (an INT with ``control_after_generate`` carries one extra value).
+frontend writes them (an INT with ``control_after_generate`` carries one extra value).  Widgets added to a node
+after the file was saved take their defaults, as the frontend does.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ def to_api(workflow: dict, object_info: dict) -> dict:
                 if options.get("control_after_generate"):
                     values.pop(0)
                 inputs[name] = value
+            elif is_widget and "default" in options:  # a widget newer than the file: the frontend's default
+                inputs[name] = options["default"]
             if name in linked:
                 inputs[name] = linked[name]
         prompt[str(node["id"])] = {"class_type": node_type, "inputs": inputs}

@@ -8,9 +8,9 @@ import threading
 
 import folder_paths
 
-from ..ortho_hydra import Adapter, OrthoHydraError, load
-from ..ortho_hydra.moe_format import describe
-from ..ortho_hydra.training_state import RESUME_SUFFIX
+from ortho_hydra import Adapter, OrthoHydraError, load
+from ortho_hydra.moe_format import describe
+from ortho_hydra.training_state import RESUME_SUFFIX
 
 _cache: dict[tuple, Adapter] = {}
 _lock = threading.Lock()

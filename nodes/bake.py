@@ -7,17 +7,16 @@ import os
 import folder_paths
 from comfy_api.latest import io
 
-from ..ortho_hydra.bake import baked_lora
-from ..ortho_hydra.overrides import OverrideStack
-from ..ortho_hydra.safetensors_io import write_safetensors
+from ortho_hydra.bake import baked_lora
+from ortho_hydra.safetensors_io import write_safetensors
+
 from .adapter_files import checked_file_name
 from .patcher import make_plan
 from .types import OrthoHydraAdapterType
 
 
 def constant_gates(adapter) -> dict:
-    stack = adapter.override if isinstance(adapter.override, OverrideStack) else OverrideStack()
-    return {name: stack.constant_gate(name, layer.num_experts) for name, layer in adapter.layers.items()}
+    return {name: adapter.override.constant_gate(name, layer.num_experts) for name, layer in adapter.layers.items()}
 
 
 class OrthoHydraBakeLoRA(io.ComfyNode):
@@ -45,7 +44,7 @@ class OrthoHydraBakeLoRA(io.ComfyNode):
         tensors = baked_lora(make_plan(model, adapter), constant_gates(adapter))
         name = filename if filename.endswith(".safetensors") else f"{filename}.safetensors"
         path = os.path.join(folder_paths.get_folder_paths("loras")[0], name)
-        override = adapter.override.describe() if isinstance(adapter.override, OverrideStack) else "none"
+        override = adapter.override.describe()
         write_safetensors(path, tensors, {"ss_network_module": "networks.lora", "oh_baked_from":
                                           os.path.basename(adapter.path or "adapter"), "oh_override": override})
         return io.NodeOutput(path)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import comfy.model_management
 import comfy.sample
 import comfy.utils
@@ -12,16 +10,16 @@ import torch
 from comfy_api.latest import io
 from PIL import Image, ImageDraw
 
-from ..ortho_hydra.overrides import GateRule, Keyframe, Override, OverrideStack, count_blocks
+from ortho_hydra.overrides import GateRule, Keyframe, Override
+
 from .latent_preview import latent_to_rgb
 from .patcher import apply_adapter
 from .types import OrthoHydraAdapterType, sampler_inputs
+from .widgets import split_list
 
 
 def pinned(adapter, expert: int):
-    stack = adapter.override if isinstance(adapter.override, OverrideStack) else \
-        OverrideStack(num_blocks=count_blocks(list(adapter.layers)))
-    return dataclasses.replace(adapter, override=stack.then(Override((Keyframe(0.0, GateRule("pin", expert)),))))
+    return adapter.with_override(Override((Keyframe(0.0, GateRule("pin", expert)),)))
 
 
 def labelled_row(images: list[torch.Tensor], labels: list[str], strip: int = 18) -> torch.Tensor:
@@ -65,7 +63,7 @@ class OrthoHydraExpertGallery(io.ComfyNode):
     @classmethod
     def execute(cls, model, adapter, positive, negative, latent, seed: int, steps: int, cfg: float,
                 sampler_name: str, scheduler: str, strength: float, expert_names: str, vae=None) -> io.NodeOutput:
-        names = [n.strip() for n in expert_names.split(",") if n.strip()] or adapter.display_expert_names()
+        names = split_list(expert_names) or adapter.display_expert_names()
         if len(names) != adapter.num_experts:
             names = adapter.display_expert_names()
         samples = latent["samples"][:1]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..ortho_hydra.moe_format import ROUTER_CORRECTIONS
+from ortho_hydra.moe_format import ROUTER_CORRECTIONS
+
 from .adapter_files import adapter_choices, file_fingerprint, load_cached, validation_error
 from .patcher import apply_adapter
 from .types import OrthoHydraAdapterType
@@ -72,7 +73,7 @@ class OrthoHydraApply(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, adapter, strength: float) -> io.NodeOutput:
-        patched, _ = apply_adapter(model, adapter, strength, getattr(adapter, "override", None))
+        patched, _ = apply_adapter(model, adapter, strength)
         return io.NodeOutput(patched)
 
 

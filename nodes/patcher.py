@@ -1,78 +1,33 @@
 """Install an adapter on a ComfyUI ModelPatcher: forward hooks for routed layers, weight patches
 for constant ones.  Everything goes through ModelPatcher so unpatching restores the model bit for bit.
 
-* Hooks: ``add_object_patch("<module>._forward_hooks", merged OrderedDict)``; other packs' hooks are
-  kept because the dict is built from ``get_model_object``.  ``forward`` is never replaced.
+* Hooks and the σ wrapper: :mod:`.hooks`.
 * Adapter tensors: leaf modules of frozen parameters in their own ModelPatcher, attached with
   ``set_additional_models`` so ComfyUI's loader moves and accounts for them with the model.
-* σ and cond/uncond rows: an APPLY_MODEL wrapper records them for the hooks (a Linear hook does not
-  see ``transformer_options``).
+* Layers never branch on their kind here: every one implements :class:`ortho_hydra.layer.AdapterLayer`.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import uuid
-from collections import OrderedDict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 
 import comfy.lora
 import comfy.model_patcher
-import comfy.model_sampling
-import comfy.patcher_extension
 import torch
 from torch import nn
 
-from ..ortho_hydra import Adapter, ExpertLayer, OrthoHydraError
-from ..ortho_hydra.bake import kohya_name, target_lora
-from ..ortho_hydra.fei import frequency_energy_index
-from ..ortho_hydra.overrides import OverrideStack
-from ..ortho_hydra.routing import GateContext, GateOverride, add_routed_delta, mix_and_project_up, project_down
-from ..ortho_hydra.targets import PatchPlan, Target, merge_shared_legs, plan, summarize
+from ortho_hydra import Adapter, OrthoHydraError
+from ortho_hydra.bake import plan_factors
+from ortho_hydra.lora_dict import kohya_name, lora_state_dict
+from ortho_hydra.overrides import OverrideStack
+from ortho_hydra.targets import PatchPlan, Target, merge_shared_legs, plan, summarize
+
+from .hooks import SamplingState, install_forward_hook, install_sampling_state
 
 log = logging.getLogger("ortho_hydra")
 ADDITIONAL_MODELS_PREFIX = "ortho_hydra"
-_hook_ids = itertools.count(start=2**40)  # apart from torch's own small handle ids
-
-
-@dataclass
-class SamplingState:
-    """σ (router units, one per row) and the cond/uncond layout of the current model call."""
-
-    sigma: torch.Tensor | None = None
-    cond_or_uncond: list[int] | None = None
-    fei: torch.Tensor | None = None
-    fei_div: float | None = None  # set when some routed layer's router reads the latent's FEI
-    extra: dict = field(default_factory=dict)
-    recorder: dict | None = None  # layer -> list of (σ, gate rows) while a capture or trace listens
-
-    def record(self, layer: str, gate: torch.Tensor, ctx: GateContext) -> None:
-        # plain lists, not tensors: hundreds of small tensors kept alive for a run fragment the heap and slowed
-        # large-model sampling by ~12% (bench/trace.py); lists cost nothing measurable
-        uncond = ctx.extra.get("uncond_rows")
-        self.recorder.setdefault(layer, []).append({
-            "sampler_sigma": self.extra.get("sampler_sigma"),
-            "gate": gate.detach().float().cpu().tolist(),
-            "uncond_rows": None if uncond is None else uncond.cpu().tolist(),
-        })
-
-    def context(self, layer: str, batch: int) -> GateContext:
-        sigma = self.sigma
-        if sigma is not None and sigma.numel() not in (1, batch):
-            sigma = sigma.reshape(-1)[:1]  # a hook inside a sub-batch; σ is shared within a call
-        extra = dict(self.extra)
-        if self.cond_or_uncond:
-            per = max(batch // len(self.cond_or_uncond), 1)
-            extra["uncond_rows"] = torch.tensor([c == 1 for c in self.cond_or_uncond]).repeat_interleave(per)[:batch]
-        return GateContext(layer=layer, sigma=sigma, extra=extra)
-
-
-def recorded_gates(recorder: dict) -> dict[str, list[dict]]:
-    """The recorder's entries with ``gate`` (rows, E) and ``uncond_rows`` (rows,) as tensors."""
-    return {layer: [{**e, "gate": torch.tensor(e["gate"]),
-                     "uncond_rows": None if e["uncond_rows"] is None else torch.tensor(e["uncond_rows"])}
-                    for e in entries] for layer, entries in recorder.items()}
 
 
 class TargetWeights(nn.Module):
@@ -83,31 +38,24 @@ class TargetWeights(nn.Module):
         self.specs = []
         for i, leg in enumerate(legs):
             layer = leg.layer
-            tensors = {"down": layer.down.to(dtype)}
-            if isinstance(layer, ExpertLayer):
-                tensors.update(ups=layer.ups.to(dtype), router_weight=layer.router_weight.float(),
-                               router_bias=layer.router_bias.float())
-            else:
-                tensors["up"] = layer.up.to(dtype)
-            if layer.inv_scale is not None:
-                tensors["inv_scale"] = layer.inv_scale.to(dtype)
-            for name, t in tensors.items():
-                self.register_parameter(f"leg{i}_{name}", nn.Parameter(t.contiguous(), requires_grad=False))
-            self.specs.append((i, layer, leg.offset, leg.size, tuple(tensors)))
+            names = []
+            for name, tensor in layer.tensors().items():
+                tensor = tensor.float() if name in layer.fp32_tensors else tensor.to(dtype)
+                self.register_parameter(f"leg{i}_{name}", nn.Parameter(tensor.contiguous(), requires_grad=False))
+                names.append(name)
+            self.specs.append((i, layer, leg.offset, leg.size, tuple(names)))
 
     def legs(self):
         """Yield (offset, size, layer) with tensors wherever ComfyUI has put this module now."""
         for i, layer, offset, size, names in self.specs:
-            live = {n: getattr(self, f"leg{i}_{n}") for n in names}
-            live.setdefault("inv_scale", None)
-            yield offset, size, replace(layer, **live)
+            yield offset, size, layer.with_tensors(**{n: getattr(self, f"leg{i}_{n}") for n in names})
 
 
 class RoutedHook:
     """Forward hook: ``y <- y + strength · Δy`` with Δy from the core library, per output slice."""
 
     def __init__(self, weights: TargetWeights, state: SamplingState, strength: float,
-                 override: GateOverride | None, out_features: int) -> None:
+                 override: OverrideStack, out_features: int) -> None:
         self.weights = weights
         self.state = state
         self.strength = strength
@@ -117,57 +65,15 @@ class RoutedHook:
     def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
         x = args[0]
         legs = list(self.weights.legs())
-        if len(legs) == 1 and legs[0][1] in (None, self.out_features) and isinstance(legs[0][2], ExpertLayer):
-            layer = legs[0][2]  # the common case: one routed layer on the whole output, fused add
-            lx, gate = self._gate(layer, x)
-            return add_routed_delta(output, lx, gate, layer.ups, layer.scale * self.strength)
+        if len(legs) == 1 and legs[0][1] in (None, self.out_features):
+            layer = legs[0][2]  # the common case: one layer on the whole output, fused add where the kind has one
+            return layer.add_delta(output, x, self.strength, **self.state.routing(layer.name, x.shape[0],
+                                                                                 self.override))
         full = torch.zeros_like(output)
         for offset, size, layer in legs:
-            if isinstance(layer, ExpertLayer):
-                lx, gate = self._gate(layer, x)
-                delta = mix_and_project_up(lx, gate, layer.ups, layer.scale)
-            else:
-                delta = layer.delta(x)
+            delta = layer.delta(x, **self.state.routing(layer.name, x.shape[0], self.override))
             full[..., offset:offset + (size or self.out_features)] += delta.to(output.dtype)
         return output + self.strength * full
-
-    def _gate(self, layer: ExpertLayer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        ctx = self.state.context(layer.name, x.shape[0])
-        lx = project_down(x, layer.down, layer.inv_scale)
-        gate = layer.gate_from_projection(lx, ctx.sigma, self.override, ctx, self.state.fei)
-        if self.state.recorder is not None:
-            self.state.record(layer.name, gate, ctx)
-        return lx, gate
-
-
-def router_sigma_fn(model_sampling) -> callable:
-    """Map the sampler's σ to the flow time in [0, 1] that routers are trained on.
-
-    Flow (CONST) models sample σ = t directly; Cosmos' rectified flow samples σ with t = σ / (σ + 1);
-    discrete ε/v models use their timestep / 1000.
-    """
-    if isinstance(model_sampling, comfy.model_sampling.CONST):
-        return lambda sigma: sigma.float()
-    if isinstance(model_sampling, comfy.model_sampling.COSMOS_RFLOW):
-        return lambda sigma: sigma.float() / (sigma.float() + 1.0)
-    return lambda sigma: (model_sampling.timestep(sigma).float() / 1000.0).clamp(0, 1)
-
-
-def apply_model_wrapper(state: SamplingState, to_router_sigma):
-    def wrapper(executor, x, t, *args, **kwargs):
-        transformer_options = args[3] if len(args) > 3 else kwargs.get("transformer_options", {})
-        state.sigma = to_router_sigma(t)
-        state.extra["sampler_sigma"] = float(t.reshape(-1)[0])  # schedules are keyed on the sampler's σ
-        state.cond_or_uncond = list(transformer_options.get("cond_or_uncond") or []) or None
-        if state.fei_div is not None:  # scale-invariant, so the raw sampler latent is as good as the model input
-            state.fei = frequency_energy_index(x, state.fei_div)
-        try:
-            return executor(x, t, *args, **kwargs)
-        finally:
-            state.sigma, state.cond_or_uncond, state.fei = None, None, None
-            state.extra.pop("sampler_sigma", None)
-
-    return wrapper
 
 
 def model_architecture(model) -> str:
@@ -195,32 +101,27 @@ def make_plan(model, adapter: Adapter) -> PatchPlan:
     return patch_plan
 
 
-def _compute_dtype(model) -> torch.dtype:
+def compute_dtype(model) -> torch.dtype:
+    """The dtype ComfyUI computes this model's Linears in (its cast dtype), for the adapter's GEMMs."""
     dtype = model.model.manual_cast_dtype or model.model_dtype()
     return dtype if dtype in (torch.float16, torch.bfloat16, torch.float32) else torch.float32
 
 
-def _static_patches(model, folded: list[tuple[Target, dict]], strength: float) -> int:
+def _static_patches(model, patch_plan: PatchPlan, folded: list[tuple[Target, dict]], strength: float) -> int:
     """Targets whose legs are all plain or constant-gated, as ComfyUI's own LoRA weight patches (exact)."""
     if not folded:
         return 0
-    key_map, sd = {}, {}
-    for target, gates in folded:
-        up, down = target_lora(target, gates)
-        name = kohya_name(target.module)
-        key_map[name] = f"{target.module}.weight"
-        sd[f"{name}.lora_up.weight"] = up
-        sd[f"{name}.lora_down.weight"] = down
-        sd[f"{name}.alpha"] = torch.tensor(float(down.shape[0]))
-    patches = comfy.lora.load_lora(sd, key_map, log_missing=False)
+    gates = {name: gate for _, target_gates in folded for name, gate in target_gates.items()}
+    factors = plan_factors(patch_plan, gates, [target for target, _ in folded])
+    key_map = {kohya_name(target.module): f"{target.module}.weight" for target, _ in folded}
+    patches = comfy.lora.load_lora(lora_state_dict(factors), key_map, log_missing=False)
     model.add_patches(patches, strength)
     return len(patches)
 
 
-def _bind_override(model, adapter: Adapter, override):
-    """Check an override against the adapter and express its keyframes in this model's sampler σ."""
-    if override is None or not isinstance(override, OverrideStack):
-        return override
+def _bind_override(model, adapter: Adapter) -> OverrideStack:
+    """Check the adapter's override against it and express its keyframes in this model's sampler σ."""
+    override = adapter.override
     for o in override.overrides:
         for frame in o.keyframes:
             try:
@@ -232,18 +133,17 @@ def _bind_override(model, adapter: Adapter, override):
     return override.bind(lambda p: float(sampling.percent_to_sigma(p)))
 
 
-def apply_adapter(model, adapter: Adapter, strength: float = 1.0, override: GateOverride | None = None,
-                  fold: bool = True):
+def apply_adapter(model, adapter: Adapter, strength: float = 1.0, fold: bool = True):
     """Return a patched clone of ``model`` routing every adapted Linear through its experts.
 
-    ``override`` (default: the adapter's own) changes the gates; layers whose gate it fixes for the whole
-    run are folded into the weights when ``fold`` is true, so they cost nothing at sampling time.
+    The adapter's override stack changes the gates; layers whose gate it fixes for the whole run are folded into
+    the weights when ``fold`` is true, so they cost nothing at sampling time.
     """
     patch_plan = make_plan(model, adapter)
     patched = model.clone()
     if strength == 0:
         return patched, patch_plan
-    override = _bind_override(patched, adapter, override if override is not None else adapter.override)
+    override = _bind_override(patched, adapter)
     state = SamplingState()
     fei_divs = {layer.router.fei_sigma_low_div for layer in adapter.layers.values() if layer.router.fei_dim}
     if len(fei_divs) > 1:
@@ -258,17 +158,16 @@ def apply_adapter(model, adapter: Adapter, strength: float = 1.0, override: Gate
         if gates is not None:
             folded.append((target, gates))
             continue
-        weights = TargetWeights(merge_shared_legs(target), _compute_dtype(patched))
+        weights = TargetWeights(merge_shared_legs(target), compute_dtype(patched))
         holder[str(index)] = weights
-        _install_hook(patched, target, RoutedHook(weights, state, strength, override, target.out_features))
-    _static_patches(patched, folded, strength)
+        install_forward_hook(patched, target.module,
+                             RoutedHook(weights, state, strength, override, target.out_features))
+    _static_patches(patched, patch_plan, folded, strength)
     if len(holder):
         weights_patcher = comfy.model_patcher.ModelPatcher(holder, load_device=patched.load_device,
                                                            offload_device=patched.offload_device)
         patched.set_additional_models(key, [weights_patcher])
-        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, key,
-                                     apply_model_wrapper(state, router_sigma_fn(patched.get_model_object(
-                                         "model_sampling"))))
+        install_sampling_state(patched, key, state)
     # attachments are shared by reference with later clones (model_options would be deep-copied)
     patched.set_attachments(key, AppliedAdapter(adapter=adapter, state=state, folded=len(folded),
                                                 hooked=len(holder)))
@@ -291,22 +190,15 @@ def applied_adapters(model) -> list[AppliedAdapter]:
     return [v for k, v in model.attachments.items() if k.startswith(ADDITIONAL_MODELS_PREFIX)]
 
 
-def _constant_gates(target: Target, override) -> dict | None:
-    """Per-leg constant gates when every leg is plain or fixed by the override, else None (needs a hook)."""
+def _constant_gates(target: Target, override: OverrideStack) -> dict | None:
+    """Per-leg constant gates when every routed leg's gate is fixed by the override, else None (needs a hook)."""
     gates = {}
     for leg in target.legs:
         layer = leg.layer
-        if not isinstance(layer, ExpertLayer):
+        if not layer.routed:
             continue
-        gate = override.constant_gate(layer.name, layer.num_experts) if isinstance(override, OverrideStack) else None
+        gate = override.constant_gate(layer.name, layer.num_experts)
         if gate is None:
             return None
         gates[layer.name] = gate
     return gates
-
-
-def _install_hook(model, target: Target, hook: RoutedHook) -> None:
-    name = f"{target.module}._forward_hooks"
-    hooks = OrderedDict(model.get_model_object(name))
-    hooks[next(_hook_ids)] = hook
-    model.add_object_patch(name, hooks)

@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 from comfy_api.latest import io
 
-from ..ortho_hydra import Adapter, OrthoHydraError
-from ..ortho_hydra.overrides import (
+from ortho_hydra import Adapter, OrthoHydraError
+from ortho_hydra.overrides import (
     GROUPS,
     MODES,
     SIDES,
     GateRule,
     Keyframe,
     Override,
-    OverrideStack,
     Scope,
-    count_blocks,
 )
-from ..ortho_hydra.profiles import check_matches
+from ortho_hydra.profiles import check_matches
+
 from .types import OrthoHydraAdapterType, StyleProfileType
+from .widgets import parse_list
 
 KEYFRAMES_TIP = ("Optional schedule, one keyframe per line: '<start_percent> <mode> [args]', e.g. '0.0 live' / "
                  "'0.4 pin 2' / '0.7 blend 1,1,0,0' / 'bias 0,2,0,0' / 'temperature 0.5' / 'top_k 2'. "
@@ -27,10 +25,7 @@ KEYFRAMES_TIP = ("Optional schedule, one keyframe per line: '<start_percent> <mo
 
 
 def parse_floats(text: str, what: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.replace(";", ",").split(",") if v.strip())
-    except ValueError as exc:
-        raise ValueError(f"{what} must be comma-separated numbers, got {text!r}") from exc
+    return tuple(parse_list(text, float, key=what, example="1, 0.5, 0, 0"))
 
 
 def rule_from(mode: str, args: str = "", *, expert: int = 0, weights: str = "", renormalize: bool = True,
@@ -165,10 +160,8 @@ class OrthoHydraRouter(io.ComfyNode):
         except ValueError as exc:
             raise OrthoHydraError(f"{exc}.", path=adapter.path, key="OrthoHydraRouter",
                                   fix="fix the router node's settings") from exc
-        stack = adapter.override if isinstance(adapter.override, OverrideStack) else \
-            OverrideStack(num_blocks=count_blocks(list(adapter.layers)))
-        stack = stack.then(override)
-        routed = dataclasses.replace(adapter, override=stack)
+        routed = adapter.with_override(override)
+        stack = routed.override
         constant = sum(stack.constant_gate(n, adapter.num_experts) is not None for n in adapter.layers)
         summary = (f"{stack.describe()}\n{constant} of {len(adapter.layers)} routed layers have a constant gate "
                    "(folded into the weights at apply time).")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import colorsys
-import io as _io
 import json
 
 import comfy.sample
@@ -11,10 +10,11 @@ import numpy as np
 import torch
 from comfy_api.latest import io, ui
 
-from ..ortho_hydra import OrthoHydraError
-from ..ortho_hydra.metrics import normalized_entropy
-from .patcher import applied_adapters, recorded_gates
+from ortho_hydra.metrics import normalized_entropy
+
+from .gate_recording import recording
 from .types import sampler_inputs
+from .widgets import figure_to_image, pyplot
 
 
 def summarize_records(records: dict, num_experts: int) -> dict:
@@ -48,28 +48,18 @@ def heatmap(side: dict[str, list], num_experts: int, cell: int = 12) -> torch.Te
 
 
 def usage_bars(side: dict[str, list], num_experts: int, names: list[str]) -> torch.Tensor:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     totals = np.zeros(num_experts)
     for entries in side.values():
         for entry in entries:
             totals[int(np.argmax(entry["gate"]))] += 1
     share = totals / max(totals.sum(), 1)
-    fig, ax = plt.subplots(figsize=(max(3, num_experts * 0.8), 2.6), dpi=100)
+    fig, ax = pyplot().subplots(figsize=(max(3, num_experts * 0.8), 2.6), dpi=100)
     colors = [colorsys.hsv_to_rgb(e / num_experts, 0.85, 0.9) for e in range(num_experts)]
     ax.bar(range(num_experts), share, color=colors)
     ax.set_xticks(range(num_experts), names, fontsize=7, rotation=20)
     ax.set(ylim=(0, 1), ylabel="dominant share", title="expert usage (layers x steps)")
     fig.tight_layout()
-    buffer = _io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    from PIL import Image
-
-    return torch.from_numpy(np.asarray(Image.open(buffer).convert("RGB"), dtype=np.float32) / 255.0).unsqueeze(0)
+    return figure_to_image(fig)
 
 
 class OrthoHydraRouterTrace(io.ComfyNode):
@@ -98,22 +88,12 @@ class OrthoHydraRouterTrace(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, latent_image, seed: int, steps: int, cfg: float, sampler_name: str,
                 scheduler: str, side: str) -> io.NodeOutput:
-        applied = [a for a in applied_adapters(model) if a.hooked]
-        if not applied:
-            raise OrthoHydraError("this MODEL has no router-live Ortho-Hydra layers to trace.", key="model",
-                                  fix="connect Apply Ortho-Hydra's output (pinned/blended layers are folded and have "
-                                      "no router to trace)")
-        target = applied[-1]
         samples = latent_image["samples"]
         noise = comfy.sample.prepare_noise(samples, seed, latent_image.get("batch_index"))
-        target.state.recorder = {}
-        try:
+        with recording(model) as gates:
             out = comfy.sample.sample(model, noise, steps, cfg, sampler_name, scheduler, positive, negative, samples,
                                       noise_mask=latent_image.get("noise_mask"), seed=seed)
-            records = recorded_gates(target.state.recorder)
-        finally:
-            target.state.recorder = None
-        adapter = target.adapter
+        records, adapter = gates.records(), gates.adapter
         summary = summarize_records(records, adapter.num_experts)
         shown = summary[side] or summary["positive"]
         names = adapter.display_expert_names()

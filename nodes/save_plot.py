@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io as _io
 import os
 
 import folder_paths
@@ -10,10 +9,12 @@ import numpy as np
 import torch
 from comfy_api.latest import io
 
-from ..ortho_hydra import OrthoHydraError, save
-from ..ortho_hydra.training import RouterTrace
+from ortho_hydra import OrthoHydraError, save
+from ortho_hydra.training import RouterTrace
+
 from .adapter_files import checked_file_name
 from .types import OrthoHydraAdapterType, RouterTraceType
+from .widgets import figure_to_image, pyplot, split_list
 
 
 class OrthoHydraSave(io.ComfyNode):
@@ -36,25 +37,19 @@ class OrthoHydraSave(io.ComfyNode):
     @classmethod
     def execute(cls, adapter, filename: str, expert_names: str) -> io.NodeOutput:
         checked_file_name(filename, "filename")
-        names = [n.strip() for n in expert_names.split(",") if n.strip()] or adapter.expert_names
+        names = split_list(expert_names) or adapter.expert_names
         if names is not None and len(names) != adapter.num_experts:
             raise OrthoHydraError(f"{len(names)} expert names for {adapter.num_experts} experts.", key="expert_names",
                                   fix=f"give exactly {adapter.num_experts} names, or none")
         name = filename if filename.endswith(".safetensors") else f"{filename}.safetensors"
         path = os.path.join(folder_paths.get_folder_paths("loras")[0], name)
-        adapter.expert_names = names
-        save(adapter, path)
+        save(adapter.with_expert_names(names), path)  # never mutate the input: it is often the loader's cache
         return io.NodeOutput(path)
 
 
 def plot_training(loss: list[float], traces: list[RouterTrace]) -> torch.Tensor:
     """Loss curve, mean normalised gate entropy per run, and a layers x experts usage heatmap, as an IMAGE."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), dpi=100)
+    fig, axes = pyplot().subplots(1, 3, figsize=(15, 4.2), dpi=100)
     ax = axes[0]
     if loss:
         ax.plot(range(1, len(loss) + 1), loss, lw=0.6, alpha=0.4, label="step loss")
@@ -79,13 +74,7 @@ def plot_training(loss: list[float], traces: list[RouterTrace]) -> torch.Tensor:
         fig.colorbar(im, ax=ax, fraction=0.046)
     ax.set(title="expert usage (argmax share), last run", xlabel="expert")
     fig.tight_layout()
-    buffer = _io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    from PIL import Image
-
-    image = np.asarray(Image.open(buffer).convert("RGB"), dtype=np.float32) / 255.0
-    return torch.from_numpy(image).unsqueeze(0)
+    return figure_to_image(fig)
 
 
 class OrthoHydraPlotTraining(io.ComfyNode):

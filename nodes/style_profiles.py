@@ -12,11 +12,13 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..ortho_hydra import OrthoHydraError
-from ..ortho_hydra.profiles import StyleProfile, adapter_fingerprint, load_profile, save_profile
+from ortho_hydra import OrthoHydraError
+from ortho_hydra.profiles import StyleProfile, adapter_fingerprint, load_profile, save_profile
+
 from .adapter_files import checked_file_name
-from .patcher import applied_adapters, recorded_gates
+from .gate_recording import recording
 from .types import StyleProfileType
+from .widgets import parse_list
 
 PROFILE_FOLDER = "ortho_hydra_profiles"
 
@@ -37,20 +39,12 @@ def profile_dir() -> str:
 
 def capture(model, latent: torch.Tensor, conditioning, percents: list[float], seed: int, name: str) -> StyleProfile:
     """Run the patched DiT once per σ level (cfg 1: positive rows only) and average each layer's gate."""
-    applied = applied_adapters(model)
-    if not applied:
-        raise OrthoHydraError("this MODEL carries no Ortho-Hydra adapter.", key="model",
-                              fix="connect the output of Apply Ortho-Hydra (router-live) to the capture node")
-    target = applied[-1]
-    if target.hooked == 0:
-        raise OrthoHydraError("every layer of this adapter is folded to a constant gate, so there is no router "
-                              "to capture.", key="model", fix="capture from a live (unpinned) adapter")
     sampling = model.get_model_object("model_sampling")
     sampler = comfy.samplers.sampler_object("euler")
     noise = comfy.sample.prepare_noise(latent, seed)
-    target.state.recorder = {}
     pbar = comfy.utils.ProgressBar(len(percents))
-    try:
+    with recording(model, fix="capture from a live (unpinned) adapter: connect Apply Ortho-Hydra's output to the "
+                              "capture node") as gates:
         for percent in percents:
             comfy.model_management.throw_exception_if_processing_interrupted()
             sigma = float(sampling.percent_to_sigma(percent))
@@ -58,10 +52,7 @@ def capture(model, latent: torch.Tensor, conditioning, percents: list[float], se
             comfy.sample.sample_custom(model, noise, 1.0, sampler, sigmas, conditioning, conditioning, latent,
                                        disable_pbar=True, seed=seed)
             pbar.update(1)
-        records = recorded_gates(target.state.recorder)
-    finally:
-        target.state.recorder = None
-    adapter = target.adapter
+    records, adapter = gates.records(), gates.adapter
     layers = {}
     for layer_name, entries in records.items():
         rows = []
@@ -70,10 +61,7 @@ def capture(model, latent: torch.Tensor, conditioning, percents: list[float], se
             if entry["uncond_rows"] is not None:
                 gate = gate[~entry["uncond_rows"]]
             rows.append(gate)
-        mean = torch.cat(rows).double().mean(0)
-        if adapter.layers[layer_name].router.centered:
-            mean = mean + 1.0 / adapter.num_experts  # profiles store the distribution, not the centered gate
-        mean = mean.clamp_min(0)
+        mean = torch.cat(rows).double().mean(0).clamp_min(0)  # recordings hold the distribution, never centered
         layers[layer_name] = (mean / mean.sum()).tolist()
     return StyleProfile(name=name, adapter_hash=adapter_fingerprint(adapter), num_experts=adapter.num_experts,
                         layers=layers, expert_names=adapter.display_expert_names(),
@@ -82,11 +70,7 @@ def capture(model, latent: torch.Tensor, conditioning, percents: list[float], se
 
 
 def _percents(text: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.replace(";", ",").split(",") if v.strip()]
-    except ValueError as exc:
-        raise OrthoHydraError(f"percents must be comma-separated numbers, got {text!r}.", key="percents",
-                              fix="e.g. 0.2, 0.5, 0.8") from exc
+    values = parse_list(text, float, key="percents", example="0.2, 0.5, 0.8")
     if not values or any(not 0.0 <= v < 1.0 for v in values):
         raise OrthoHydraError(f"percents must be in [0, 1), got {values}.", key="percents", fix="e.g. 0.2, 0.5, 0.8")
     return values

@@ -3,6 +3,9 @@
 ComfyUI's core trainer drives its loop through a custom ``comfy.samplers.Sampler``, so noising, conditioning
 and the x0-space loss all come from the model's own ``model_sampling``; we do the same.  Unlike its weight
 wrappers, our adapters are forward hooks (object patches), so the router sees every sample.
+
+Layers: the math and the checkpoint assembly live in ``ortho_hydra`` (``training``, ``training_state``), the
+ComfyUI plumbing in :mod:`.train_support`; this module is the loop and the node.
 """
 
 from __future__ import annotations
@@ -10,13 +13,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
-from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-import comfy.lora
 import comfy.model_management
-import comfy.patcher_extension
 import comfy.samplers
 import comfy.utils
 import folder_paths
@@ -24,89 +23,66 @@ import torch
 from comfy_api.latest import io
 from comfy_extras import nodes_custom_sampler, nodes_train
 
-from ..ortho_hydra import OrthoHydraError, save
-from ..ortho_hydra.network import OrthoHydraNetwork
-from ..ortho_hydra.training import TIMESTEP_SAMPLING, RouterTrace, draw_noise_levels, mean_balance_loss
-from ..ortho_hydra.training_state import (
+from ortho_hydra import OrthoHydraError, save
+from ortho_hydra.network import OrthoHydraNetwork
+from ortho_hydra.training import (
+    TIMESTEP_SAMPLING,
+    RouterTrace,
+    StepGates,
+    balance_starts_at,
+    draw_noise_levels,
+    guidance_weight,
+    label_guidance_loss,
+    mean_balance_loss,
+)
+from ortho_hydra.training_state import (
     RESUME_SUFFIX,
-    TrainingState,
-    gather_optimizer_state,
+    capture_training_state,
     load_training_state,
-    restore_optimizer_state,
+    restore_training_state,
     resume_path_for,
     save_training_state,
 )
+
 from .adapter_files import checked_file_name
-from .patcher import SamplingState, apply_adapter, apply_model_wrapper, router_sigma_fn
-from .types import OrthoHydraAdapterType, RouterTraceType
+from .model_linears import TARGETS, adaptable_linears
+from .patcher import apply_adapter
+from .train_support import gradient_checkpointing, install_training_hooks, notify, wrap_inference_weights
+from .types import OrthoHydraAdapterType, RouterTraceType, StyleSetType
+from .widgets import parse_list, split_list
 
 log = logging.getLogger("ortho_hydra")
-TARGETS = {"attention+mlp": r"(attn|attention|qkv|mlp|ff|fc\d|layer[12]|_proj$)", "mlp": r"(mlp|ff|fc\d|layer[12])",
-           "all_linear": r".", "regex": None}
 INITS = {"ortho": "ortho", "hydra_zero": "zero", "hydra_jitter": "jitter"}
-EVENT = "ortho_hydra.train"
 
 
-def target_weights(model, targets: str, regex: str) -> dict[str, tuple[str, torch.Tensor]]:
-    """{kohya prefix: (module path, W0)} for the Linears to adapt, via ComfyUI's key map."""
-    pattern = regex if targets == "regex" else TARGETS[targets]
-    try:
-        compiled = re.compile(pattern or "")
-    except re.error as exc:
-        raise OrthoHydraError(f"invalid target regex {pattern!r}: {exc}.", key="target_regex",
-                              fix="write a Python regex matched against lora_unet_* layer names") from exc
-    sd = model.model.state_dict()
-    out = {}
-    for name, key in comfy.lora.model_lora_keys_unet(model.model, {}).items():
-        if not name.startswith("lora_unet_") or not isinstance(key, str) or key not in sd or sd[key].ndim != 2:
-            continue
-        short = name[len("lora_unet_"):]
-        if targets in ("attention+mlp", "mlp") and "embedder" in short:
-            continue  # timestep / pooled-text embedders are not the blocks' attention or MLP
-        if compiled.search(short) and "adaLN" not in name and "modulation" not in name:
-            out[name] = (key[: -len(".weight")], sd[key])
-    if not out:
-        raise OrthoHydraError(f"no Linear layer of this model matches the targets ({targets} {pattern!r}).",
-                              key="targets", fix="pick attention+mlp, mlp, all_linear, or a regex that matches")
-    return out
-
-
-class TrainingHook:
-    """y <- y + Δy from a trainable layer; σ comes from the sampling state the APPLY_MODEL wrapper fills."""
-
-    def __init__(self, layer, state: SamplingState) -> None:
-        self.layer = layer
-        self.state = state
-
-    def __call__(self, module, args, output):
-        sigma = self.state.sigma if self.layer.router_spec.needs_sigma else None
-        return output + self.layer.delta(args[0], sigma).to(output.dtype)
-
-
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    steps: int
-    learning_rate: float
-    batch_size: int
-    grad_accumulation: int
-    rank: int
-    experts: int
-    alpha: float
-    init: str
-    jitter_std: float
-    balance_weight: float
-    router_lr_scale: float
-    targets: str
-    target_regex: str
-    timestep_sampling: str
-    shift: float
-    gradient_checkpointing: bool
-    training_dtype: str
-    seed: int
-    save_every: int
-    output_name: str
+    steps: int = 500
+    learning_rate: float = 2e-4
+    batch_size: int = 1
+    grad_accumulation: int = 1
+    rank: int = 16
+    experts: int = 4
+    alpha: float = 0.0
+    init: str = "ortho"
+    jitter_std: float = 0.1
+    balance_weight: float = 1e-5
+    balance_start: float = 0.0  # a step, or a fraction of the run when < 1
+    router_lr_scale: float = 10.0
+    targets: str = "attention+mlp"
+    target_regex: str = ""
+    timestep_sampling: str = "logit_normal"
+    shift: float = 3.0
+    gradient_checkpointing: bool = False
+    training_dtype: str = "bf16"
+    seed: int = 0
+    save_every: int = 0
+    output_name: str = "ortho_hydra_trained"
     fixed_noise: bool = False  # debugging aid: one noise draw and level per image, reused every step
     trace_every: int = 0
+    label_guidance: float = 0.0  # weight of the gate/label cross-entropy
+    label_guidance_steps: int = 0  # hold it this long, then decay to 0
+    style_names: tuple[str, ...] = ()
 
     def identity(self) -> dict:
         """What a resume file must agree on."""
@@ -124,93 +100,44 @@ class TrainingRun:
     step: int = 0
     losses: list[float] = field(default_factory=list)
     trace: RouterTrace | None = None
+    gates: StepGates = field(default_factory=StepGates)
 
     @property
     def adapter_path(self) -> str:
         return os.path.join(folder_paths.get_folder_paths("loras")[0], f"{self.config.output_name}.safetensors")
 
     def adapter(self):
-        return self.network.to_adapter(provenance={
-            "trainer": "comfyui-ortho-hydra OrthoHydraTrain", "steps": self.step, "init": self.config.init,
-            "rank": self.config.rank, "experts": self.config.experts, "lr": self.config.learning_rate,
-            "seed": self.config.seed, "targets": self.config.targets})
+        cfg = self.config
+        adapter = self.network.to_adapter(
+            expert_names=_expert_names(cfg.style_names, cfg.experts),
+            provenance={"trainer": "comfyui-ortho-hydra OrthoHydraTrain", "steps": self.step, "init": cfg.init,
+                        "rank": cfg.rank, "experts": cfg.experts, "lr": cfg.learning_rate, "seed": cfg.seed,
+                        "targets": cfg.targets, "label_guidance": cfg.label_guidance})
+        return replace(adapter, path=self.adapter_path)
 
     def checkpoint(self) -> str:
         """Adapter + resume sidecar, both written atomically; returns the adapter path."""
         path = self.adapter_path
         save(self.adapter(), path)
-        names = {id(p): f"{prefix}/{n}" for prefix, layer in self.network.items() for n, p in layer.named_parameters()}
-        state = TrainingState(
-            step=self.step,
-            module_states={prefix: {k: v.detach().cpu() for k, v in layer.state_dict().items()}
-                           for prefix, layer in self.network.items()},
-            optimizer_state=gather_optimizer_state(self.optimizer, names),
-            rng={"generator": self.generator.get_state()},
-            info={"config": self.config.identity(), "fingerprint": self.fingerprint, "losses": self.losses,
-                  "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]})
+        state = capture_training_state(self.network, self.optimizer, self.generator, self.step,
+                                       {"config": self.config.identity(), "fingerprint": self.fingerprint,
+                                        "losses": self.losses})
         save_training_state(resume_path_for(path), state)
         return path
 
     def resume(self, path: str) -> None:
         state = load_training_state(path)
-        config, fingerprint = state.info.get("config"), state.info.get("fingerprint")
-        if fingerprint != self.fingerprint:
-            theirs = set(fingerprint or {})
-            detail = (f"it adapts {len(theirs)} layers, this model/target choice {len(self.fingerprint)}"
-                      if theirs != set(self.fingerprint) else "the layer shapes differ")
-            raise OrthoHydraError(f"this resume file was written for another model ({detail}).", path=path,
-                                  key="fingerprint", fix="resume with the same base model and target layers")
-        if config != self.config.identity():
-            diff = {k: (config.get(k), v) for k, v in self.config.identity().items() if config.get(k) != v}
-            raise OrthoHydraError(f"settings differ from the run being resumed: {diff} (file, node).", path=path,
-                                  key="config", fix="use the settings of the original run")
-        for prefix, layer in self.network.items():
-            layer.load_state_dict({k: v.to(next(layer.parameters()).device) for k, v in
-                                   state.module_states[prefix].items()})
-        params = {f"{prefix}/{n}": p for prefix, layer in self.network.items() for n, p in layer.named_parameters()}
-        restore_optimizer_state(self.optimizer, state.optimizer_state, params, path)
-        self.generator.set_state(state.rng["generator"])
+        restore_training_state(state, self.network, self.optimizer, self.generator, fingerprint=self.fingerprint,
+                               config=self.config.identity(), path=path)
         self.step = state.step
         self.losses = list(state.info.get("losses", []))
 
 
-def _as_normal_tensor(weight: torch.Tensor) -> torch.Tensor:
-    return weight.clone() if weight.is_inference() else weight
-
-
-def _wrap_inference_weights(mp) -> int:
-    """Tensors loaded while ComfyUI executed in inference mode cannot be saved for backward.
-
-    In this training clone only, ComfyUI-op weights get a weight wrapper that hands the forward a normal copy,
-    and any other parameter or buffer (norm scales, rope tables) a normal copy through an object patch; both
-    are reverted on unpatch.
-    """
-    count = 0
-    for name, module in mp.model.named_modules():
-        tensors = list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False))
-        for attr, tensor in tensors:
-            if tensor is None or not tensor.is_inference():
-                continue
-            key = f"{name}.{attr}" if name else attr
-            if hasattr(module, "weight_function") and attr in ("weight", "bias"):
-                mp.add_weight_wrapper(key, _as_normal_tensor)
-            elif isinstance(tensor, torch.nn.Parameter):
-                mp.add_object_patch(key, torch.nn.Parameter(tensor.clone(), requires_grad=False))
-            else:
-                mp.add_object_patch(key, tensor.clone())
-            count += 1
-    if count:
-        mp.force_cast_weights = True
-    return count
-
-
-def _notify(payload: dict) -> None:
-    """Feed the node's live chart; a no-op without a server (tests, scripts)."""
-    with contextlib.suppress(Exception):
-        from server import PromptServer
-
-        if PromptServer.instance is not None:
-            PromptServer.instance.send_sync(EVENT, payload)
+def _expert_names(style_names: tuple[str, ...], experts: int) -> list[str] | None:
+    """Style i names expert i; experts beyond the styles keep a generic name."""
+    if not style_names:
+        return None
+    return [*style_names, *(f"expert {e}" for e in range(len(style_names), experts))]
 
 
 class OrthoHydraTrainSampler(comfy.samplers.Sampler):
@@ -225,8 +152,9 @@ class OrthoHydraTrainSampler(comfy.samplers.Sampler):
         run, cfg = self.run, self.run.config
         model_wrap.conds = nodes_train.process_cond_list(model_wrap.conds)
         conds = model_wrap.conds["positive"]
-        sampling = model_wrap.inner_model.model_sampling
         dataset = latent_image.shape[0]
+        batch_size = min(cfg.batch_size, dataset)
+        balance_from = balance_starts_at(cfg.balance_start, cfg.steps)
         pbar = comfy.utils.ProgressBar(cfg.steps)
         pbar.update_absolute(run.step, cfg.steps)
         trace_every = cfg.trace_every or max(1, cfg.steps // 50)
@@ -235,30 +163,9 @@ class OrthoHydraTrainSampler(comfy.samplers.Sampler):
             run.optimizer.zero_grad(set_to_none=True)
             step_loss = 0.0
             for micro in range(cfg.grad_accumulation):
-                idx = torch.randperm(dataset, generator=run.generator)[: cfg.batch_size].tolist()
-                latents = latent_image[idx]
-                if cfg.fixed_noise:
-                    levels, noise_b = fixed_noise_for(idx, latents, cfg)
-                else:
-                    levels = draw_noise_levels(len(idx), cfg.timestep_sampling, run.generator, cfg.shift)
-                    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + run.step * 97 + micro)
-                    noise_b = torch.randn(latents.shape, generator=gen)
-                noise_b = noise_b.to(latents)
-                batch_sigmas = torch.tensor([float(sampling.percent_to_sigma(1.0 - float(u))) for u in levels])
-                batch_sigmas = batch_sigmas.to(latents.device)
-                xt = sampling.noise_scaling(batch_sigmas, noise_b, latents, False)
-                x0 = sampling.noise_scaling(torch.zeros_like(batch_sigmas), torch.zeros_like(noise_b), latents, False)
-                model_wrap.conds["positive"] = [conds[i] for i in idx]
-                batch_extra = nodes_train.make_batch_extra_option_dict(extra_args, idx, full_size=dataset)
-                autocast = torch.autocast(xt.device.type, dtype=torch.bfloat16) \
-                    if cfg.training_dtype == "bf16" else contextlib.nullcontext()
-                with autocast:
-                    x0_pred = model_wrap(xt, batch_sigmas, **batch_extra)
-                loss = torch.nn.functional.mse_loss(x0_pred.float(), x0.float())
-                balance = mean_balance_loss(run.network.gates())
-                total = loss + cfg.balance_weight * balance if balance is not None and cfg.balance_weight else loss
-                (total / cfg.grad_accumulation).backward()
-                step_loss += loss.item() / cfg.grad_accumulation
+                idx = torch.randperm(dataset, generator=run.generator)[:batch_size].tolist()
+                step_loss += self.fwd_bwd(model_wrap, conds, extra_args, latent_image, idx, micro,
+                                          balance_on=run.step >= balance_from) / cfg.grad_accumulation
             if not torch.isfinite(torch.tensor(step_loss)):
                 raise OrthoHydraError(f"the loss became {step_loss} at step {run.step + 1}.", key="learning_rate",
                                       fix="lower the learning rate; the last good checkpoint is kept")
@@ -267,13 +174,48 @@ class OrthoHydraTrainSampler(comfy.samplers.Sampler):
             run.losses.append(step_loss)
             if run.step % trace_every == 0 or run.step == cfg.steps:
                 labels = run.labels[idx] if run.labels is not None else None
-                run.trace.record(run.step, run.network.gates(), labels)
-                _notify({"node": self.unique_id, "step": run.step, "total": cfg.steps, "loss": step_loss,
-                         "entropy": run.trace.mean_entropy[-1]})
+                run.trace.record(run.step, run.gates, labels)
+                notify({"node": self.unique_id, "step": run.step, "total": cfg.steps, "loss": step_loss,
+                        "entropy": run.trace.mean_entropy[-1]})
             if cfg.save_every and run.step % cfg.save_every == 0 and run.step < cfg.steps:
                 run.checkpoint()
             pbar.update_absolute(run.step, cfg.steps)
         return torch.zeros_like(latent_image)
+
+    def fwd_bwd(self, model_wrap, conds: list, extra_args: dict, latents_all: torch.Tensor, idx: list[int],
+                micro: int, balance_on: bool) -> float:
+        """One micro-batch: noise it, predict x0, backward the x0-space MSE plus the routing terms."""
+        run, cfg = self.run, self.run.config
+        sampling = model_wrap.inner_model.model_sampling
+        latents = latents_all[idx]
+        if cfg.fixed_noise:
+            levels, noise = fixed_noise_for(idx, latents, cfg)
+        else:
+            levels = draw_noise_levels(len(idx), cfg.timestep_sampling, run.generator, cfg.shift)
+            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + run.step * 97 + micro)
+            noise = torch.randn(latents.shape, generator=gen)
+        noise = noise.to(latents)
+        sigmas = torch.tensor([float(sampling.percent_to_sigma(1.0 - float(u))) for u in levels]).to(latents.device)
+        xt = sampling.noise_scaling(sigmas, noise, latents, False)
+        x0 = sampling.noise_scaling(torch.zeros_like(sigmas), torch.zeros_like(noise), latents, False)
+        model_wrap.conds["positive"] = [conds[i] for i in idx]
+        batch_extra = nodes_train.make_batch_extra_option_dict(extra_args, idx, full_size=latents_all.shape[0])
+        autocast = torch.autocast(xt.device.type, dtype=torch.bfloat16) \
+            if cfg.training_dtype == "bf16" else contextlib.nullcontext()
+        run.gates.clear()
+        with autocast:
+            x0_pred = model_wrap(xt, sigmas, **batch_extra)
+        loss = torch.nn.functional.mse_loss(x0_pred.float(), x0.float())
+        total = loss
+        if balance_on and cfg.balance_weight:
+            balance = mean_balance_loss(run.gates)
+            total = total + cfg.balance_weight * balance if balance is not None else total
+        guidance = guidance_weight(run.step, cfg.label_guidance, cfg.label_guidance_steps)
+        if guidance and run.labels is not None:
+            term = label_guidance_loss(run.gates, run.labels[idx])
+            total = total + guidance * term if term is not None else total
+        (total / cfg.grad_accumulation).backward()
+        return loss.item()
 
 
 def fixed_noise_for(idx: list[int], latents: torch.Tensor, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -286,31 +228,36 @@ def fixed_noise_for(idx: list[int], latents: torch.Tensor, cfg: TrainConfig) -> 
     return torch.stack(levels), torch.stack(noises)
 
 
-def _flatten(latents: list[dict]) -> torch.Tensor:
-    tensors = [lat["samples"] for lat in latents]
-    shapes = {tuple(t.shape[1:]) for t in tensors}
-    if len(shapes) > 1:
-        raise OrthoHydraError(f"latents have different shapes {sorted(shapes)}.", key="latents",
-                              fix="train on latents of one resolution")
-    return torch.cat(tensors, dim=0)
-
-
-def _labels(text: str, count: int) -> torch.Tensor | None:
-    if not text.strip():
+def style_labels_from(text: str, count: int) -> torch.Tensor | None:
+    """Per-image style ids from the ``style_labels`` widget, or None when it is empty."""
+    values = parse_list(text, int, key="style_labels", example="0,0,1,1 (one integer per image)")
+    if not values:
         return None
-    try:
-        values = [int(v) for v in text.replace(";", ",").split(",") if v.strip()]
-    except ValueError as exc:
-        raise OrthoHydraError(f"style labels must be comma-separated integers, got {text!r}.", key="style_labels",
-                              fix="one integer per image, e.g. 0,0,1,1") from exc
     if len(values) != count:
         raise OrthoHydraError(f"{len(values)} style labels for {count} images.", key="style_labels",
                               fix="give one label per image, or leave it empty")
     return torch.tensor(values)
 
 
+def check_styles(config: TrainConfig, labels: torch.Tensor | None) -> None:
+    """Label guidance needs labels, at most one style per expert, and names matching the labels."""
+    if labels is not None and (int(labels.min()) < 0 or int(labels.max()) >= config.experts):
+        raise OrthoHydraError(f"style labels run from {int(labels.min())} to {int(labels.max())}, but there are "
+                              f"{config.experts} experts (label i guides expert i).", key="style_labels",
+                              fix=f"use at most {config.experts} styles, or raise experts")
+    if config.style_names and len(config.style_names) > config.experts:
+        raise OrthoHydraError(f"{len(config.style_names)} style names for {config.experts} experts.",
+                              key="style_names", fix=f"give at most {config.experts} styles, or raise experts")
+    if config.style_names and labels is not None and int(labels.max()) >= len(config.style_names):
+        raise OrthoHydraError(f"label {int(labels.max())} has no style name ({len(config.style_names)} given).",
+                              key="style_names", fix="give one name per style label")
+    if config.label_guidance > 0 and labels is None:
+        raise OrthoHydraError("label_guidance needs one style label per image.", key="style_labels",
+                              fix="connect the style-folders loader, type the labels, or set label_guidance to 0")
+
+
 def train(model, latents: torch.Tensor, positive: list, config: TrainConfig, *, resume: str | None = None,
-          style_labels: str = "", unique_id: str | None = None):
+          labels: torch.Tensor | None = None, unique_id: str | None = None):
     """Run training and return (router-live MODEL, adapter, loss map, router trace)."""
     count = latents.shape[0]
     if len(positive) == 1 and count > 1:
@@ -318,56 +265,31 @@ def train(model, latents: torch.Tensor, positive: list, config: TrainConfig, *, 
     if len(positive) != count:
         raise OrthoHydraError(f"{len(positive)} conditionings for {count} latents.", key="positive",
                               fix="give one conditioning per image, or a single one for all")
-    if config.batch_size > count:
-        config.batch_size = count
-    labels = _labels(style_labels, count)
-    targets = target_weights(model, config.targets, config.target_regex)
+    if labels is not None and labels.numel() != count:
+        raise OrthoHydraError(f"{labels.numel()} style labels for {count} images.", key="style_labels",
+                              fix="give one label per image")
+    check_styles(config, labels)
+    targets = adaptable_linears(model, config.targets, config.target_regex)
     fingerprint = {prefix: list(w.shape) for prefix, (_, w) in targets.items()}
     mp = model.clone()
-    dtype = torch.bfloat16 if config.training_dtype == "bf16" else torch.float32
-    mp.set_model_compute_dtype(dtype)
+    mp.set_model_compute_dtype(torch.bfloat16 if config.training_dtype == "bf16" else torch.float32)
     with torch.inference_mode(False), torch.enable_grad():
-        try:
-            network = OrthoHydraNetwork({p: w.detach().float().clone() for p, (_, w) in targets.items()},
-                                        config.rank, config.experts, alpha=config.alpha or None,
-                                        init=INITS[config.init], seed=config.seed, jitter_std=config.jitter_std)
-        except ValueError as exc:
-            raise OrthoHydraError(f"{exc}.", key="rank", fix="lower the rank (it must fit min(in, out))") from exc
-        network.to(mp.load_device)
-        router = [p for n, p in network.named_parameters() if ".router." in n]
-        others = [p for n, p in network.named_parameters() if ".router." not in n]
-        optimizer = torch.optim.AdamW([{"params": others, "lr": config.learning_rate},
-                                       {"params": router, "lr": config.learning_rate * config.router_lr_scale}],
-                                      weight_decay=0.0)
-        run = TrainingRun(config, network, optimizer, torch.Generator().manual_seed(config.seed), fingerprint, labels)
-        run.trace = RouterTrace(num_experts=config.experts, init=config.init,
-                                replicated_layers=list(network.replicated))
+        run = _new_run(config, targets, fingerprint, labels, mp.load_device)
         if resume:
             run.resume(resume)
             run.trace.steps.clear()
-        state = SamplingState()
-        for prefix, layer in network.items():
-            module = targets[prefix][0]
-            hooks = dict(mp.get_model_object(f"{module}._forward_hooks"))
-            hooks[id(layer)] = TrainingHook(layer, state)
-            mp.add_object_patch(f"{module}._forward_hooks", OrderedDict(hooks))
-        mp.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "ortho_hydra_train",
-                                apply_model_wrapper(state, router_sigma_fn(mp.get_model_object("model_sampling"))))
-        checkpointed = []
-        if config.gradient_checkpointing:
-            checkpointed = list(nodes_train.find_all_highest_child_module_with_forward(mp.model.diffusion_model))
-            for m in checkpointed:
-                nodes_train.patch(m)
+        install_training_hooks(mp, run.network, {p: module for p, (module, _) in targets.items()}, run.gates)
         mp.model.requires_grad_(False)
-        _wrap_inference_weights(mp)
+        wrap_inference_weights(mp)
         comfy.model_management.load_models_gpu([mp], memory_required=1e20, force_full_load=True)
         guider = nodes_custom_sampler.Guider_Basic(mp)
         guider.set_conds(positive)
         sampler = OrthoHydraTrainSampler(run, unique_id)
         latents = latents.to(torch.float32).clone()  # a normal tensor: ComfyUI runs nodes in inference mode
         try:
-            guider.sample(torch.zeros_like(latents), latents, sampler, torch.arange(count, dtype=torch.float32),
-                          seed=config.seed)
+            with gradient_checkpointing(mp, config.gradient_checkpointing):
+                guider.sample(torch.zeros_like(latents), latents, sampler, torch.arange(count, dtype=torch.float32),
+                              seed=config.seed)
         except comfy.model_management.InterruptProcessingException:
             path = run.checkpoint()
             log.info("Ortho-Hydra training interrupted at step %d; checkpoint kept at %s", run.step, path)
@@ -378,15 +300,31 @@ def train(model, latents: torch.Tensor, positive: list, config: TrainConfig, *, 
                                   key="batch_size",
                                   fix="enable gradient_checkpointing, lower batch_size, or lower rank") from exc
         finally:
-            for m in checkpointed:
-                nodes_train.unpatch(m)
             comfy.model_management.unload_all_models()
         run.checkpoint()
-        network.requires_grad_(False)
+        run.network.requires_grad_(False)
         adapter = run.adapter()
-        adapter.path = run.adapter_path
     live, _ = apply_adapter(model, adapter)
     return live, adapter, {"loss": list(run.losses)}, run.trace
+
+
+def _new_run(config: TrainConfig, targets: dict, fingerprint: dict, labels: torch.Tensor | None,
+             device) -> TrainingRun:
+    try:
+        network = OrthoHydraNetwork({p: w.detach().float().clone() for p, (_, w) in targets.items()},
+                                    config.rank, config.experts, alpha=config.alpha or None,
+                                    init=INITS[config.init], seed=config.seed, jitter_std=config.jitter_std)
+    except ValueError as exc:
+        raise OrthoHydraError(f"{exc}.", key="rank", fix="lower the rank (it must fit min(in, out))") from exc
+    network.to(device)
+    router = [p for n, p in network.named_parameters() if ".router." in n]
+    others = [p for n, p in network.named_parameters() if ".router." not in n]
+    optimizer = torch.optim.AdamW([{"params": others, "lr": config.learning_rate},
+                                   {"params": router, "lr": config.learning_rate * config.router_lr_scale}],
+                                  weight_decay=0.0)
+    run = TrainingRun(config, network, optimizer, torch.Generator().manual_seed(config.seed), fingerprint, labels)
+    run.trace = RouterTrace(num_experts=config.experts, init=config.init, replicated_layers=list(network.replicated))
+    return run
 
 
 class OrthoHydraTrain(io.ComfyNode):
@@ -443,10 +381,25 @@ class OrthoHydraTrain(io.ComfyNode):
                 io.Boolean.Input("fixed_noise", default=False,
                                  tooltip="Debugging aid: reuse one noise draw and level per image every step, to "
                                          "check the set-up can overfit a fixed batch."),
-                io.String.Input("style_labels", default="", tooltip="Optional per-image style ids (e.g. 0,0,1,1), "
-                                                                    "used only for the purity diagnostic."),
+                io.String.Input("style_labels", default="", tooltip="Optional per-image style ids (e.g. 0,0,1,1): "
+                                                                    "the purity diagnostic, and label guidance."),
                 io.Combo.Input("resume", options=["none", *resume_choices()], default="none",
                                tooltip="Continue from a *.resume.safetensors written by an earlier run."),
+                io.String.Input("style_names", default="", tooltip="Optional style names, comma-separated, in label "
+                                                                   "order; stamped as expert names (style i -> "
+                                                                   "expert i). Taken from 'styles' when connected."),
+                io.Float.Input("label_guidance", default=0.0, min=0.0, max=100.0, step=0.01,
+                               tooltip="Weight of the cross-entropy between each image's gate and its style's "
+                                       "expert (label i -> expert i). 0 turns it off; needs style labels."),
+                io.Int.Input("label_guidance_steps", default=0, min=0, max=1_000_000,
+                             tooltip="Hold the label guidance this many steps, then decay it to 0 over half as "
+                                     "many, so the router carries the style alone at the end."),
+                io.Float.Input("balance_start", default=0.0, min=0.0, max=1_000_000.0, step=0.01,
+                               tooltip="Switch the balance term on at this step, or at this fraction of the run "
+                                       "when < 1 (the Ortho-Hydra paper: 0.4)."),
+                StyleSetType.Input("styles", optional=True,
+                                   tooltip="Labels and style names from the style-folders loader; overrides "
+                                           "style_labels and style_names."),
             ],
             outputs=[io.Model.Output(display_name="model"), OrthoHydraAdapterType.Output(display_name="adapter"),
                      io.Custom("LOSS_MAP").Output(display_name="loss_map"),
@@ -454,20 +407,18 @@ class OrthoHydraTrain(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, latents, positive, steps: int, learning_rate: float, batch_size: int,
-                grad_accumulation: int, rank: int, experts: int, alpha: float, init: str, jitter_std: float,
-                balance_weight: float, router_lr_scale: float, targets: str, target_regex: str,
-                timestep_sampling: str, shift: float, gradient_checkpointing: bool, training_dtype: str, seed: int,
-                save_every: int, output_name: str, fixed_noise: bool, style_labels: str,
-                resume: str) -> io.NodeOutput:
+    def execute(cls, model, latents, positive, output_name: str, style_labels: str, style_names: str, resume: str,
+                styles=None, **settings) -> io.NodeOutput:
         checked_file_name(output_name, "output_name")
-        config = TrainConfig(steps, learning_rate, batch_size, grad_accumulation, rank, experts, alpha, init,
-                             jitter_std, balance_weight, router_lr_scale, targets, target_regex, timestep_sampling,
-                             shift, gradient_checkpointing, training_dtype, seed, save_every, output_name,
-                             fixed_noise)
+        count = latents["samples"].shape[0]
+        if styles is not None:
+            labels, names = torch.tensor(list(styles.labels)), tuple(styles.names)
+        else:
+            labels, names = style_labels_from(style_labels, count), tuple(split_list(style_names))
+        config = TrainConfig(output_name=output_name, style_names=names, **settings)
         resume_path = None if resume == "none" else folder_paths.get_full_path_or_raise("loras", resume)
         live, adapter, loss_map, trace = train(model, latents["samples"], positive, config, resume=resume_path,
-                                               style_labels=style_labels, unique_id=cls.hidden.unique_id)
+                                               labels=labels, unique_id=cls.hidden.unique_id)
         return io.NodeOutput(live, adapter, loss_map, trace)
 
 

@@ -1,5 +1,7 @@
 """The pack's own ComfyUI socket types."""
 
+from dataclasses import dataclass
+
 import comfy.samplers
 from comfy_api.latest import io
 
@@ -19,3 +21,14 @@ def sampler_inputs(seed_tip: str, steps_tip: str, max_steps: int) -> list:
         io.Combo.Input("scheduler", options=list(comfy.samplers.KSampler.SCHEDULERS), default="simple",
                        tooltip="Noise schedule."),
     ]
+
+
+@dataclass(frozen=True)
+class StyleSet:
+    """Per-image style labels (label i = style i) and the style names, from the style-folders loader."""
+
+    labels: tuple[int, ...]
+    names: tuple[str, ...]
+
+
+StyleSetType = io.Custom("ORTHO_HYDRA_STYLES")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from ..ortho_hydra import OrthoHydraError
-from ..ortho_hydra.moe_format import describe
+from ortho_hydra import OrthoHydraError
+from ortho_hydra.moe_format import describe
+
 from .adapter_files import adapter_choices, resolve
 
 log = logging.getLogger("ortho_hydra")

@@ -9,8 +9,14 @@ Public API (stable):
   ``ExpertLayer.static_delta_weight(gate)``
 - ``OrthoHydraLinear`` (trainable; ``init`` in ``ortho`` / ``zero`` / ``jitter``) and ``distill``
 
-This package never imports ComfyUI.
+This package never imports ComfyUI, and is only ever imported as ``ortho_hydra`` (see the pack's
+``__init__.py``): a second import identity would duplicate its classes.
 """
+
+if __name__ != "ortho_hydra":
+    raise ImportError(f"the Ortho-Hydra core must be imported as 'ortho_hydra', not {__name__!r}: a second import "
+                      "identity duplicates its classes. Import the pack folder (it registers the core) or put the "
+                      "pack folder on sys.path and `import ortho_hydra`.")
 
 from . import metrics, network  # noqa: F401  (re-exported modules)
 from .adapter import Adapter

@@ -3,21 +3,40 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
+from .overrides import Override, OverrideStack, count_blocks
 from .runtime import ExpertLayer, PlainLoRA
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class Adapter:
-    """Layers are keyed by their kohya-style prefix, e.g. ``lora_unet_blocks_0_mlp_layer1``."""
+    """Layers are keyed by their kohya-style prefix, e.g. ``lora_unet_blocks_0_mlp_layer1``.
 
-    layers: dict[str, ExpertLayer]
-    plain_layers: dict[str, PlainLoRA] = field(default_factory=dict)
-    metadata: dict[str, str] = field(default_factory=dict)
-    expert_names: list[str] | None = None
+    Frozen: a node's input is often the loader's cached object, so changes always go through
+    :func:`dataclasses.replace` (or the helpers below) and never leak into other branches or later runs.
+    """
+
+    layers: Mapping[str, ExpertLayer]
+    plain_layers: Mapping[str, PlainLoRA] = field(default_factory=dict)
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    expert_names: tuple[str, ...] | None = None
     path: str | None = None
-    override: object | None = None  # an OverrideStack from the router node, applied when the adapter is applied
+    override: OverrideStack = field(default_factory=OverrideStack)  # router-node overrides, applied with it
+
+    def __post_init__(self) -> None:
+        if self.expert_names is not None:
+            object.__setattr__(self, "expert_names", tuple(self.expert_names))
+        if not self.override.num_blocks and self.layers:
+            object.__setattr__(self, "override", replace(self.override, num_blocks=count_blocks(list(self.layers))))
+
+    def with_override(self, override: Override) -> Adapter:
+        """A copy whose override stack has ``override`` on top (later overrides win where scopes overlap)."""
+        return replace(self, override=self.override.then(override))
+
+    def with_expert_names(self, names: Sequence[str] | None) -> Adapter:
+        return replace(self, expert_names=None if names is None else tuple(names))
 
     @property
     def num_experts(self) -> int:

@@ -284,11 +284,15 @@ def adapter_tensors(adapter: Adapter, dtype: torch.dtype | None = None) -> dict[
     return tensors
 
 
+_PER_FILE_STAMPS = ("oh_ignored", "oh_content_sha256")
+
+
 def adapter_metadata(adapter: Adapter, extra: dict[str, str] | None = None) -> dict[str, str]:
     """Header strings: the reference's ``ss_*`` keys plus ours (``oh_*``)."""
     first = next(iter(adapter.layers.values()))
     spec = first.router
-    meta = {k: v for k, v in adapter.metadata.items() if not k.startswith("oh_ignored")}
+    # stamps that describe one particular file's content are never carried to another file
+    meta = {k: v for k, v in adapter.metadata.items() if not k.startswith(_PER_FILE_STAMPS)}
     meta.update({
         "ss_network_spec": adapter.metadata.get("ss_network_spec", "ortho_hydra"),
         "ss_use_moe_style": "shared_A",

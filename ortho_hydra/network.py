@@ -53,10 +53,6 @@ class OrthoHydraNetwork(nn.Module):
         for key, layer in self.layers.items():
             yield self.prefixes[key], layer
 
-    def gates(self) -> dict[str, torch.Tensor]:
-        """The gates of the last forward, per layer (for losses and telemetry)."""
-        return {p: layer.last_gate for p, layer in self.items() if layer.last_gate is not None}
-
     def to_adapter(self, expert_names: list[str] | None = None, provenance: dict | None = None) -> Adapter:
         spec = "ortho_hydra" if self.config["init"] == "ortho" else "hydra"
         metadata = {"ss_network_spec": spec}

@@ -15,14 +15,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .layer_groups import in_group
 from .routing import GateContext
 
 MODES = ("live", "pin", "blend", "bias", "temperature", "top_k", "profile")
 CONSTANT_MODES = ("pin", "blend", "profile")
 SIDES = ("both", "positive", "negative")
 GROUPS = ("all", "attention", "mlp", "early", "middle", "late")
-_ATTN = re.compile(r"attn|attention|qkv|_q(_proj)?$|_k(_proj)?$|_v(_proj)?$|to_[qkv]|to_out|output_proj")
-_MLP = re.compile(r"mlp|ff|feed_forward|fc\d|layer[12]|w[123]$")
 
 
 def _as_weights(values: Sequence[float] | torch.Tensor, name: str) -> torch.Tensor:
@@ -145,9 +144,7 @@ class Scope:
 
     def matches(self, layer: str, num_blocks: int) -> bool:
         index = block_index(layer)
-        if self.group == "attention" and not _ATTN.search(layer):
-            return False
-        if self.group == "mlp" and not _MLP.search(layer):
+        if self.group in ("attention", "mlp") and not in_group(layer, self.group):
             return False
         if self.group in ("early", "middle", "late"):
             if index is None or num_blocks < 1:

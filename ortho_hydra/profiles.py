@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import os
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -22,10 +23,17 @@ PROFILE_FORMAT = "ortho_hydra_style_profile"
 PROFILE_VERSION = 1
 
 
+_fingerprints: weakref.WeakKeyDictionary[Adapter, str] = weakref.WeakKeyDictionary()
+
+
 def adapter_fingerprint(adapter: Adapter) -> str:
-    """sha256 over every routed layer's name and tensors (cached on the adapter)."""
-    cached = adapter.metadata.get("oh_content_sha256")
-    if cached:
+    """sha256 over every routed layer's name and tensors, always computed from the tensors themselves.
+
+    Never read from the file's header: a header copied onto other tensors by another tool would otherwise let a
+    profile replay on an adapter it was not captured from.  Cached per (immutable) adapter object.
+    """
+    cached = _fingerprints.get(adapter)
+    if cached is not None:
         return cached
     digest = hashlib.sha256()
     for name in sorted(adapter.layers):
@@ -34,7 +42,7 @@ def adapter_fingerprint(adapter: Adapter) -> str:
         for t in (layer.down, layer.ups, layer.router_weight, layer.router_bias):
             digest.update(t.detach().float().cpu().contiguous().numpy().tobytes())
     value = digest.hexdigest()
-    adapter.metadata["oh_content_sha256"] = value
+    _fingerprints[adapter] = value
     return value
 
 

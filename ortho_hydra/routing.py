@@ -42,6 +42,13 @@ class RouterSpec:
     def needs_sigma(self) -> bool:
         return self.sigma_dim > 0 or bool(self.sigma_bands)
 
+    def mixing_weights(self, gate: torch.Tensor) -> torch.Tensor:
+        """Routing distribution (…, E) -> the weights applied to the experts: ``g − 1/E`` for a centered gate.
+
+        The one home of the centering rule; recorders, overrides and metrics always see the distribution.
+        """
+        return gate - 1.0 / gate.shape[-1] if self.centered else gate
+
 
 @dataclass
 class GateContext:
@@ -118,17 +125,12 @@ def _per_sample(sigma: torch.Tensor, batch: int) -> torch.Tensor:
     return sig
 
 
-def finish_gate(logits: torch.Tensor, spec: RouterSpec, context: GateContext | None,
-                override: GateOverride | None) -> torch.Tensor:
-    """Logits -> the mixing weights actually applied: override or softmax, then centering."""
-    if override is not None:
-        gate = override(logits, context if context is not None else GateContext(layer="", sigma=None))
-        gate = gate.to(dtype=torch.float32, device=logits.device)
-    else:
-        gate = torch.softmax(logits, dim=-1)
-    if spec.centered:
-        gate = gate - 1.0 / logits.shape[-1]
-    return gate
+def finish_gate(logits: torch.Tensor, context: GateContext | None, override: GateOverride | None) -> torch.Tensor:
+    """Logits -> the routing distribution (B, E) fp32: the override's gate, else softmax."""
+    if override is None:
+        return torch.softmax(logits, dim=-1)
+    gate = override(logits, context if context is not None else GateContext(layer="", sigma=None))
+    return gate.to(dtype=torch.float32, device=logits.device)
 
 
 def project_down(x: torch.Tensor, down: torch.Tensor, inv_scale: torch.Tensor | None) -> torch.Tensor:
@@ -161,18 +163,3 @@ def add_routed_delta(output: torch.Tensor, lx: torch.Tensor, gate: torch.Tensor,
     tokens = lx.reshape(lx.shape[0], -1, lx.shape[-1]).to(output.dtype)
     summed = torch.baddbmm(output.reshape(output.shape[0], -1, output.shape[-1]), tokens, mixed)
     return summed.reshape(output.shape)
-
-
-def static_weight(gate: torch.Tensor, ups: torch.Tensor, down: torch.Tensor, scale: float,
-                  inv_scale: torch.Tensor | None, centered: bool) -> torch.Tensor:
-    """Exact fp32 ΔW (out, in) for a constant gate of shape (E,)."""
-    g = gate.to(dtype=torch.float32, device=ups.device).reshape(-1)
-    if g.numel() != ups.shape[0]:
-        raise ValueError(f"gate has {g.numel()} weights for {ups.shape[0]} experts")
-    if centered:
-        g = g - 1.0 / ups.shape[0]
-    up = torch.einsum("e,eor->or", g, ups.float())
-    w = scale * (up @ down.float())
-    if inv_scale is not None:
-        w = w * inv_scale.float().to(w.device)
-    return w

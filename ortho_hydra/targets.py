@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
-import torch
-
-from .runtime import ExpertLayer, PlainLoRA
+from .layer import AdapterLayer
 
 KeyMapValue = str | tuple[str, tuple[int, int, int]]
 _SPLIT = re.compile(r"^(?P<stem>.*[_.])(?P<part>q|k|v)(?P<tail>(?:_proj)?)$")
@@ -32,7 +30,7 @@ _ALIASES = ((re.compile(r"_adaln_up_(\w+)$"), r"_adaln_modulation_\1_2"),)
 class Leg:
     """One adapter layer writing ``out[offset : offset + size]`` of a model Linear."""
 
-    layer: ExpertLayer | PlainLoRA
+    layer: AdapterLayer
     offset: int = 0
     size: int | None = None  # None: the whole output
 
@@ -84,16 +82,7 @@ def summarize(names: list[str], limit: int = 4) -> str:
     return ", ".join(parts)
 
 
-def chunk_layer(layer: ExpertLayer | PlainLoRA, index: int, parts: int, name: str) -> ExpertLayer | PlainLoRA:
-    """The ``index``-th of ``parts`` equal out-chunks of a fused layer (down/router/alpha shared)."""
-    if isinstance(layer, ExpertLayer):
-        size = layer.out_features // parts
-        return replace(layer, name=name, ups=layer.ups[:, index * size:(index + 1) * size])
-    size = layer.up.shape[0] // parts
-    return replace(layer, name=name, up=layer.up[index * size:(index + 1) * size])
-
-
-def plan(layers: Mapping[str, ExpertLayer | PlainLoRA], key_map: Mapping[str, KeyMapValue],
+def plan(layers: Mapping[str, AdapterLayer], key_map: Mapping[str, KeyMapValue],
          weight_shapes: Mapping[str, tuple[int, ...]]) -> PatchPlan:
     """Resolve every adapter layer to (module, output slice); ``weight_shapes`` keyed by weight key."""
     targets: dict[str, Target] = {}
@@ -119,7 +108,7 @@ def plan(layers: Mapping[str, ExpertLayer | PlainLoRA], key_map: Mapping[str, Ke
     for target in targets.values():
         for leg in target.legs:
             size = leg.size if leg.size is not None else target.out_features
-            out = leg.layer.out_features if isinstance(leg.layer, ExpertLayer) else leg.layer.up.shape[0]
+            out = leg.layer.out_features
             if out != size:
                 raise ValueError(f"{leg.layer.name}: adapter writes {out} outputs but {target.module} "
                                  f"{'slice' if leg.size is not None else 'Linear'} has {size}")
@@ -155,37 +144,24 @@ def _resolve(name: str, layer, key_map: Mapping[str, KeyMapValue], weight_shapes
         if all(n in key_map for n in split_names):
             for i, split_name in enumerate(split_names):
                 key, _ = _weight_key(key_map[split_name])
-                add(key, chunk_layer(layer, i, len(parts), split_name))
+                add(key, layer.chunk(i, len(parts), split_name))
             return True
     return False
 
 
 def merge_shared_legs(target: Target) -> list[Leg]:
-    """Fold routed legs that share down, router, alpha and inv_scale into one layer per group.
+    """Fold adjacent legs that share their input side (down, router, alpha, inv_scale) into one layer.
 
     Split q/k/v legs of one fused Linear then cost one down GEMM, one gate and one up GEMM.
     """
     merged: list[Leg] = []
     for leg in sorted(target.legs, key=lambda lg: lg.offset):
-        layer = leg.layer
         prev = merged[-1] if merged else None
-        if (prev is not None and isinstance(layer, ExpertLayer) and isinstance(prev.layer, ExpertLayer)
-                and _same_input_side(prev.layer, layer)
-                and prev.offset + (prev.size or target.out_features) == leg.offset):
-            joined = replace(prev.layer, name=f"{prev.layer.name}+{layer.name}",
-                             ups=torch.cat([prev.layer.ups, layer.ups], dim=1))
-            merged[-1] = Leg(joined, prev.offset, (prev.size or 0) + (leg.size or layer.out_features))
+        joined = None
+        if prev is not None and prev.offset + (prev.size or target.out_features) == leg.offset:
+            joined = prev.layer.joined(leg.layer)
+        if joined is not None:
+            merged[-1] = Leg(joined, prev.offset, (prev.size or 0) + (leg.size or leg.layer.out_features))
         else:
             merged.append(leg)
     return merged
-
-
-def _same_input_side(a: ExpertLayer, b: ExpertLayer) -> bool:
-    def same(x, y) -> bool:
-        if x is None or y is None:
-            return x is y
-        return x.shape == y.shape and bool(torch.equal(x, y))
-
-    return (a.alpha == b.alpha and a.router == b.router and same(a.down, b.down)
-            and same(a.router_weight, b.router_weight) and same(a.router_bias, b.router_bias)
-            and same(a.inv_scale, b.inv_scale))

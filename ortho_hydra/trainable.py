@@ -9,16 +9,9 @@ from torch import nn
 
 from .basis import disjoint_basis
 from .cayley import cayley
-from .routing import (
-    GateContext,
-    GateOverride,
-    RouterSpec,
-    finish_gate,
-    mix_and_project_up,
-    project_down,
-    rms_pool,
-    router_logits,
-)
+from .layer import GateSink
+from .routing import GateOverride, RouterSpec
+from .runtime import ExpertLayer
 
 INIT_MODES = ("ortho", "zero", "jitter")
 
@@ -79,7 +72,6 @@ class OrthoHydraLinear(nn.Module):
             self.router.bias.zero_()
             if not centered_gate:
                 self.router.weight[:, :rank].normal_(0.0, 0.01, generator=gen)
-        self.last_gate: torch.Tensor | None = None
 
     @property
     def scale(self) -> float:
@@ -94,12 +86,16 @@ class OrthoHydraLinear(nn.Module):
         ups = torch.matmul(self.out_bases.float(), rotations[1:]) * self.lam.float()
         return down, ups
 
-    def delta(self, x: torch.Tensor, sigma: torch.Tensor | None = None, override: GateOverride | None = None,
-              fei: torch.Tensor | None = None) -> torch.Tensor:
-        """Δy for x (B, ..., in); records the raw gate in ``last_gate`` for losses and telemetry."""
+    def as_runtime(self) -> ExpertLayer:
+        """The current factors as a runtime layer, still attached to the autograd graph.
+
+        Training and inference thus share one routed-delta implementation; :func:`distill` detaches it.
+        """
         down, ups = self.factors()
-        lx = project_down(x, down, None)
-        logits = router_logits(rms_pool(lx), self.router.weight, self.router.bias, self.router_spec, sigma, fei)
-        gate = finish_gate(logits, self.router_spec, GateContext(layer=self.name, sigma=sigma), override)
-        self.last_gate = gate + 1.0 / self.num_experts if self.router_spec.centered else gate
-        return mix_and_project_up(lx, gate, ups, self.scale)
+        return ExpertLayer(name=self.name, down=down, ups=ups, router_weight=self.router.weight,
+                           router_bias=self.router.bias, alpha=self.alpha, router=self.router_spec)
+
+    def delta(self, x: torch.Tensor, sigma: torch.Tensor | None = None, override: GateOverride | None = None,
+              fei: torch.Tensor | None = None, sink: GateSink | None = None) -> torch.Tensor:
+        """Δy for x (B, ..., in); ``sink`` receives the routing distribution (for losses and telemetry)."""
+        return self.as_runtime().delta(x, sigma, override, fei=fei, sink=sink)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -28,10 +29,52 @@ def draw_noise_levels(count: int, mode: str, generator: torch.Generator, shift: 
     return u.clamp(1e-4, 1 - 1e-4)
 
 
-def mean_balance_loss(gates: dict[str, torch.Tensor]) -> torch.Tensor | None:
+def mean_balance_loss(gates: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
     """Switch-style balance loss averaged over routed modules."""
     losses = [metrics.balance_loss(g) for g in gates.values() if g is not None]
     return torch.stack(losses).mean() if losses else None
+
+
+def label_guidance_loss(gates: Mapping[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor | None:
+    """Mean over routed modules of the cross-entropy ``−log g[label]`` between each sample's gate and its label.
+
+    Label i asks for expert i.  Gates are routing distributions (B, E); the clamp keeps a hard zero finite.
+    """
+    losses = []
+    for gate in gates.values():
+        picked = gate.gather(-1, labels.to(gate.device).long().reshape(-1, 1)).squeeze(-1)
+        losses.append(-picked.clamp_min(1e-12).log().mean())
+    return torch.stack(losses).mean() if losses else None
+
+
+def guidance_weight(step: int, weight: float, hold_steps: int) -> float:
+    """``weight`` for the first ``hold_steps`` steps, then a linear decay to 0 over the next ``hold_steps // 2``.
+
+    The decay hands routing over to the router alone, so the trained adapter needs no labels at inference.
+    """
+    if weight <= 0 or hold_steps <= 0:
+        return 0.0
+    if step < hold_steps:
+        return float(weight)
+    decay = max(hold_steps // 2, 1)
+    return float(weight) * max(0.0, 1.0 - (step - hold_steps + 1) / decay)
+
+
+def balance_starts_at(balance_start: float, total_steps: int) -> int:
+    """The step the balance term switches on: a fraction of the run when < 1 (the paper's 0.4), else a step."""
+    if balance_start < 0:
+        raise ValueError(f"balance_start must be >= 0, got {balance_start}")
+    return round(balance_start * total_steps) if balance_start < 1 else int(balance_start)
+
+
+class StepGates(dict):
+    """The routing distributions of the current micro-step, by layer: the trainer's one explicit gate store.
+
+    Hooks call it as a gate sink; the loop reads it for the balance and label terms, then clears it.
+    """
+
+    def __call__(self, layer: str, gate: torch.Tensor, context=None) -> None:
+        self[layer] = gate
 
 
 @dataclass

@@ -101,3 +101,45 @@ def restore_optimizer_state(optimizer: torch.optim.Optimizer, saved: Mapping[str
                                       fix="resume with the same rank and number of experts")
             restored[key] = tensor.to(param.device) if tensor.ndim else tensor.clone()
         optimizer.state[param] = restored
+
+
+def parameter_names(network) -> dict[str, torch.nn.Parameter]:
+    """``"<layer>/<param>"`` -> parameter, for a network exposing ``items()`` of (layer name, module)."""
+    return {f"{prefix}/{n}": p for prefix, layer in network.items() for n, p in layer.named_parameters()}
+
+
+def capture_training_state(network, optimizer: torch.optim.Optimizer, generator: torch.Generator, step: int,
+                           info: Mapping) -> TrainingState:
+    """Everything needed to continue this run bit for bit, as a :class:`TrainingState`."""
+    names = {id(p): name for name, p in parameter_names(network).items()}
+    return TrainingState(
+        step=step,
+        module_states={prefix: {k: v.detach().cpu() for k, v in layer.state_dict().items()}
+                       for prefix, layer in network.items()},
+        optimizer_state=gather_optimizer_state(optimizer, names),
+        rng={"generator": generator.get_state()},
+        info={**info, "param_groups": [{k: v for k, v in g.items() if k != "params"}
+                                       for g in optimizer.param_groups]})
+
+
+def restore_training_state(state: TrainingState, network, optimizer: torch.optim.Optimizer,
+                           generator: torch.Generator, *, fingerprint: Mapping, config: Mapping,
+                           path: str | os.PathLike | None = None) -> None:
+    """Load ``state`` into a freshly built run, refusing one written for another model or other settings."""
+    theirs_fp, theirs_config = state.info.get("fingerprint"), state.info.get("config")
+    if theirs_fp != fingerprint:
+        theirs = set(theirs_fp or {})
+        detail = (f"it adapts {len(theirs)} layers, this model/target choice {len(fingerprint)}"
+                  if theirs != set(fingerprint) else "the layer shapes differ")
+        raise OrthoHydraError(f"this resume file was written for another model ({detail}).", path=path,
+                              key="fingerprint", fix="resume with the same base model and target layers")
+    if theirs_config != config:
+        diff = {k: ((theirs_config or {}).get(k), v) for k, v in config.items()
+                if (theirs_config or {}).get(k) != v}
+        raise OrthoHydraError(f"settings differ from the run being resumed: {diff} (file, node).", path=path,
+                              key="config", fix="use the settings of the original run")
+    for prefix, layer in network.items():
+        device = next(layer.parameters()).device
+        layer.load_state_dict({k: v.to(device) for k, v in state.module_states[prefix].items()})
+    restore_optimizer_state(optimizer, state.optimizer_state, parameter_names(network), path)
+    generator.set_state(state.rng["generator"])

@@ -97,17 +97,14 @@ def test_sigma_router_sees_flow_time_during_real_sampling(cosmos):
     net = lib.network.OrthoHydraNetwork({"lora_unet_blocks_0_mlp_layer1": sd["blocks.0.mlp.layer1.weight"]}, 4, 4,
                                         sigma_feature_dim=4)
     adapter = net.to_adapter()
-    seen = []
-
-    def recording(logits, ctx):
-        seen.append(ctx.sigma.clone())
-        return torch.softmax(logits, -1)
-
-    patched, _ = patcher.apply_adapter(cosmos, adapter, override=recording)
+    patched, _ = patcher.apply_adapter(cosmos, adapter)
     latent = torch.zeros(1, 16, 1, 8, 8)
-    tiny_dit.sample(patched, latent, tiny_dit.cosmos_conditioning(seed=1), tiny_dit.cosmos_conditioning(seed=2),
-                    steps=3)
+    recording = __import__("comfyui_ortho_hydra.nodes.gate_recording", fromlist=["x"]).recording
+    with recording(patched) as gates:
+        tiny_dit.sample(patched, latent, tiny_dit.cosmos_conditioning(seed=1), tiny_dit.cosmos_conditioning(seed=2),
+                        steps=3)
     mm.unload_all_models()
+    seen = [entry["sigma"] for entry in gates.records()["lora_unet_blocks_0_mlp_layer1"]]
     sampling = patched.get_model_object("model_sampling")
     schedule = comfy.samplers.calculate_sigmas(sampling, "simple", 3)[:-1]
     flow = schedule / (schedule + 1)

@@ -44,16 +44,16 @@ def test_bf16_model_gemms_in_the_activation_dtype_fp32_gates_weights_owned_by_co
     handle = fc1.register_forward_hook(lambda m, a, o: activation_dtypes.append(a[0].dtype))
     seen = {}
 
-    def spy(logits, ctx):
-        seen["logits"] = logits.dtype
-        return torch.softmax(logits, -1)
+    def spy(layer, gate, ctx):
+        seen["gate"] = gate.dtype
 
-    spied, _ = patcher.apply_adapter(model, adapter, override=spy)
+    spied, _ = patcher.apply_adapter(model, adapter)
+    patcher.applied_adapters(spied)[-1].state.sinks.append(spy)
     latent = torch.zeros(1, 16, 16, 16)
     out = tiny_dit.sample(spied, latent, tiny_dit.mmdit_conditioning(seed=1), tiny_dit.mmdit_conditioning(seed=2),
                           steps=2)
     handle.remove()
-    assert torch.isfinite(out).all() and seen["logits"] == torch.float32
+    assert torch.isfinite(out).all() and seen["gate"] == torch.float32  # router logits and gate stay fp32
     assert set(activation_dtypes) == {model.model.manual_cast_dtype or torch.bfloat16}
     assert all(p.dtype == activation_dtypes[0] for n, p in params.items() if n.endswith(("down", "ups")))
     assert all(p.dtype == torch.float32 for n, p in params.items() if "router" in n)
@@ -70,3 +70,15 @@ def test_user_typed_file_names_cannot_leave_their_folder():
         with pytest.raises(library().OrthoHydraError, match="not a safe file name") as err:
             files.checked_file_name(bad, "output_name")
         assert "key 'output_name'" in str(err.value) and "Fix:" in str(err.value)
+
+
+def test_save_node_names_do_not_leak_into_its_input(tmp_path):
+    """The input is usually the loader's cached adapter: names typed in one Save must not reach other branches."""
+    folder_paths.add_model_folder_path("loras", str(tmp_path), is_default=True)
+    lib, nodes = library(), import_pack().nodes
+    adapter = randomized_adapter({"lora_unet_blocks_0_mlp_layer1": torch.randn(32, 24)}, rank=2, experts=3)
+    nodes.save_plot.OrthoHydraSave.execute(adapter, "named", "ink, oil, pixel")
+    assert adapter.expert_names is None
+    assert lib.load(tmp_path / "named.safetensors").expert_names == ("ink", "oil", "pixel")
+    nodes.save_plot.OrthoHydraSave.execute(adapter, "unnamed", "")
+    assert lib.load(tmp_path / "unnamed.safetensors").expert_names is None

@@ -54,7 +54,7 @@ def test_trace_records_both_sides_per_step_and_draws_them(pack):
 def test_expert_route_reads_listed_headers_only(pack, tmp_path):
     folder_paths.add_model_folder_path("loras", str(tmp_path))
     adapter = randomized_adapter({"lora_unet_blocks_0_mlp_layer1": torch.randn(32, 24)}, rank=2, experts=3)
-    adapter.expert_names = ["ink", "oil", "pixel"]
+    adapter = adapter.with_expert_names(["ink", "oil", "pixel"])
     library().save(adapter, tmp_path / "named_moe.safetensors")
     (tmp_path / "plain.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
     respond = pack.nodes.web_routes.experts_response

@@ -76,7 +76,7 @@ def test_interrupt_saves_a_loadable_checkpoint_then_re_raises(T, base, loras, mo
         if payload["step"] == 3:
             mm.interrupt_current_processing(True)
 
-    monkeypatch.setattr(T, "_notify", press_cancel_after_step_three)
+    monkeypatch.setattr(T, "notify", press_cancel_after_step_three)
     with pytest.raises(mm.InterruptProcessingException):
         T.train(base, LATENTS, POSITIVE, config(T, steps=10, output_name="stopped", trace_every=1))
     adapter = library().load(loras / "stopped.safetensors")
@@ -115,7 +115,7 @@ def test_bad_inputs_get_clear_errors(T, base, loras):
         T.train(base, LATENTS, POSITIVE, config(T, rank=999))
     assert "Fix:" in str(err.value)
     with pytest.raises(lib.OrthoHydraError, match="3 style labels for 4 images"):
-        T.train(base, LATENTS, POSITIVE, config(T), style_labels="0,1,0")
+        T.train(base, LATENTS, POSITIVE, config(T), labels=T.style_labels_from("0,1,0", 3))
     with warnings.catch_warnings(record=True) as caught:  # E·r over the disjoint limit: warn and report, no crash
         warnings.simplefilter("always")
         _, _adapter, _, trace = T.train(base, LATENTS, POSITIVE, config(T, steps=2, rank=48, experts=4,

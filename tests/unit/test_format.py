@@ -19,7 +19,7 @@ def test_save_load_round_trip_is_bit_exact(tmp_path):
     ortho_hydra.save(original, path, metadata={"oh_provenance": json.dumps({"steps": 10})})
     loaded = ortho_hydra.load(path)
     assert loaded.num_experts == 3 and loaded.rank == 4
-    assert loaded.expert_names == ["ink", "watercolor", "pixel"]
+    assert loaded.expert_names == ("ink", "watercolor", "pixel")
     assert set(loaded.layers) == set(original.layers) and set(loaded.plain_layers) == set(original.plain_layers)
     for name, layer in original.layers.items():
         other = loaded.layers[name]
@@ -323,7 +323,7 @@ def test_moe_file_with_0x80_first_byte_loads(tmp_path):
     else:
         raise AssertionError("no padding gave a 0x80 first byte")
     loaded = ortho_hydra.load(path)
-    assert loaded.expert_names == ["ink", "watercolor", "pixel"]
+    assert loaded.expert_names == ("ink", "watercolor", "pixel")
     for name, layer in original.layers.items():
         assert torch.equal(layer.ups, loaded.layers[name].ups)
 

@@ -1,0 +1,60 @@
+"""``with recording(model) as gates:``: the one way to listen to a patched model's routers.
+
+Used by style capture, the router trace, tests and benchmarks.  Entries are kept as plain lists while sampling:
+hundreds of small tensors kept alive for a run fragment the heap and slowed large-model sampling by ~12%
+(bench/trace.py); lists cost nothing measurable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+from ortho_hydra import Adapter, OrthoHydraError
+from ortho_hydra.routing import GateContext
+
+from .patcher import applied_adapters
+
+
+class GateRecording:
+    """Per layer, one entry per routed model call: sampler σ, router σ, gate rows and which rows are uncond."""
+
+    def __init__(self, adapter: Adapter) -> None:
+        self.adapter = adapter
+        self._raw: dict[str, list[dict]] = {}
+
+    def __call__(self, layer: str, gate: torch.Tensor, context: GateContext) -> None:
+        uncond = context.extra.get("uncond_rows")
+        self._raw.setdefault(layer, []).append({
+            "sampler_sigma": context.extra.get("sampler_sigma"),
+            "sigma": None if context.sigma is None else context.sigma.detach().float().cpu().reshape(-1).tolist(),
+            "gate": gate.detach().float().cpu().tolist(),
+            "uncond_rows": None if uncond is None else uncond.cpu().tolist(),
+        })
+
+    def records(self) -> dict[str, list[dict]]:
+        """The entries with ``gate`` (rows, E), ``sigma`` and ``uncond_rows`` (rows,) as tensors."""
+        def tensor(value):
+            return None if value is None else torch.tensor(value)
+
+        return {layer: [{**e, "gate": tensor(e["gate"]), "sigma": tensor(e["sigma"]),
+                         "uncond_rows": tensor(e["uncond_rows"])} for e in entries]
+                for layer, entries in self._raw.items()}
+
+
+@contextlib.contextmanager
+def recording(model, fix: str = "connect the output of Apply Ortho-Hydra (router-live); pinned or blended layers "
+                                "are folded into the weights and have no router to record") -> Iterator[GateRecording]:
+    """Record every gate of the last router-live adapter applied to ``model`` while the block runs."""
+    applied = [a for a in applied_adapters(model) if a.hooked]
+    if not applied:
+        raise OrthoHydraError("this MODEL has no router-live Ortho-Hydra layers to record.", key="model", fix=fix)
+    target = applied[-1]
+    listener = GateRecording(target.adapter)
+    target.state.sinks.append(listener)
+    try:
+        yield listener
+    finally:
+        target.state.sinks.remove(listener)

@@ -1,0 +1,105 @@
+"""The one place forward hooks and the APPLY_MODEL wrapper are installed on a ModelPatcher.
+
+* Hooks are object patches on ``<module>._forward_hooks``, a new OrderedDict built from ``get_model_object`` so
+  other packs' hooks are kept; unpatching restores the original dict.  ``forward`` is never replaced.
+* A Linear hook does not see ``transformer_options``, so an APPLY_MODEL wrapper copies σ and the cond/uncond row
+  layout of the current model call into a :class:`SamplingState` the hooks read.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import comfy.model_sampling
+import comfy.patcher_extension
+import torch
+
+from ortho_hydra.fei import frequency_energy_index
+from ortho_hydra.routing import GateContext
+
+# Apart from torch's own small handle ids, and unique across every install of this pack (apply and train).
+_hook_ids = itertools.count(start=2**40)
+
+
+def install_forward_hook(model, module_path: str, hook: Callable) -> int:
+    """Add ``hook`` to ``module_path``'s forward hooks as a revertible object patch; returns its id."""
+    name = f"{module_path}._forward_hooks"
+    hooks = OrderedDict(model.get_model_object(name))
+    hook_id = next(_hook_ids)
+    hooks[hook_id] = hook
+    model.add_object_patch(name, hooks)
+    return hook_id
+
+
+@dataclass
+class SamplingState:
+    """σ (router units, one per row) and the cond/uncond layout of the current model call."""
+
+    sigma: torch.Tensor | None = None
+    cond_or_uncond: list[int] | None = None
+    fei: torch.Tensor | None = None
+    fei_div: float | None = None  # set when some routed layer's router reads the latent's FEI
+    extra: dict = field(default_factory=dict)
+    sinks: list[Callable] = field(default_factory=list)  # gate listeners (recordings) while one is open
+
+    def sink(self, layer: str, gate: torch.Tensor, context: GateContext) -> None:
+        for listener in self.sinks:
+            listener(layer, gate, context)
+
+    def routing(self, layer: str, batch: int, override) -> dict:
+        """Keyword arguments for a layer's ``delta`` in the current model call."""
+        return {"sigma": self.sigma_for(batch), "override": override, "context": self.context(layer, batch),
+                "fei": self.fei, "sink": self.sink if self.sinks else None}
+
+    def sigma_for(self, batch: int) -> torch.Tensor | None:
+        sigma = self.sigma
+        if sigma is not None and sigma.numel() not in (1, batch):
+            sigma = sigma.reshape(-1)[:1]  # a hook inside a sub-batch; σ is shared within a call
+        return sigma
+
+    def context(self, layer: str, batch: int) -> GateContext:
+        extra = dict(self.extra)
+        if self.cond_or_uncond:
+            per = max(batch // len(self.cond_or_uncond), 1)
+            extra["uncond_rows"] = torch.tensor([c == 1 for c in self.cond_or_uncond]).repeat_interleave(per)[:batch]
+        return GateContext(layer=layer, sigma=self.sigma_for(batch), extra=extra)
+
+
+def router_sigma_fn(model_sampling) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Map the sampler's σ to the flow time in [0, 1] that routers are trained on.
+
+    Flow (CONST) models sample σ = t directly; Cosmos' rectified flow samples σ with t = σ / (σ + 1);
+    discrete ε/v models use their timestep / 1000.
+    """
+    if isinstance(model_sampling, comfy.model_sampling.CONST):
+        return lambda sigma: sigma.float()
+    if isinstance(model_sampling, comfy.model_sampling.COSMOS_RFLOW):
+        return lambda sigma: sigma.float() / (sigma.float() + 1.0)
+    return lambda sigma: (model_sampling.timestep(sigma).float() / 1000.0).clamp(0, 1)
+
+
+def _apply_model_wrapper(state: SamplingState, to_router_sigma):
+    def wrapper(executor, x, t, *args, **kwargs):
+        transformer_options = args[3] if len(args) > 3 else kwargs.get("transformer_options", {})
+        state.sigma = to_router_sigma(t)
+        state.extra["sampler_sigma"] = float(t.reshape(-1)[0])  # schedules are keyed on the sampler's σ
+        state.cond_or_uncond = list(transformer_options.get("cond_or_uncond") or []) or None
+        if state.fei_div is not None:  # scale-invariant, so the raw sampler latent is as good as the model input
+            state.fei = frequency_energy_index(x, state.fei_div)
+        try:
+            return executor(x, t, *args, **kwargs)
+        finally:
+            state.sigma, state.cond_or_uncond, state.fei = None, None, None
+            state.extra.pop("sampler_sigma", None)
+
+    return wrapper
+
+
+def install_sampling_state(model, key: str, state: SamplingState) -> None:
+    """Keep ``state`` current for every model call of ``model`` (an APPLY_MODEL wrapper under ``key``)."""
+    to_router_sigma = router_sigma_fn(model.get_model_object("model_sampling"))
+    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, key,
+                               _apply_model_wrapper(state, to_router_sigma))

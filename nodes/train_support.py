@@ -1,0 +1,90 @@
+"""ComfyUI plumbing for the in-graph trainer: inference-mode weights, training hooks, live chart events."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from comfy_extras import nodes_train
+
+from .hooks import SamplingState, install_forward_hook, install_sampling_state
+
+TRAIN_WRAPPER_KEY = "ortho_hydra_train"
+EVENT = "ortho_hydra.train"
+
+
+def _as_normal_tensor(weight: torch.Tensor) -> torch.Tensor:
+    return weight.clone() if weight.is_inference() else weight
+
+
+def wrap_inference_weights(mp) -> int:
+    """Tensors loaded while ComfyUI executed in inference mode cannot be saved for backward.
+
+    In this training clone only, ComfyUI-op weights get a weight wrapper that hands the forward a normal copy,
+    and any other parameter or buffer (norm scales, rope tables) a normal copy through an object patch; both
+    are reverted on unpatch.
+    """
+    count = 0
+    for name, module in mp.model.named_modules():
+        tensors = list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False))
+        for attr, tensor in tensors:
+            if tensor is None or not tensor.is_inference():
+                continue
+            key = f"{name}.{attr}" if name else attr
+            if hasattr(module, "weight_function") and attr in ("weight", "bias"):
+                mp.add_weight_wrapper(key, _as_normal_tensor)
+            elif isinstance(tensor, torch.nn.Parameter):
+                mp.add_object_patch(key, torch.nn.Parameter(tensor.clone(), requires_grad=False))
+            else:
+                mp.add_object_patch(key, tensor.clone())
+            count += 1
+    if count:
+        mp.force_cast_weights = True
+    return count
+
+
+class TrainingHook:
+    """y <- y + Δy from a trainable layer; σ comes from the sampling state, gates go to the step's store."""
+
+    def __init__(self, layer, state: SamplingState, sink) -> None:
+        self.layer = layer
+        self.state = state
+        self.sink = sink
+
+    def __call__(self, module, args, output):
+        sigma = self.state.sigma if self.layer.router_spec.needs_sigma else None
+        return output + self.layer.delta(args[0], sigma, sink=self.sink).to(output.dtype)
+
+
+def install_training_hooks(mp, network, modules: dict[str, str], sink) -> SamplingState:
+    """One hook per trainable layer (``modules``: layer name -> module path) plus the σ wrapper."""
+    state = SamplingState()
+    for prefix, layer in network.items():
+        install_forward_hook(mp, modules[prefix], TrainingHook(layer, state, sink))
+    install_sampling_state(mp, TRAIN_WRAPPER_KEY, state)
+    return state
+
+
+@contextlib.contextmanager
+def gradient_checkpointing(mp, enabled: bool):
+    """ComfyUI's own checkpointing of the DiT's highest children, undone on exit."""
+    patched = list(nodes_train.find_all_highest_child_module_with_forward(mp.model.diffusion_model)) \
+        if enabled else []
+    for module in patched:
+        nodes_train.patch(module)
+    try:
+        yield
+    finally:
+        for module in patched:
+            nodes_train.unpatch(module)
+
+
+def notify(payload: dict) -> None:
+    """Feed the node's live chart; a no-op without a server (tests, scripts)."""
+    with contextlib.suppress(Exception):
+        from server import PromptServer
+
+        if PromptServer.instance is not None:
+            PromptServer.instance.send_sync(EVENT, payload)
+
+

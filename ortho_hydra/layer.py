@@ -1,0 +1,91 @@
+"""The one interface every adapter layer kind implements, so planning, baking and hooks never branch on type.
+
+A layer writes ``Δy = s · up(g) · down(x ⊙ inv_scale)`` into some Linear's output.  Routed kinds mix E ups with a
+per-sample gate ``g``; plain kinds have one ``up`` and ignore the gate.  New kinds (merged LoRA stacks, transferred
+adapters) add a class here and nothing else changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import ClassVar
+
+import torch
+
+from .routing import GateContext, GateOverride
+
+# Called with (layer name, routing distribution (B, E), context) each time a routed layer computes its gate.
+GateSink = Callable[[str, torch.Tensor, GateContext], None]
+
+
+class AdapterLayer:
+    """Behaviour shared by all layer kinds; subclasses are dataclasses holding the tensors."""
+
+    name: str
+    down: torch.Tensor  # (r, in)
+    alpha: float
+    inv_scale: torch.Tensor | None
+    routed: ClassVar[bool] = False  # True when the delta depends on a per-sample gate
+    fp32_tensors: ClassVar[tuple[str, ...]] = ()  # tensors kept in fp32 whatever the compute dtype (router)
+
+    @property
+    def rank(self) -> int:
+        return int(self.down.shape[0])
+
+    @property
+    def in_features(self) -> int:
+        return int(self.down.shape[1])
+
+    @property
+    def out_features(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def num_experts(self) -> int:
+        return 0
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Every tensor the layer computes with, by field name (what a host moves between devices)."""
+        raise NotImplementedError
+
+    def with_tensors(self, **tensors: torch.Tensor) -> AdapterLayer:
+        """A copy computing with these tensors (same names as :meth:`tensors`)."""
+        return replace(self, **tensors)
+
+    def factors(self, gate: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """fp32 ``(up (out, r), down (r, in))`` with scale, the constant gate (E,) and inv_scale folded in."""
+        raise NotImplementedError
+
+    def delta_weight(self, gate: torch.Tensor | None = None) -> torch.Tensor:
+        """Exact fp32 ΔW (out, in) for a constant gate (ignored by plain layers)."""
+        up, down = self.factors(gate)
+        return up @ down
+
+    def delta(self, x: torch.Tensor, sigma: torch.Tensor | None = None, override: GateOverride | None = None,
+              context: GateContext | None = None, fei: torch.Tensor | None = None,
+              sink: GateSink | None = None) -> torch.Tensor:
+        """Δy with the Linear's output shape, in x's dtype; routing arguments are ignored by plain layers."""
+        raise NotImplementedError
+
+    def add_delta(self, output: torch.Tensor, x: torch.Tensor, strength: float = 1.0, **routing) -> torch.Tensor:
+        """``output + strength · Δy``; kinds with a fused kernel override this."""
+        return output + strength * self.delta(x, **routing).to(output.dtype)
+
+    def chunk(self, index: int, parts: int, name: str) -> AdapterLayer:
+        """The ``index``-th of ``parts`` equal output chunks (a fused file on a split model)."""
+        raise NotImplementedError
+
+    def joined(self, other: AdapterLayer) -> AdapterLayer | None:
+        """One layer writing self's outputs then other's, when both share their input side; else None."""
+        return None
+
+
+def same_tensor(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return a.shape == b.shape and bool(torch.equal(a, b))

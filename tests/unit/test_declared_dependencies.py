@@ -1,0 +1,38 @@
+"""Every third-party module the pack imports at run time is declared where the Comfy Registry installs from."""
+
+import ast
+import re
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+RUNTIME = [ROOT / "__init__.py", *sorted((ROOT / "ortho_hydra").glob("*.py")), *sorted((ROOT / "nodes").glob("*.py"))]
+# ComfyUI itself, and aiohttp, which exists only as its server (our web route is registered on it)
+HOST = {"comfy", "comfy_api", "comfy_extras", "folder_paths", "server", "node_helpers", "latent_preview", "aiohttp"}
+OWN = {"ortho_hydra", "nodes"}
+DISTRIBUTION = {"PIL": "pillow"}  # import name -> distribution name where they differ
+
+
+def _imported_roots(path: Path) -> set[str]:
+    roots = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            roots.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+def _declared(lines) -> set[str]:
+    return {re.split(r"[<>=!~ \[]", line.strip(), maxsplit=1)[0].lower() for line in lines
+            if line.strip() and not line.strip().startswith("#")}
+
+
+def test_runtime_imports_are_declared_in_pyproject_and_requirements():
+    used = set().union(*(_imported_roots(p) for p in RUNTIME)) - HOST - OWN - set(sys.stdlib_module_names)
+    needed = {DISTRIBUTION.get(name, name).lower() for name in used}
+    assert {"torch", "safetensors", "numpy", "matplotlib", "pillow"} <= needed  # the scan sees real imports
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert needed <= _declared(pyproject["project"]["dependencies"]), needed
+    assert needed <= _declared((ROOT / "requirements.txt").read_text().splitlines()), needed
