@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from .host import import_pack
+from .randomize import randomize_layer_
 
 
 def library():
@@ -24,10 +25,6 @@ def randomized_adapter(weights: dict[str, torch.Tensor], rank: int = 4, experts:
     """An Ortho-Hydra adapter with random rotations, λ and routers, so rows route differently."""
     net = library().network.OrthoHydraNetwork(weights, rank, experts, seed=seed, **kwargs)
     g = torch.Generator().manual_seed(seed + 1000)
-    with torch.no_grad():
-        for _, layer in net.items():
-            layer.cayley_seeds.copy_(0.3 * torch.randn(layer.cayley_seeds.shape, generator=g))
-            layer.lam.copy_(lam_scale * torch.randn(layer.lam.shape, generator=g))
-            layer.router.weight.copy_(router_scale * torch.randn(layer.router.weight.shape, generator=g))
-            layer.router.bias.copy_(0.1 * torch.randn(layer.router.bias.shape, generator=g))
+    for _, layer in net.items():
+        randomize_layer_(layer, g, lam_scale=lam_scale, router_scale=router_scale, bias_scale=0.1)
     return net.to_adapter(provenance={"kind": "randomized test adapter", "seed": seed})

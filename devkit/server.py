@@ -91,17 +91,32 @@ class ComfyServer:
     def queue(self, prompt: dict) -> tuple[int, dict]:
         return self.post("/prompt", {"prompt": prompt, "client_id": "ortho-hydra-devkit"})
 
-    def wait(self, prompt_id: str, timeout: float = 300.0) -> dict:
-        """The /history entry once the prompt finished (successfully or not)."""
+    def _poll(self, finished, what: str, timeout: float):
         deadline = time.time() + timeout
         while time.time() < deadline:
-            history = self.get(f"/history/{prompt_id}")
-            entry = history.get(prompt_id)
-            if entry and entry.get("status", {}).get("completed") is not None and (
-                    entry["status"].get("status_str") in ("success", "error")):
-                return entry
+            result = finished()
+            if result is not None:
+                return result
             time.sleep(0.25)
-        raise TimeoutError(f"prompt {prompt_id} did not finish within {timeout}s; log: {self.log_path}")
+        raise TimeoutError(f"{what} did not finish within {timeout}s; log: {self.log_path}")
+
+    def wait(self, prompt_id: str, timeout: float = 300.0) -> dict:
+        """The /history entry once the prompt finished (successfully or not)."""
+        def finished():
+            entry = self.get(f"/history/{prompt_id}").get(prompt_id)
+            done = entry and entry.get("status", {}).get("completed") is not None and (
+                entry["status"].get("status_str") in ("success", "error"))
+            return entry if done else None
+
+        return self._poll(finished, f"prompt {prompt_id}", timeout)
+
+    def wait_history(self, count: int, timeout: float = 600.0) -> list[dict]:
+        """Every finished /history entry, once there are at least ``count`` (prompts queued from a browser)."""
+        def finished():
+            done = [h for h in self.get("/history").values() if h.get("status", {}).get("completed") is not None]
+            return done if len(done) >= count else None
+
+        return self._poll(finished, f"{count} prompts", timeout)
 
     def run(self, prompt: dict, timeout: float = 300.0) -> dict:
         status, body = self.queue(prompt)

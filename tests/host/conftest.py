@@ -4,3 +4,26 @@ before any test module imports ``comfy``."""
 from devkit.host import boot
 
 COMFY_DIR = boot(cpu=True)
+
+
+import pytest  # noqa: E402  (after the host is booted)
+
+from devkit import tiny_dit  # noqa: E402
+from devkit.host import import_pack  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def pack():
+    """The pack as ComfyUI imports it."""
+    return import_pack()
+
+
+@pytest.fixture(scope="session")
+def patcher(pack):
+    return pack.nodes.patcher
+
+
+@pytest.fixture(scope="session")
+def base():
+    """The tiny SD3-style MMDiT every node test patches (tests only ever patch clones of it)."""
+    return tiny_dit.load_mmdit(depth=2, seed=0)

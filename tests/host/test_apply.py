@@ -7,19 +7,8 @@ import torch.nn.functional as F
 
 from devkit import tiny_dit
 from devkit.adapters import library, lora_weights, randomized_adapter
-from devkit.host import import_pack
 
 MAIN_LINEARS = r"(attn_qkv|attn_proj|mlp_fc1|mlp_fc2)$"
-
-
-@pytest.fixture(scope="module")
-def patcher():
-    return import_pack().nodes.patcher
-
-
-@pytest.fixture(scope="module")
-def base():
-    return tiny_dit.load_mmdit(depth=2, seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ Screenshots are written to tests/artifacts/ (git-ignored); docs/ holds the commi
 """
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -49,17 +48,6 @@ def page(server):
         browser.close()
 
 
-def _wait_history(srv, count: int, timeout: float = 600.0) -> list[dict]:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        history = srv.get("/history")
-        done = [h for h in history.values() if h.get("status", {}).get("completed") is not None]
-        if len(done) >= count:
-            return done
-        time.sleep(0.5)
-    raise TimeoutError(f"{count} prompts did not finish")
-
-
 def _show(page, node_type: str, path: Path) -> None:
     """Centre the canvas on a node, zoomed so its widgets are readable, and take the screenshot."""
     page.evaluate("""t => { const c = window.app.canvas;
@@ -102,7 +90,7 @@ def test_mixer_shows_one_slider_per_expert_and_drives_the_prompt(server, page):
     router = next(v for v in prompt.values() if v["class_type"] == "OrthoHydraRouter")
     assert router["inputs"]["mode"] == "blend" and not any(k.startswith("mix:") for k in router["inputs"])
     page.evaluate("() => window.app.queuePrompt(0, 1)")
-    done = _wait_history(srv, 1)
+    done = srv.wait_history(1)
     entry = done[-1]
     assert entry["status"]["status_str"] == "success", entry["status"]
     images = [i for out in entry["outputs"].values() for i in out.get("images", [])]
@@ -115,7 +103,7 @@ def test_training_chart_receives_points(server, page):
     before = len(srv.get("/history"))
     _load(page, "04_train_then_apply.json")
     page.evaluate("() => window.app.queuePrompt(0, 1)")
-    _wait_history(srv, before + 1)
+    srv.wait_history(before + 1)
     points = page.evaluate("() => Number(window.app.graph._nodes.find(n => n.comfyClass === 'OrthoHydraTrain')"
                            ".ohChart.dataset.points || 0)")
     assert points >= 10
@@ -127,7 +115,7 @@ def test_trace_node_previews_its_heatmap(server, page):
     before = len(srv.get("/history"))
     _load(page, "05_router_trace.json")
     page.evaluate("() => window.app.queuePrompt(0, 1)")
-    entry = _wait_history(srv, before + 1)[-1]
+    entry = srv.wait_history(before + 1)[-1]
     assert entry["status"]["status_str"] == "success", entry["status"]
     trace_id = next(k for k, v in entry["prompt"][2].items() if v["class_type"] == "OrthoHydraRouterTrace")
     assert entry["outputs"][trace_id]["images"]  # the heatmap preview the node shows

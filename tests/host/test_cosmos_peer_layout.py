@@ -9,6 +9,7 @@ from safetensors.torch import save_file
 
 from devkit import tiny_dit
 from devkit.adapters import library
+from devkit.randomize import randomize_layer_
 
 
 @pytest.fixture(scope="module")
@@ -19,10 +20,7 @@ def cosmos():
 def _trained(lib, weight, name, seed, sigma_dim=0):
     layer = lib.OrthoHydraLinear(weight, rank=4, num_experts=4, name=name, seed=seed, sigma_feature_dim=sigma_dim)
     g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        layer.cayley_seeds.copy_(0.3 * torch.randn(layer.cayley_seeds.shape, generator=g))
-        layer.lam.copy_(0.5 + torch.rand(layer.lam.shape, generator=g))
-        layer.router.weight.copy_(0.5 * torch.randn(layer.router.weight.shape, generator=g))
+    randomize_layer_(layer, g, lam_positive=True, router_scale=0.5, bias_scale=0.0)
     return layer
 
 

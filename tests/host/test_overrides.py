@@ -11,23 +11,12 @@ import torch.nn.functional as F
 
 from devkit import tiny_dit
 from devkit.adapters import library, lora_weights, randomized_adapter
-from devkit.host import import_pack
 
 FC1 = "lora_unet_joint_blocks_0_x_block_mlp_fc1"
 QKV = "lora_unet_joint_blocks_1_x_block_attn_qkv"
 DEFAULTS = dict(mode="live", expert=0, weights="", renormalize=True, temperature=1.0, top_k=1, group="all",
                 block_start=-1, block_end=-1, layer_regex="", start_percent=0.0, end_percent=1.0, keyframes="",
                 interpolation="step", side="both", profile=None)
-
-
-@pytest.fixture(scope="module")
-def pack():
-    return import_pack()
-
-
-@pytest.fixture(scope="module")
-def base():
-    return tiny_dit.load_mmdit(depth=2, seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,7 @@ import torch
 
 from devkit import tiny_dit
 from devkit.adapters import library, lora_weights, randomized_adapter
-from devkit.host import ROOT, import_pack
-
-
-@pytest.fixture(scope="module")
-def pack():
-    return import_pack()
+from devkit.host import ROOT
 
 
 def test_trace_records_both_sides_per_step_and_draws_them(pack):

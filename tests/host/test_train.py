@@ -24,11 +24,6 @@ def loras(tmp_path):
     return tmp_path
 
 
-@pytest.fixture(scope="module")
-def base():
-    return tiny_dit.load_mmdit(depth=2, seed=0)
-
-
 LATENTS = torch.randn(4, 16, 16, 16, generator=torch.Generator().manual_seed(0))
 POSITIVE = tiny_dit.mmdit_conditioning(seed=1)
 

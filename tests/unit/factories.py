@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from devkit.randomize import randomize_layer_
 from ortho_hydra import Adapter, OrthoHydraLinear, PlainLoRA, distill
 
 
@@ -13,11 +14,7 @@ def trained_layer(out: int = 48, inn: int = 40, rank: int = 4, experts: int = 3,
     g = torch.Generator().manual_seed(seed)
     weight = torch.randn(out, inn, generator=g)
     layer = OrthoHydraLinear(weight, rank=rank, num_experts=experts, name=name, seed=seed, **kwargs)
-    with torch.no_grad():
-        layer.cayley_seeds.copy_(0.3 * torch.randn(layer.cayley_seeds.shape, generator=g))
-        layer.lam.copy_(torch.randn(layer.lam.shape, generator=g))
-        layer.router.weight.copy_(torch.randn(layer.router.weight.shape, generator=g))
-        layer.router.bias.copy_(0.5 * torch.randn(layer.router.bias.shape, generator=g))
+    randomize_layer_(layer, g)
     return layer
 
 

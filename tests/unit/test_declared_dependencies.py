@@ -3,8 +3,9 @@
 import ast
 import re
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNTIME = [ROOT / "__init__.py", *sorted((ROOT / "ortho_hydra").glob("*.py")), *sorted((ROOT / "nodes").glob("*.py"))]

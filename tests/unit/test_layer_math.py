@@ -4,6 +4,7 @@ import pytest
 import torch
 from reference_math import training_delta64, training_gate64
 
+from devkit.randomize import randomize_layer_
 from ortho_hydra import OrthoHydraLinear, distill
 from ortho_hydra.routing import rms_pool
 
@@ -13,12 +14,7 @@ def _weight(out=48, inn=40, seed=0):
 
 
 def _randomize(layer: OrthoHydraLinear, seed: int = 1) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        layer.cayley_seeds.copy_(0.3 * torch.randn(layer.cayley_seeds.shape, generator=g))
-        layer.lam.copy_(torch.randn(layer.lam.shape, generator=g))
-        layer.router.weight.copy_(torch.randn(layer.router.weight.shape, generator=g))
-        layer.router.bias.copy_(0.5 * torch.randn(layer.router.bias.shape, generator=g))
+    randomize_layer_(layer, torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize("init", ["ortho", "zero"])
