@@ -34,6 +34,7 @@ from ortho_hydra.training import (
     guidance_weight,
     label_guidance_loss,
     mean_balance_loss,
+    optimizer_groups,
 )
 from ortho_hydra.training_state import (
     RESUME_SUFFIX,
@@ -47,7 +48,13 @@ from ortho_hydra.training_state import (
 from .adapter_files import checked_file_name
 from .model_linears import TARGETS, adaptable_linears
 from .patcher import apply_adapter
-from .train_support import gradient_checkpointing, install_training_hooks, notify, wrap_inference_weights
+from .train_support import (
+    gradient_checkpointing,
+    install_training_hooks,
+    notify,
+    observing_router_inputs,
+    wrap_inference_weights,
+)
 from .types import OrthoHydraAdapterType, RouterTraceType, StyleSetType
 from .widgets import parse_list, split_list
 
@@ -80,6 +87,7 @@ class TrainConfig:
     output_name: str = "ortho_hydra_trained"
     fixed_noise: bool = False  # debugging aid: one noise draw and level per image, reused every step
     trace_every: int = 0
+    calibrate_router: bool = True  # standardise each router's input on the data before step 1 (anti-collapse)
     label_guidance: float = 0.0  # weight of the gate/label cross-entropy
     label_guidance_steps: int = 0  # hold it this long, then decay to 0
     style_names: tuple[str, ...] = ()
@@ -101,6 +109,7 @@ class TrainingRun:
     losses: list[float] = field(default_factory=list)
     trace: RouterTrace | None = None
     gates: StepGates = field(default_factory=StepGates)
+    hooks: list = field(default_factory=list)
 
     @property
     def adapter_path(self) -> str:
@@ -158,6 +167,8 @@ class OrthoHydraTrainSampler(comfy.samplers.Sampler):
         pbar = comfy.utils.ProgressBar(cfg.steps)
         pbar.update_absolute(run.step, cfg.steps)
         trace_every = cfg.trace_every or max(1, cfg.steps // 50)
+        if run.step == 0 and cfg.calibrate_router:
+            self.calibrate(model_wrap, conds, extra_args, latent_image)
         while run.step < cfg.steps:
             comfy.model_management.throw_exception_if_processing_interrupted()
             run.optimizer.zero_grad(set_to_none=True)
@@ -181,6 +192,32 @@ class OrthoHydraTrainSampler(comfy.samplers.Sampler):
                 run.checkpoint()
             pbar.update_absolute(run.step, cfg.steps)
         return torch.zeros_like(latent_image)
+
+    @torch.no_grad()
+    def calibrate(self, model_wrap, conds: list, extra_args: dict, latents_all: torch.Tensor,
+                  max_samples: int = 64, levels: tuple[float, ...] = (0.25, 0.5, 0.75)) -> None:
+        """One forward per noise level over (up to) ``max_samples`` images; fixes each router's standardisation.
+
+        The adapter's delta is 0 at init, so this sees the base model's own activations, at the noise levels
+        training will visit.  Deterministic: the first images, noise from the run's seed.
+        """
+        run, cfg = self.run, self.run.config
+        sampling = model_wrap.inner_model.model_sampling
+        idx = list(range(min(max_samples, latents_all.shape[0])))
+        latents = latents_all[idx]
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 7)
+        with observing_router_inputs(run.hooks) as inputs:
+            for level in levels:
+                noise = torch.randn(latents.shape, generator=gen).to(latents)
+                sigmas = torch.full((len(idx),), float(sampling.percent_to_sigma(1.0 - level))).to(latents.device)
+                xt = sampling.noise_scaling(sigmas, noise, latents, False)
+                model_wrap.conds["positive"] = [conds[i] for i in idx]
+                batch_extra = nodes_train.make_batch_extra_option_dict(extra_args, idx,
+                                                                       full_size=latents_all.shape[0])
+                model_wrap(xt, sigmas, **batch_extra)
+        for prefix, layer in run.network.items():
+            if prefix in inputs:
+                layer.calibrate_router(torch.cat(inputs[prefix]))
 
     def fwd_bwd(self, model_wrap, conds: list, extra_args: dict, latents_all: torch.Tensor, idx: list[int],
                 micro: int, balance_on: bool) -> float:
@@ -278,7 +315,8 @@ def train(model, latents: torch.Tensor, positive: list, config: TrainConfig, *, 
         if resume:
             run.resume(resume)
             run.trace.steps.clear()
-        install_training_hooks(mp, run.network, {p: module for p, (module, _) in targets.items()}, run.gates)
+        run.hooks = install_training_hooks(mp, run.network, {p: module for p, (module, _) in targets.items()},
+                                           run.gates)
         mp.model.requires_grad_(False)
         wrap_inference_weights(mp)
         comfy.model_management.load_models_gpu([mp], memory_required=1e20, force_full_load=True)
@@ -317,10 +355,7 @@ def _new_run(config: TrainConfig, targets: dict, fingerprint: dict, labels: torc
     except ValueError as exc:
         raise OrthoHydraError(f"{exc}.", key="rank", fix="lower the rank (it must fit min(in, out))") from exc
     network.to(device)
-    router = [p for n, p in network.named_parameters() if ".router." in n]
-    others = [p for n, p in network.named_parameters() if ".router." not in n]
-    optimizer = torch.optim.AdamW([{"params": others, "lr": config.learning_rate},
-                                   {"params": router, "lr": config.learning_rate * config.router_lr_scale}],
+    optimizer = torch.optim.AdamW(optimizer_groups(network, config.learning_rate, config.router_lr_scale),
                                   weight_decay=0.0)
     run = TrainingRun(config, network, optimizer, torch.Generator().manual_seed(config.seed), fingerprint, labels)
     run.trace = RouterTrace(num_experts=config.experts, init=config.init, replicated_layers=list(network.replicated))

@@ -44,25 +44,47 @@ def wrap_inference_weights(mp) -> int:
 
 
 class TrainingHook:
-    """y <- y + Δy from a trainable layer; σ comes from the sampling state, gates go to the step's store."""
+    """y <- y + Δy from a trainable layer; σ comes from the sampling state, gates go to the step's store.
 
-    def __init__(self, layer, state: SamplingState, sink) -> None:
+    While ``router_inputs`` is a dict (the calibration pass), the hook also stores the router's pooled input there.
+    """
+
+    def __init__(self, name: str, layer, state: SamplingState, sink) -> None:
+        self.name = name
         self.layer = layer
         self.state = state
         self.sink = sink
+        self.router_inputs: dict | None = None
 
     def __call__(self, module, args, output):
+        if self.router_inputs is not None:
+            self.router_inputs.setdefault(self.name, []).append(self.layer.router_input(args[0]).float().cpu())
         sigma = self.state.sigma if self.layer.router_spec.needs_sigma else None
         return output + self.layer.delta(args[0], sigma, sink=self.sink).to(output.dtype)
 
 
-def install_training_hooks(mp, network, modules: dict[str, str], sink) -> SamplingState:
+def install_training_hooks(mp, network, modules: dict[str, str], sink) -> list[TrainingHook]:
     """One hook per trainable layer (``modules``: layer name -> module path) plus the σ wrapper."""
     state = SamplingState()
+    hooks = []
     for prefix, layer in network.items():
-        install_forward_hook(mp, modules[prefix], TrainingHook(layer, state, sink))
+        hooks.append(TrainingHook(prefix, layer, state, sink))
+        install_forward_hook(mp, modules[prefix], hooks[-1])
     install_sampling_state(mp, TRAIN_WRAPPER_KEY, state)
-    return state
+    return hooks
+
+
+@contextlib.contextmanager
+def observing_router_inputs(hooks: list[TrainingHook]):
+    """Collect every layer's pooled router input while the block runs: ``{layer: [(B, r), ...]}``."""
+    store: dict[str, list] = {}
+    for hook in hooks:
+        hook.router_inputs = store
+    try:
+        yield store
+    finally:
+        for hook in hooks:
+            hook.router_inputs = None
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
 from . import metrics
 
@@ -33,6 +34,17 @@ def mean_balance_loss(gates: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
     """Switch-style balance loss averaged over routed modules."""
     losses = [metrics.balance_loss(g) for g in gates.values() if g is not None]
     return torch.stack(losses).mean() if losses else None
+
+
+def optimizer_groups(network: nn.Module, lr: float, router_lr_scale: float) -> list[dict]:
+    """Optimiser parameter groups ``[others at lr, routers at lr · router_lr_scale]``, in registration order.
+
+    A router parameter is any parameter of a submodule named ``router`` (OrthoHydraLinear.router).
+    """
+    router, others = [], []
+    for name, param in network.named_parameters():
+        (router if "router" in name.split(".")[:-1] else others).append(param)
+    return [{"params": others, "lr": lr}, {"params": router, "lr": lr * router_lr_scale}]
 
 
 def label_guidance_loss(gates: Mapping[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor | None:

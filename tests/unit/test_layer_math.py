@@ -109,3 +109,21 @@ def test_gates_are_fp32_for_low_precision_activations():
     assert layer.gate(x).dtype == torch.float32
     assert layer.delta(x).dtype == torch.bfloat16
     assert math.isclose(float(layer.gate(x).sum(-1)[0]), 1.0, rel_tol=1e-6)
+
+
+def test_router_calibration_standardises_the_input_and_folds_exactly_into_the_saved_router():
+    layer = OrthoHydraLinear(_weight(), rank=4, num_experts=3, seed=2)
+    _randomize(layer, seed=3)
+    x = torch.randn(16, 6, 40) + 3.0  # a large common mode, as DiT activations have
+    pooled = layer.router_input(x)
+    layer.calibrate_router(pooled)
+    standardised = (pooled.double() - pooled.double().mean(0)) / pooled.double().std(0)
+    assert torch.allclose(standardised.mean(0), torch.zeros(4, dtype=torch.float64), atol=1e-6)
+    expected = torch.softmax(standardised @ layer.router.weight.detach().double().T
+                             + layer.router.bias.detach().double(), -1)
+    runtime = distill(layer)  # what a saved file holds: a plain Hydra router on the raw pooled input
+    assert torch.allclose(runtime.gate(x).double(), expected, atol=1e-5)
+    assert torch.allclose(layer.delta(x), runtime.delta(x), atol=1e-5)
+    flat = OrthoHydraLinear(_weight(), rank=4, num_experts=3, seed=2)
+    flat.calibrate_router(torch.ones(5, 4))  # no spread across samples: those features become 0, never NaN
+    assert torch.isfinite(flat.router_parameters()[0]).all()
