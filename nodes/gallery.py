@@ -44,11 +44,12 @@ class OrthoHydraExpertGallery(io.ComfyNode):
             display_name="Ortho-Hydra Expert Gallery",
             category="loaders/ortho_hydra",
             description="Renders one seed with each expert pinned, plus live routing, as a labelled grid: what "
-                        "each expert does.",
+                        "each expert does. Several positive entries give one row each.",
             inputs=[
                 io.Model.Input("model", tooltip="The base model (unpatched)."),
                 OrthoHydraAdapterType.Input("adapter", tooltip="The adapter whose experts to show."),
-                io.Conditioning.Input("positive", tooltip="Positive conditioning."),
+                io.Conditioning.Input("positive", tooltip="Positive conditioning. With several entries (e.g. a demo "
+                                                         "seed list), one row per entry, seeded seed + row."),
                 io.Conditioning.Input("negative", tooltip="Negative conditioning."),
                 io.Latent.Input("latent", tooltip="The latent to start from (first sample is used)."),
                 *sampler_inputs("One seed for every tile.", "Sampling steps per tile.", 200),
@@ -57,7 +58,9 @@ class OrthoHydraExpertGallery(io.ComfyNode):
                                                                     "the names stored in the file."),
                 io.Vae.Input("vae", optional=True, tooltip="Decode with this VAE; without one, a latent preview."),
             ],
-            outputs=[io.Image.Output(display_name="grid")],
+            outputs=[io.Image.Output(display_name="grid"),
+                     io.Latent.Output(display_name="tiles", tooltip="Every tile's latent, row by row (experts in "
+                                                                   "order, then live), e.g. for SaveLatent.")],
         )
 
     @classmethod
@@ -66,21 +69,32 @@ class OrthoHydraExpertGallery(io.ComfyNode):
         names = split_list(expert_names) or adapter.display_expert_names()
         if len(names) != adapter.num_experts:
             names = adapter.display_expert_names()
-        samples = latent["samples"][:1]
-        noise = comfy.sample.prepare_noise(samples, seed)
+        # one row per conditioning entry (e.g. one per content), each from its own latent and seed
+        rows = [[entry] for entry in positive] if len(positive) > 1 else [positive]
+        batch = latent["samples"]
         variants = [(pinned(adapter, e), f"{e}: {names[e]}") for e in range(adapter.num_experts)]
         variants.append((adapter, "live"))
-        pbar = comfy.utils.ProgressBar(len(variants))
-        images, labels = [], []
+        pbar = comfy.utils.ProgressBar(len(variants) * len(rows))
         fmt = model.model.latent_format
-        for variant, label in variants:
-            comfy.model_management.throw_exception_if_processing_interrupted()
+        tiles: dict[tuple[int, int], torch.Tensor] = {}
+        for column, (variant, _) in enumerate(variants):
             patched, _ = apply_adapter(model, variant, strength)
-            out = comfy.sample.sample(patched, noise, steps, cfg, sampler_name, scheduler, positive, negative,
-                                      samples, disable_pbar=True, seed=seed)
-            image = vae.decode(out)[0] if vae is not None else \
-                latent_to_rgb(out, fmt.latent_rgb_factors, fmt.latent_rgb_factors_bias)[0]
-            images.append(image)
-            labels.append(label)
-            pbar.update(1)
-        return io.NodeOutput(labelled_row(images, labels))
+            for row, row_positive in enumerate(rows):
+                comfy.model_management.throw_exception_if_processing_interrupted()
+                start = batch[min(row, batch.shape[0] - 1)][None]
+                noise = comfy.sample.prepare_noise(start, seed + row)
+                tiles[row, column] = comfy.sample.sample(patched, noise, steps, cfg, sampler_name, scheduler,
+                                                         row_positive, negative, start, disable_pbar=True,
+                                                         seed=seed + row)
+                pbar.update(1)
+        labels = [label for _, label in variants]
+        grid_rows = []
+        for row in range(len(rows)):
+            outs = [tiles[row, column] for column in range(len(variants))]
+            images = [vae.decode(out)[0] if vae is not None else
+                      latent_to_rgb(out, fmt.latent_rgb_factors, fmt.latent_rgb_factors_bias)[0] for out in outs]
+            grid_rows.append(labelled_row(images, labels))
+        gap = torch.ones(1, 4, grid_rows[0].shape[2], 3)
+        grid = torch.cat([t for r in grid_rows for t in (r, gap)][:-1], dim=1)
+        samples = torch.cat([tiles[row, column] for row in range(len(rows)) for column in range(len(variants))])
+        return io.NodeOutput(grid, {"samples": samples})

@@ -334,3 +334,20 @@ def test_gallery_renders_a_labelled_tile_per_expert_plus_live(pack, base, adapte
         for j in range(i + 1, 4):
             assert (tiles[i] - tiles[j]).abs().mean() > 1e-3
     assert grid[0, :18].std() > 0.01  # a label strip with text on it
+
+
+def test_gallery_gives_one_row_per_conditioning_entry_and_returns_every_tile(pack, base, adapter):
+    gallery = pack.nodes.gallery
+    two = [tiny_dit.mmdit_conditioning(seed=1)[0], tiny_dit.mmdit_conditioning(seed=5)[0]]
+    negative = tiny_dit.mmdit_conditioning(seed=2)
+    latent = {"samples": torch.zeros(2, 16, 8, 8)}
+    grid, tiles = gallery.OrthoHydraExpertGallery.execute(base, adapter, two, negative, latent, 3, 2, 2.0, "euler",
+                                                          "simple", 1.0, "").args
+    mm.unload_all_models()
+    assert grid.shape[1] == 2 * (8 * 8 + 18) + 4 and tiles["samples"].shape == (2 * 4, 16, 8, 8)
+    # tile (row 1, expert 2) is exactly what sampling that pin with row 1's conditioning and seed + 1 gives
+    patched, _ = pack.nodes.patcher.apply_adapter(base, gallery.pinned(adapter, 2))
+    expected = tiny_dit.sample(patched, latent["samples"][1:2], [two[1]], negative, steps=2, cfg=2.0, seed=4)
+    mm.unload_all_models()
+    assert torch.allclose(tiles["samples"][1 * 4 + 2], expected[0], atol=1e-5)
+    assert not torch.allclose(tiles["samples"][2], tiles["samples"][4 + 2], atol=1e-3)  # rows differ
