@@ -43,6 +43,10 @@ TIPS = {
                         "per-sample routing.",
                         "Keep balance_weight tiny (2e-6..5e-5). Cancel at any time: a checkpoint and a resume file "
                         "are kept in models/loras."),
+    "OrthoHydraLoadStyleFolders": ("Loads `input/<dataset>/<style>/*.png|jpg|webp` as one image batch with one style "
+                                   "label per image: label i is the i-th style folder in sorted order.",
+                                   "Connect `styles` to the trainer's styles input and the images to a VAE Encode; "
+                                   "the first folder's style guides expert 0."),
     "OrthoHydraSave": ("Saves an adapter as a `_moe` file with λ on the up side (exact under any Hydra runtime).",
                        "Expert names given here appear in the mixer and the gallery."),
     "OrthoHydraPlotTraining": ("Loss curve, mean gate entropy per run, and a layers x experts usage heatmap.",
