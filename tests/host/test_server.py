@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from devkit import demo_assets, workflow
+from devkit import demo_assets, styles_demo, toy_world, workflow
 from devkit.adapters import library, randomized_adapter
 from devkit.host import ROOT
 from devkit.server import ComfyServer, execution_error, output_images
@@ -18,6 +18,7 @@ from devkit.server import ComfyServer, execution_error, output_images
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     base = demo_assets.prepare_base_directory(tmp_path_factory.mktemp("comfy_base"))
+    styles_demo.build(base / "models", base / "input", log=lambda *_: None)
     loras = base / "models" / "loras"
     save_file({"model.diffusion_model.x.weight": torch.zeros(2, 2)}, str(loras / "foreign.safetensors"))
     torch.save({"w": torch.zeros(1)}, loras / "evil.ckpt")
@@ -115,6 +116,25 @@ def test_every_example_workflow_uses_registered_nodes_and_runs(server, name):
     if name.startswith("03"):
         assert (base / "models" / "ortho_hydra_profiles" / "demo_style.json").is_file()
         assert (base / "models" / "loras" / "ortho_hydra_demo_style_baked.safetensors").is_file()
+
+
+def test_styles_workflow_is_generated_from_the_data_and_trains_named_experts(server):
+    """Example 06 (what `make demo` runs), shortened to 6 steps: names stamped, a row per content, every tile saved."""
+    assert workflow.load(styles_demo.WORKFLOW) == styles_demo.workflow()  # labels and seeds cannot drift
+    srv, base = server
+    info = srv.get("/object_info")
+    graph = workflow.to_api(workflow.load(styles_demo.WORKFLOW), info)
+    train = next(n for n in graph.values() if n["class_type"] == "OrthoHydraTrain")
+    train["inputs"].update(steps=6, label_guidance_steps=4)
+    entry = srv.run(graph, timeout=600)
+    assert execution_error(entry) is None, execution_error(entry)
+    adapter = library().load(base / "models" / "loras" / "ortho_hydra_toy_styles.safetensors")
+    assert adapter.expert_names == toy_world.STYLES
+    latents = [item for out in entry["outputs"].values() for item in out.get("latents", [])]
+    from safetensors.torch import load_file
+
+    saved = load_file(str(base / "output" / latents[0]["subfolder"] / latents[0]["filename"]))["latent_tensor"]
+    assert saved.shape == (len(toy_world.CONTENTS) * (adapter.num_experts + 1), 16, toy_world.SIZE, toy_world.SIZE)
 
 
 def test_web_extension_route_and_docs_are_served(server):
