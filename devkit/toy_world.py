@@ -67,6 +67,10 @@ report), ``save_grid_png(latents, path, row_labels, col_labels)``.
 
 Run ``python -m devkit.toy_world --out DIR`` for the two pictures (dataset grid, base-model samples) and a
 ``summary.json``.
+
+One module on purpose, past 350 lines: the world's definition (renders, conditioning, the base model's recipe,
+its cache key and the probe's training data) must change together, and splitting it would scatter what the
+recipe hash covers.
 """
 
 from __future__ import annotations
