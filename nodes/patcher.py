@@ -24,6 +24,7 @@ from ortho_hydra.lora_dict import kohya_name, lora_state_dict
 from ortho_hydra.overrides import OverrideStack
 from ortho_hydra.targets import PatchPlan, Target, merge_shared_legs, plan, summarize
 
+from .compile_support import require_hook_guards
 from .hooks import SamplingState, install_forward_hook, install_sampling_state
 
 log = logging.getLogger("ortho_hydra")
@@ -168,6 +169,7 @@ def apply_adapter(model, adapter: Adapter, strength: float = 1.0, fold: bool = T
                                                            offload_device=patched.offload_device)
         patched.set_additional_models(key, [weights_patcher])
         install_sampling_state(patched, key, state)
+        require_hook_guards()  # else torch.compile may reuse a graph traced without these hooks
     # attachments are shared by reference with later clones (model_options would be deep-copied)
     patched.set_attachments(key, AppliedAdapter(adapter=adapter, state=state, folded=len(folded),
                                                 hooked=len(holder)))

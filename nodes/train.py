@@ -47,6 +47,7 @@ from ortho_hydra.training_state import (
 )
 
 from .adapter_files import checked_file_name
+from .compile_support import require_hook_guards
 from .model_linears import TARGETS, adaptable_linears
 from .patcher import apply_adapter
 from .train_support import (
@@ -318,6 +319,7 @@ def train(model, latents: torch.Tensor, positive: list, config: TrainConfig, *, 
             run.trace.steps.clear()
         run.hooks = install_training_hooks(mp, run.network, {p: module for p, (module, _) in targets.items()},
                                            run.gates)
+        require_hook_guards()  # a compiled model must not reuse a graph traced without these hooks
         mp.model.requires_grad_(False)
         wrap_inference_weights(mp)
         comfy.model_management.load_models_gpu([mp], memory_required=1e20, force_full_load=True)
