@@ -53,16 +53,13 @@ def main() -> None:
 
         mmdit.optimized_attention = attention.attention_pytorch
     lib = library()
+    from ortho_hydra.lora_dict import lora_state_dict
     torch.manual_seed(0)
     base, adapter = routed_mmdit(args.depth)
     uniform = torch.full((4,), 0.25)
 
     # the same adapter as a plain LoRA at the uniform gate: rank r, exact ΔW, in ComfyUI's key naming
-    plain = {}
-    for prefix, layer in adapter.layers.items():
-        plain[f"{prefix}.lora_down.weight"] = layer.down.contiguous()
-        plain[f"{prefix}.lora_up.weight"] = (torch.einsum("e,eor->or", uniform, layer.ups) * layer.scale).contiguous()
-        plain[f"{prefix}.alpha"] = torch.tensor(float(layer.rank))
+    plain = lora_state_dict({prefix: layer.factors(uniform) for prefix, layer in adapter.layers.items()})
     tmp = Path(tempfile.mkdtemp(prefix="oh_bench_"))
     moe_path, lora_path = tmp / "bench_moe.safetensors", tmp / "bench_lora.safetensors"
     lib.save(adapter, moe_path)
