@@ -26,6 +26,15 @@ def boot(cpu: bool | None = None) -> Path:
     comfy.cli_args.args.cpu = cpu
     import comfy.model_management
 
+    # Bind the name `nodes` to ComfyUI's module now: tests also put this repository on sys.path, where `nodes` is
+    # the pack's own package, and whichever is imported first wins for the whole process.
+    shadow = sys.modules.get("nodes")
+    if shadow is not None and Path(getattr(shadow, "__file__", "") or "").resolve().parent != COMFY_DIR.resolve():
+        del sys.modules["nodes"]
+    sys.path.remove(str(COMFY_DIR))
+    sys.path.insert(0, str(COMFY_DIR))
+    import nodes  # noqa: F401
+
     return COMFY_DIR
 
 
