@@ -16,10 +16,20 @@ style bleed (per-style held-out x0 MSE against the single LoRA), collapse (layer
 own held-out accuracy.  Tables, verdict and plot: ``bench/style_separation_report.py``.
 
 Writes bench/out/style_separation.{md,json,csv,png,log} and style_separation_{gallery,matrix}.png
-(``--quick``: ``style_separation_quick.*``, 2 arms, 1 seed, 1 lr, 40 steps, < 90 s).
+(``--quick``: ``style_separation_quick.*``, 2 arms, 1 seed, 1 lr, 40 steps).
 
-    .venv/bin/python bench/style_separation.py            # full run, ~15-20 min on 2 CPU cores
-    .venv/bin/python bench/style_separation.py --quick    # smoke test
+Settings (see ``Settings``): rank 8 (E·r = 32 fits Ortho-Hydra's disjoint slices in every 128-wide Linear),
+240 steps, lr grid {3e-3, 1e-2}, batch 1 x 4 accumulated, 24 training latents, 1 intra-op thread.  Why: a 4-point
+exploratory grid (1e-3..3e-2, 300 steps) put the single LoRA's best at 3e-3 and Ortho-Hydra's at 1e-2 with 3e-2
+no better; the single LoRA removes ~80 % of the base model's held-out loss in 240 steps; at ~50-90 ms per step
+(1 thread beat 2 by 3-6x on the loaded shared cores) 24 runs fit well inside 20 minutes.
+
+    .venv/bin/python bench/style_separation.py            # full run: 24 trainings, ~7.5 min on 2 shared CPU cores
+    .venv/bin/python bench/style_separation.py --quick    # smoke test, ~30 s
+
+Both need the toy world's cached base model; when its recipe changed, the first run trains it once (1-15 min
+depending on the machine's load; reported separately in the footer).
+Re-render a report with extra notes: ``python -m bench.style_separation_report OUT.json --notes NOTES.md``.
 """
 
 from __future__ import annotations
@@ -341,6 +351,14 @@ def galleries(tw, tiny_dit, pack, world: World, adapter, live, stem: Path, title
 # ------------------------------------------------------------------------------------------------------ main
 
 
+NO_JITTER = ("; the world has no position jitter, so for the three noiseless styles the held-out pictures are the "
+             "training pictures and the held-out loss measures the fit at fresh noise draws and levels")
+
+
+def _threads(n: int) -> str:
+    return f"{n} thread{'' if n == 1 else 's'}"
+
+
 def _join(values) -> str:
     return ", ".join(f"{v:g}" for v in values)
 
@@ -351,7 +369,7 @@ def describe(settings: Settings, world: World, tw, adapter_layers: int, ms_per_s
         f"{tw.SIZE}×{tw.SIZE} latents; the base MMDiT (depth 2, hidden 128) was pretrained on the neutral palette "
         f"only.  Training set: {len(world.train_x)} styled latents ({settings.train_per_pair} per content × style); "
         f"held out: {len(world.held_x)} renders with other seeds (seed {settings.heldout_seed}: other grain draws"
-        f"{f', positions jittered by up to {tw.JITTER} px' if tw.JITTER else '; the world has no position jitter'}).  "
+        f"{f', positions jittered by up to {tw.JITTER} px' if tw.JITTER else NO_JITTER}).  "
         f"Every arm: the pack's trainer (nodes/train.py), rank {settings.rank}, {settings.steps} steps, AdamW "
         f"(trainer defaults: router lr ×10, balance 1e-5, router calibration, logit-normal σ), fp32, "
         f"{adapter_layers} adapted Linears (attention+mlp), batch {settings.batch_size} × {settings.grad_accumulation} "
@@ -373,7 +391,7 @@ def describe(settings: Settings, world: World, tw, adapter_layers: int, ms_per_s
         f"{world.base_ref['heldout_loss']:.4f}, its samples read neutral "
         f"{world.base_ref['sample_neutral_share']:.2f}, its own img2img keeps the input style "
         f"{world.base_ref['img2img_style_kept']:.2f}.  Median training step {ms_per_step:.0f} ms "
-        f"({settings.threads} threads).")
+        f"({_threads(settings.threads)}).")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -511,7 +529,7 @@ def run(settings: Settings, stem: Path, quick: bool) -> dict:
     per_step = statistics.median(step_ms) if step_ms else float("nan")
     styles = list(tw.STYLES)
     class_names = [*styles, tw.NEUTRAL_NAME]
-    footer = (f"Median training step {per_step:.0f} ms ({settings.threads} threads); {total_runs} training runs; "
+    footer = (f"Median training step {per_step:.0f} ms ({_threads(settings.threads)}); {total_runs} training runs; "
               f"total wall time {minutes:.1f} min (of which {world.base_seconds / 60:.1f} min loading or building the "
               f"cached base model) on {os.cpu_count()} cores shared with other jobs (load average at "
               f"the end {os.getloadavg()[1]:.1f} over 5 min); {environment()}.")
