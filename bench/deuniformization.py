@@ -15,9 +15,7 @@ Writes bench/out/deuniformization.{csv,md,png,log} (``--quick``: ``deuniformizat
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
-import io
 import math
 import statistics
 import sys
@@ -34,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from safetensors.torch import load_file, save_file
 
+from bench.console_log import stdout_copied_to
 from bench.deuniformization_data import NUM_STYLES, StyledSet, make_data, smooth_fields
 from bench.deuniformization_report import INITS, RunResult, describe, plot, report
 from devkit import tiny_dit
@@ -272,21 +271,6 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-class Tee(io.TextIOBase):
-    """stdout that is also written to the run's .log."""
-
-    def __init__(self, *streams) -> None:
-        self.streams = streams
-
-    def write(self, text: str) -> int:
-        for stream in self.streams:
-            stream.write(text)
-        return len(text)
-
-    def flush(self) -> None:
-        for stream in self.streams:
-            stream.flush()
-
 
 def run(args: argparse.Namespace, cfg: Config, stem: Path) -> None:
     seeds = list(range(args.seeds or (1 if args.quick else 3)))
@@ -347,7 +331,7 @@ def main() -> None:
     out_dir = args.out.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / ("deuniformization" + ("_quick" if args.quick else "") + (f"_{args.tag}" if args.tag else ""))
-    with open(f"{stem}.log", "w") as log, contextlib.redirect_stdout(Tee(sys.stdout, log)):
+    with stdout_copied_to(f"{stem}.log"):
         run(args, cfg, stem)
 
 

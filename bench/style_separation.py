@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import io
 import itertools
 import json
 import os
@@ -55,6 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.console_log import stdout_copied_to  # noqa: E402
 from bench.style_separation_report import (  # noqa: E402
     ARMS,
     REFERENCE,
@@ -429,19 +429,6 @@ def lora_folder(folder_paths, path: str):
             folder_paths.folder_names_and_paths["loras"][0].remove(path)
 
 
-class Tee(io.TextIOBase):
-    def __init__(self, *streams) -> None:
-        self.streams = streams
-
-    def write(self, text: str) -> int:
-        for stream in self.streams:
-            stream.write(text)
-        return len(text)
-
-    def flush(self) -> None:
-        for stream in self.streams:
-            stream.flush()
-
 
 def run(settings: Settings, stem: Path, quick: bool) -> dict:
     wall = time.perf_counter()
@@ -575,7 +562,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / ("style_separation" + ("_quick" if args.quick else "") + (f"_{args.tag}" if args.tag else ""))
     try:
-        with open(f"{stem}.log", "w") as log, contextlib.redirect_stdout(Tee(sys.stdout, log)):
+        with stdout_copied_to(f"{stem}.log"):
             return run(settings, stem, args.quick)
     finally:
         torch.set_num_threads(threads)
