@@ -51,8 +51,9 @@ class SamplingState:
 
     def routing(self, layer: str, batch: int, override) -> dict:
         """Keyword arguments for a layer's ``delta`` in the current model call."""
-        return {"sigma": self.sigma_for(batch), "override": override, "context": self.context(layer, batch),
-                "fei": self.fei, "sink": self.sink if self.sinks else None}
+        context = self.context(layer, batch)
+        return {"sigma": context.sigma, "override": override, "context": context, "fei": self.fei,
+                "sink": self.sink if self.sinks else None}
 
     def sigma_for(self, batch: int) -> torch.Tensor | None:
         sigma = self.sigma

@@ -210,13 +210,9 @@ class OrthoHydraTrainSampler(comfy.samplers.Sampler):
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 7)
         with observing_router_inputs(run.hooks) as inputs:
             for level in levels:
-                noise = torch.randn(latents.shape, generator=gen).to(latents)
+                noise = torch.randn(latents.shape, generator=gen)
                 sigmas = torch.full((len(idx),), float(sampling.percent_to_sigma(1.0 - level))).to(latents.device)
-                xt = sampling.noise_scaling(sigmas, noise, latents, False)
-                model_wrap.conds["positive"] = [conds[i] for i in idx]
-                batch_extra = nodes_train.make_batch_extra_option_dict(extra_args, idx,
-                                                                       full_size=latents_all.shape[0])
-                model_wrap(xt, sigmas, **batch_extra)
+                predict_x0(model_wrap, conds, extra_args, latents_all, idx, sigmas, noise)
         for prefix, layer in run.network.items():
             if prefix in inputs:
                 layer.calibrate_router(torch.cat(inputs[prefix]))
@@ -233,17 +229,13 @@ class OrthoHydraTrainSampler(comfy.samplers.Sampler):
             levels = draw_noise_levels(len(idx), cfg.timestep_sampling, run.generator, cfg.shift)
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + run.step * 97 + micro)
             noise = torch.randn(latents.shape, generator=gen)
-        noise = noise.to(latents)
         sigmas = torch.tensor([float(sampling.percent_to_sigma(1.0 - float(u))) for u in levels]).to(latents.device)
-        xt = sampling.noise_scaling(sigmas, noise, latents, False)
-        x0 = sampling.noise_scaling(torch.zeros_like(sigmas), torch.zeros_like(noise), latents, False)
-        model_wrap.conds["positive"] = [conds[i] for i in idx]
-        batch_extra = nodes_train.make_batch_extra_option_dict(extra_args, idx, full_size=latents_all.shape[0])
-        autocast = torch.autocast(xt.device.type, dtype=torch.bfloat16) \
+        x0 = sampling.noise_scaling(torch.zeros_like(sigmas), torch.zeros_like(latents), latents, False)
+        autocast = torch.autocast(latents.device.type, dtype=torch.bfloat16) \
             if cfg.training_dtype == "bf16" else contextlib.nullcontext()
         run.gates.clear()
         with autocast:
-            x0_pred = model_wrap(xt, sigmas, **batch_extra)
+            x0_pred = predict_x0(model_wrap, conds, extra_args, latents_all, idx, sigmas, noise)
         loss = torch.nn.functional.mse_loss(x0_pred.float(), x0.float())
         total = loss
         if balance_on and cfg.balance_weight:
@@ -255,6 +247,17 @@ class OrthoHydraTrainSampler(comfy.samplers.Sampler):
             total = total + guidance * term if term is not None else total
         (total / cfg.grad_accumulation).backward()
         return loss.item()
+
+
+def predict_x0(model_wrap, conds: list, extra_args: dict, latents_all: torch.Tensor, idx: list[int],
+               sigmas: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Noise images ``idx`` to ``sigmas`` with the model's own sampling and predict x0 with their conditionings."""
+    sampling = model_wrap.inner_model.model_sampling
+    latents = latents_all[idx]
+    xt = sampling.noise_scaling(sigmas, noise.to(latents), latents, False)
+    model_wrap.conds["positive"] = [conds[i] for i in idx]
+    batch_extra = nodes_train.make_batch_extra_option_dict(extra_args, idx, full_size=latents_all.shape[0])
+    return model_wrap(xt, sigmas, **batch_extra)
 
 
 def fixed_noise_for(idx: list[int], latents: torch.Tensor, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
