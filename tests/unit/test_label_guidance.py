@@ -75,7 +75,7 @@ def test_guidance_moves_every_init_toward_its_labels(init):
         gates = StepGates()
         layer.delta(x, sink=gates)
         picked = gates[layer.name][torch.arange(12), labels].mean()
-        before = float(picked) if before is None else before
+        before = picked.item() if before is None else before
         opt.zero_grad()
         label_guidance_loss(gates, labels).backward()
         opt.step()
