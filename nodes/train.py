@@ -55,13 +55,15 @@ from .train_support import (
     install_training_hooks,
     notify,
     observing_router_inputs,
+    per_image_conditioning,
     wrap_inference_weights,
 )
 from .types import OrthoHydraAdapterType, RouterTraceType, StyleSetType
 from .widgets import parse_list, split_list
 
 log = logging.getLogger("ortho_hydra")
-INITS = {"ortho": "ortho", "hydra_zero": "zero", "hydra_jitter": "jitter"}
+INITS = {"ortho": "ortho", "ortho_init": "ortho_init", "hydra_zero": "zero", "hydra_jitter": "jitter",
+         "hydra_jitter_zero_sum": "jitter_zero_sum"}
 
 
 @dataclass(frozen=True)
@@ -251,13 +253,20 @@ class OrthoHydraTrainSampler(comfy.samplers.Sampler):
 
 def predict_x0(model_wrap, conds: list, extra_args: dict, latents_all: torch.Tensor, idx: list[int],
                sigmas: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """Noise images ``idx`` to ``sigmas`` with the model's own sampling and predict x0 with their conditionings."""
+    """Noise images ``idx`` to ``sigmas`` with the model's own sampling and predict x0, each with its own
+    conditioning (one merged entry when possible, else one call per image; see ``per_image_conditioning``)."""
     sampling = model_wrap.inner_model.model_sampling
     latents = latents_all[idx]
     xt = sampling.noise_scaling(sigmas, noise.to(latents), latents, False)
-    model_wrap.conds["positive"] = [conds[i] for i in idx]
-    batch_extra = nodes_train.make_batch_extra_option_dict(extra_args, idx, full_size=latents_all.shape[0])
-    return model_wrap(xt, sigmas, **batch_extra)
+    merged = per_image_conditioning(conds, idx)
+    calls = [(merged, idx, slice(None))] if merged is not None else \
+        [([conds[i]], [i], slice(row, row + 1)) for row, i in enumerate(idx)]
+    outputs = []
+    for entries, rows, part in calls:
+        model_wrap.conds["positive"] = entries
+        batch_extra = nodes_train.make_batch_extra_option_dict(extra_args, rows, full_size=latents_all.shape[0])
+        outputs.append(model_wrap(xt[part], sigmas[part], **batch_extra))
+    return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
 
 def fixed_noise_for(idx: list[int], latents: torch.Tensor, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -394,10 +403,12 @@ class OrthoHydraTrain(io.ComfyNode):
                 io.Int.Input("experts", default=4, min=1, max=64, tooltip="Number of experts E."),
                 io.Float.Input("alpha", default=0.0, min=0.0, max=4096.0, tooltip="LoRA alpha; 0 means alpha = r."),
                 io.Combo.Input("init", options=list(INITS), default="ortho",
-                               tooltip="ortho: Ortho-Hydra (disjoint SVD bases); hydra_zero / hydra_jitter: the "
-                                       "HydraLoRA baselines."),
+                               tooltip="ortho: Ortho-Hydra (frozen disjoint SVD bases, Cayley-rotated); ortho_init: "
+                                       "the same slices as a start, then trained freely (more capacity, no "
+                                       "subspace guarantee); hydra_zero / hydra_jitter (i.i.d., as published) / "
+                                       "hydra_jitter_zero_sum: the HydraLoRA baselines."),
                 io.Float.Input("jitter_std", default=0.1, min=0.0, max=10.0, step=0.01,
-                               tooltip="hydra_jitter: std of the expert ups at init."),
+                               tooltip="hydra_jitter / hydra_jitter_zero_sum: std of the expert ups at init."),
                 io.Float.Input("balance_weight", default=1e-5, min=0.0, max=1.0, step=1e-7,
                                tooltip="Switch load-balancing weight; keep it tiny (2e-6..5e-5): >= 1e-4 pins the "
                                        "gates to uniform."),

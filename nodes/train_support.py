@@ -101,6 +101,47 @@ def gradient_checkpointing(mp, enabled: bool):
             nodes_train.unpatch(module)
 
 
+# Keys under which an entry is more than plain per-image conditioning; such entries are never merged.
+_UNMERGEABLE = ("area", "mask", "control", "gligen", "hooks", "strength")
+
+
+def per_image_conditioning(conds: list, idx: list[int]) -> list[dict] | None:
+    """Conditioning entries for a training batch of images ``idx``, one batch row per image.
+
+    ComfyUI's sampler applies every entry of a conditioning list to the whole batch and averages the results,
+    so handing it the B per-image entries of a batch of B runs B² rows and trains each image against the mean
+    of the batch's conditionings.  Entries that differ only in their tensors are merged into one entry whose
+    tensors are stacked in batch order (ComfyUI's own ``concat``, as it batches conds itself); the result is
+    one call.  Returns None when they cannot be merged (areas, masks, hooks, batched tensors): the caller then
+    runs one call per image.
+    """
+    picked = [conds[i] for i in idx]
+    head = picked[0]
+    if _mergeable(head, picked[1:]):
+        merged = dict(head)
+        merged["model_conds"] = {key: value._copy_with(value.concat([e["model_conds"][key] for e in picked[1:]]))
+                                 for key, value in head["model_conds"].items()}
+        return [merged]
+    return None
+
+
+def _batch_of(entry: dict) -> int | None:
+    sizes = {value.cond.shape[0] for value in entry.get("model_conds", {}).values()
+             if isinstance(getattr(value, "cond", None), torch.Tensor)}
+    return sizes.pop() if len(sizes) == 1 else None
+
+
+def _mergeable(head: dict, rest: list[dict]) -> bool:
+    if any(key in entry for entry in (head, *rest) for key in _UNMERGEABLE):
+        return False
+    if any(_batch_of(entry) != 1 for entry in (head, *rest)):
+        return False
+    keys = set(head["model_conds"])
+    return all(set(entry["model_conds"]) == keys
+               and all(head["model_conds"][k].can_concat(entry["model_conds"][k]) for k in keys)
+               for entry in rest)
+
+
 def notify(payload: dict) -> None:
     """Feed the node's live chart; a no-op without a server (tests, scripts)."""
     with contextlib.suppress(Exception):

@@ -145,3 +145,58 @@ def test_out_of_memory_becomes_a_clear_error_and_keeps_the_checkpoint(T, base, l
     assert "out of GPU memory at step 2" in message and "gradient_checkpointing" in message
     assert "oom.safetensors" in message
     assert library().training_state.load_training_state(loras / "oom.resume.safetensors").step == 2
+
+
+class _PredictionProbe:
+    """A ComfyUI sampler that, instead of sampling, predicts x0 for a batch and for each image alone."""
+
+    def __init__(self, T, sigmas):
+        import comfy.samplers
+
+        probe = self
+
+        class Sampler(comfy.samplers.Sampler):
+            def sample(self, model_wrap, sigmas_, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+                       disable_pbar=False):
+                from comfy_extras import nodes_train
+
+                model_wrap.conds = nodes_train.process_cond_list(model_wrap.conds)
+                conds = model_wrap.conds["positive"]
+                idx = list(range(latent_image.shape[0]))
+                rows = []
+                handle = model_wrap.inner_model.diffusion_model.register_forward_pre_hook(
+                    lambda module, args: rows.append(args[0].shape[0]))
+                try:
+                    probe.batched = T.predict_x0(model_wrap, conds, extra_args, latent_image, idx, sigmas, probe.noise)
+                    probe.batched_rows = list(rows)
+                    probe.alone = torch.cat([T.predict_x0(model_wrap, conds, extra_args, latent_image, [i],
+                                                          sigmas[i:i + 1], probe.noise[i:i + 1]) for i in idx])
+                finally:
+                    handle.remove()
+                return torch.zeros_like(latent_image)
+
+        self.sampler = Sampler()
+        self.noise = torch.randn(LATENTS.shape, generator=torch.Generator().manual_seed(5))
+
+    def run(self, model, positive):
+        from comfy_extras import nodes_custom_sampler
+
+        guider = nodes_custom_sampler.Guider_Basic(model)
+        guider.set_conds(positive)
+        with torch.no_grad():
+            guider.sample(torch.zeros_like(LATENTS), LATENTS, self.sampler, torch.arange(4, dtype=torch.float32),
+                          seed=0)
+        return self
+
+
+@pytest.mark.parametrize("tokens", [(8, 8, 8, 8), (8, 7, 8, 5)], ids=["mergeable", "per-image-fallback"])
+def test_each_image_in_a_batch_is_predicted_with_its_own_conditioning_only(T, base, tokens):
+    # ComfyUI applies every entry of a conditioning list to the whole batch; four per-image entries used to
+    # run 16 rows and train each image against the mean of the four conditionings.
+    positive = [entry for i, n in enumerate(tokens) for entry in tiny_dit.mmdit_conditioning(tokens=n, seed=10 + i)]
+    sigmas = torch.tensor([0.9, 0.6, 0.4, 0.2])
+    probe = _PredictionProbe(T, sigmas).run(base.clone(), positive)
+    torch.testing.assert_close(probe.batched, probe.alone, rtol=1e-4, atol=1e-5)
+    assert probe.batched_rows == ([4] if len(set(tokens)) == 1 else [1, 1, 1, 1])
+    different = _PredictionProbe(T, sigmas).run(base.clone(), positive[::-1])
+    assert not torch.allclose(different.batched, probe.batched, atol=1e-3)  # the conditioning does matter
