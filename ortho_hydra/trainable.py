@@ -13,16 +13,20 @@ from .layer import GateSink
 from .routing import GateOverride, RouterSpec, project_down, rms_pool
 from .runtime import ExpertLayer
 
-INIT_MODES = ("ortho", "zero", "jitter")
+INIT_MODES = ("ortho", "ortho_init", "zero", "jitter", "jitter_zero_sum")
 
 
 class OrthoHydraLinear(nn.Module):
     """Routed experts beside a frozen weight W0 (out, in).
 
     ``init="ortho"``: frozen disjoint SVD bases rotated by Cayley factors, λ zero-init.
+    ``init="ortho_init"``: the same disjoint slices as the *starting point* of free bases: the shared down and
+    every expert's up basis are trained in full, with the same zero-init λ (ΔW = 0 at step 0, experts distinct).
+    It trades the fixed-subspace guarantee for the capacity of a plain LoRA.
     ``init="zero"``: HydraLoRA with a random shared down and zero ups.
-    ``init="jitter"``: HydraLoRA with ups ~ N(0, jitter_std²), made zero-sum over experts so that
-    ΔW at the uniform gate is exactly 0 while the experts still differ.
+    ``init="jitter"``: HydraLoRA as published, ups drawn i.i.d. from N(0, jitter_std²) (ΔW ≠ 0 at step 0).
+    ``init="jitter_zero_sum"``: the same draw made zero-sum over experts, so ΔW at the uniform gate is exactly 0
+    while the experts still differ.
     """
 
     def __init__(self, weight: torch.Tensor, rank: int, num_experts: int, *, alpha: float | None = None,
@@ -46,12 +50,16 @@ class OrthoHydraLinear(nn.Module):
         self.basis_replicated = False
         gen = torch.Generator().manual_seed(seed)
 
-        if init == "ortho":
+        if init in ("ortho", "ortho_init"):
             basis = disjoint_basis(weight, num_experts, rank, seed=seed)
             self.basis_replicated = basis.replicated
-            self.register_buffer("in_basis", basis.in_basis)
-            self.register_buffer("out_bases", basis.out_bases)
-            self.cayley_seeds = nn.Parameter(torch.zeros(1 + num_experts, rank, rank))
+            if init == "ortho":
+                self.register_buffer("in_basis", basis.in_basis)
+                self.register_buffer("out_bases", basis.out_bases)
+                self.cayley_seeds = nn.Parameter(torch.zeros(1 + num_experts, rank, rank))
+            else:
+                self.down = nn.Parameter(basis.in_basis.clone())
+                self.ups = nn.Parameter(basis.out_bases.clone())
             lam0 = centered_lambda_init if centered_gate else 0.0
             self.lam = nn.Parameter(torch.full((rank,), lam0))
         else:
@@ -60,7 +68,9 @@ class OrthoHydraLinear(nn.Module):
             down.uniform_(-bound, bound, generator=gen)
             self.down = nn.Parameter(down)
             ups = torch.zeros(num_experts, out_features, rank)
-            if init == "jitter" and num_experts > 1:
+            if init == "jitter":
+                ups = torch.randn(num_experts, out_features, rank, generator=gen) * jitter_std
+            elif init == "jitter_zero_sum" and num_experts > 1:
                 noise = torch.randn(num_experts, out_features, rank, generator=gen)
                 noise = (noise - noise.mean(0, keepdim=True)) * math.sqrt(num_experts / (num_experts - 1))
                 ups = noise * jitter_std
@@ -83,6 +93,8 @@ class OrthoHydraLinear(nn.Module):
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(down (r, in), ups (E, out, r)) with λ folded into ups, in fp32."""
+        if self.init_mode == "ortho_init":
+            return self.down.float(), self.ups.float() * self.lam.float()
         if self.init_mode != "ortho":
             return self.down.float(), self.ups.float()
         rotations = cayley(self.cayley_seeds)  # one batched solve: [R_q, R_p[0..E-1]]

@@ -59,7 +59,7 @@ def test_balance_start_is_a_step_or_a_fraction():
         balance_starts_at(-1, 10)
 
 
-@pytest.mark.parametrize("init", ["ortho", "zero", "jitter"])
+@pytest.mark.parametrize("init", ["ortho", "ortho_init", "zero", "jitter", "jitter_zero_sum"])
 def test_guidance_moves_every_init_toward_its_labels(init):
     """A few steps of guidance alone raise each sample's gate on its label's expert, whatever the init."""
     from ortho_hydra import OrthoHydraLinear
@@ -81,4 +81,4 @@ def test_guidance_moves_every_init_toward_its_labels(init):
         opt.step()
     gates = StepGates()
     layer.delta(x, sink=gates)
-    assert float(gates[layer.name][torch.arange(12), labels].mean()) > max(0.8, before + 0.3)
+    assert gates[layer.name][torch.arange(12), labels].mean().item() > max(0.8, before + 0.3)

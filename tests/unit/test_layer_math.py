@@ -30,8 +30,39 @@ def test_centered_gate_delta_is_zero_at_init_with_nonzero_lambda():
     assert torch.count_nonzero(layer.delta(torch.randn(2, 5, 40))) == 0
 
 
-def test_jitter_experts_differ_but_sum_to_zero_so_uniform_gate_delta_is_zero():
-    layer = OrthoHydraLinear(_weight(), rank=4, num_experts=4, init="jitter", jitter_std=0.1)
+def test_published_jitter_draws_each_up_iid():
+    layer = OrthoHydraLinear(_weight(), rank=4, num_experts=4, init="jitter", jitter_std=0.1, seed=3)
+    ups = layer.ups.detach()
+    expected = torch.randn(4, *ups.shape[1:], generator=_generator_after_down(layer, seed=3)) * 0.1
+    torch.testing.assert_close(ups, expected, rtol=0, atol=0)
+    assert ups.sum(0).abs().max() > 0.05  # not zero-sum: ΔW at the uniform gate is not 0
+
+
+def _generator_after_down(layer, seed: int) -> torch.Generator:
+    gen = torch.Generator().manual_seed(seed)
+    torch.empty(layer.down.shape).uniform_(-1, 1, generator=gen)  # the down's draw comes first
+    return gen
+
+
+def test_ortho_init_starts_on_the_disjoint_slices_with_zero_delta_and_trains_the_bases():
+    weight = _weight()
+    fixed = OrthoHydraLinear(weight, rank=4, num_experts=3, init="ortho", seed=2)
+    free = OrthoHydraLinear(weight, rank=4, num_experts=3, init="ortho_init", seed=2)
+    torch.testing.assert_close(free.down.detach(), fixed.in_basis, rtol=0, atol=0)
+    torch.testing.assert_close(free.ups.detach(), fixed.out_bases, rtol=0, atol=0)
+    x = torch.randn(2, 5, 40, dtype=torch.float32)
+    assert torch.count_nonzero(free.delta(x)) == 0  # λ = 0
+    with torch.no_grad():
+        free.lam.copy_(torch.linspace(0.1, 0.4, 4))
+        free.down.add_(0.01 * torch.randn_like(free.down))
+    down, ups = free.factors()
+    torch.testing.assert_close(ups, free.ups.detach() * free.lam.detach(), rtol=0, atol=0)
+    free.delta(x).square().sum().backward()
+    assert free.down.grad.abs().max() > 0 and free.ups.grad.abs().max() > 0  # the bases themselves train
+
+
+def test_zero_sum_jitter_experts_differ_but_sum_to_zero_so_uniform_gate_delta_is_zero():
+    layer = OrthoHydraLinear(_weight(), rank=4, num_experts=4, init="jitter_zero_sum", jitter_std=0.1)
     ups = layer.ups.detach()
     assert (ups[0] - ups[1]).abs().max() > 0.05  # symmetry is broken
     assert ups.sum(0).abs().max() < 1e-6
