@@ -36,6 +36,43 @@ def mean_balance_loss(gates: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
     return torch.stack(losses).mean() if losses else None
 
 
+class UsageBalance:
+    """The Switch balance term ``E · Σ_i f_i · mean_g_i`` with the usage f averaged over recent micro-batches.
+
+    Why: f is the share of samples whose argmax is expert i.  At batch 1 it is one-hot, so the per-batch term
+    only flattens each sample's own gate and cannot see that one expert takes every sample; the trainer's default
+    batch is 1.  Here f is an exponential moving average over the last ~``memory`` micro-batches (uniform at the
+    start), which makes the term about the run's load, as at a large batch.  ``memory`` 1 is the per-batch term.
+    """
+
+    def __init__(self, memory: int = 1) -> None:
+        if memory < 1:
+            raise ValueError(f"balance memory must be >= 1 micro-batch, got {memory}")
+        self.decay = 1.0 - 1.0 / memory
+        self.usage: dict[str, torch.Tensor] = {}
+
+    def loss(self, gates: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+        """The term averaged over routed modules; updates the running usage with this micro-batch."""
+        losses = []
+        for name, gate in gates.items():
+            if gate is None:
+                continue
+            flat = gate.reshape(-1, gate.shape[-1])
+            experts = flat.shape[-1]
+            now = metrics.expert_usage(flat.detach()).double().cpu()
+            before = self.usage.get(name, torch.full((experts,), 1.0 / experts, dtype=torch.float64))
+            self.usage[name] = self.decay * before + (1.0 - self.decay) * now
+            usage = self.usage[name].to(flat.device, flat.dtype)
+            losses.append(experts * (usage * flat.mean(0)).sum())
+        return torch.stack(losses).mean() if losses else None
+
+    def state(self) -> dict[str, list[float]]:
+        return {name: usage.tolist() for name, usage in self.usage.items()}
+
+    def load_state(self, state: Mapping[str, list[float]]) -> None:
+        self.usage = {name: torch.tensor(values, dtype=torch.float64) for name, values in state.items()}
+
+
 def optimizer_groups(network: nn.Module, lr: float, router_lr_scale: float) -> list[dict]:
     """Optimiser parameter groups ``[others at lr, routers at lr · router_lr_scale]``, in registration order.
 

@@ -129,16 +129,16 @@ def test_bad_inputs_get_clear_errors(T, base, loras):
 
 
 def test_out_of_memory_becomes_a_clear_error_and_keeps_the_checkpoint(T, base, loras, monkeypatch):
-    real = T.mean_balance_loss
+    real = T.UsageBalance.loss
     calls = {"n": 0}
 
-    def runs_out_of_memory_on_the_third_step(gates):
+    def runs_out_of_memory_on_the_third_step(self, gates):
         calls["n"] += 1
         if calls["n"] == 3:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(gates)
+        return real(self, gates)
 
-    monkeypatch.setattr(T, "mean_balance_loss", runs_out_of_memory_on_the_third_step)
+    monkeypatch.setattr(T.UsageBalance, "loss", runs_out_of_memory_on_the_third_step)
     with pytest.raises(library().OrthoHydraError) as err:
         T.train(base, LATENTS, POSITIVE, config(T, steps=10, output_name="oom"))
     message = str(err.value)

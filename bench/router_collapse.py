@@ -1,0 +1,168 @@
+"""Why do unsupervised routers collapse onto one expert, and which default stops it?
+
+On the toy world (``devkit/toy_world.py``: 6 contents x 4 styles, conditioning names the content only) every
+variant trains with the pack's own trainer at the node's defaults (lr 2e-4, batch 1, rank 16, E 4, router lr x10,
+balance term from step 0, router-input calibration on, logit-normal noise levels, 500 steps), fp32 on the CPU,
+and changes one thing at a time; the old defaults (balance weight 1e-5 on the micro-batch's own usage) are the
+first rows.  Collapse is the share of routed layers where one expert is the argmax for >= 90 % of
+held-out samples at σ in {0.25, 0.5, 0.75} (the style-separation benchmark's instrument); purity is
+NMI(style, argmax expert) on the same gates; held-out loss is the x0 MSE over 5 noise levels.
+
+    .venv/bin/python bench/router_collapse.py            # writes bench/out/router_collapse.{md,json,log}
+    .venv/bin/python bench/router_collapse.py --quick    # 1 init, 2 variants, 40 steps (a test runs it)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.console_log import stdout_copied_to  # noqa: E402
+from bench.style_separation import (  # noqa: E402
+    PURITY_SIGMAS,
+    Settings,
+    build_world,
+    heldout,
+    lora_folder,
+    per_image_positive,
+)
+from bench.style_separation_report import collapse_share, routing_purity  # noqa: E402
+from bench.timing import environment  # noqa: E402
+
+# variant -> TrainConfig overrides on top of the node's defaults
+VARIANTS: dict[str, dict] = {
+    "old defaults (balance 1e-5, per batch)": {"balance_weight": 1e-5},
+    "old defaults, router lr x1": {"balance_weight": 1e-5, "router_lr_scale": 1.0},
+    "old defaults, no calibration": {"balance_weight": 1e-5, "calibrate_router": False},
+    "defaults (balance 1e-2, per batch)": {},
+    "balance 1e-2, memory 32": {"balance_memory": 32},
+    "balance 1e-1, memory 32": {"balance_weight": 1e-1, "balance_memory": 32},
+    "balance 1e-2, memory 32, no calibration": {"balance_memory": 32, "calibrate_router": False},
+}
+INITS = ("hydra_zero", "ortho", "ortho_init")
+QUICK_BEFORE, QUICK_AFTER = "old defaults (balance 1e-5, per batch)", "defaults (balance 1e-2, per batch)"
+
+
+def train_variant(pack, world, init: str, overrides: dict, steps: int, seed: int):
+    train = pack.nodes.train
+    config = train.TrainConfig(steps=steps, init=init, training_dtype="fp32", seed=seed,
+                               output_name=f"router_collapse_{init}_{seed}", **overrides)
+    positive = per_image_positive(_toy_world(), world.train_content.tolist())
+    started = time.perf_counter()
+    live, _, loss_map, _ = train.train(world.base, world.train_x, positive, config, labels=world.train_style)
+    return live, loss_map["loss"], time.perf_counter() - started
+
+
+def _toy_world():
+    from devkit import toy_world
+
+    return toy_world
+
+
+def measure(pack, world, live) -> dict:
+    losses, gates = heldout(pack, live, world, routed=True)
+    labels = world.held_style.repeat(len(PURITY_SIGMAS))
+    pooled = {layer: torch.cat([gates[s][layer] for s in PURITY_SIGMAS]) for layer in gates[PURITY_SIGMAS[0]]}
+    collapsed, uniform = collapse_share(pooled)
+    return {"collapse": collapsed, "uniform": uniform, "purity": routing_purity(pooled, labels),
+            "heldout_loss": float(losses.mean()),
+            "top_share": statistics.fmean(_top_share(g) for g in pooled.values())}
+
+
+def _top_share(gates: torch.Tensor) -> float:
+    """The share of samples sent to the most used expert."""
+    counts = torch.bincount(gates.argmax(-1), minlength=gates.shape[-1]).double()
+    return float(counts.max() / counts.sum())
+
+
+def table(rows: list[dict], inits: Sequence[str], variants: Sequence[str]) -> str:
+    lines = ["| variant | " + " | ".join(f"{i}: collapsed / NMI / held-out" for i in inits) + " |",
+             "|---|" + "---|" * len(inits)]
+    for variant in variants:
+        cells = []
+        for init in inits:
+            runs = [r for r in rows if r["variant"] == variant and r["init"] == init]
+            if not runs:
+                cells.append("–")
+                continue
+            c = statistics.fmean(r["collapse"] for r in runs)
+            p = statistics.fmean(r["purity"] for r in runs)
+            h = statistics.fmean(r["heldout_loss"] for r in runs)
+            cells.append(f"{c:.0%} / {p:.2f} / {h:.3f}")
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def render(rows: list[dict], steps: int, seeds, minutes: float, inits, variants) -> str:
+    return (f"# Router collapse on the toy world\n\n{steps} steps, seeds {list(seeds)}, node defaults otherwise "
+            f"(fp32).  Cells: share of routed layers collapsed / NMI(style, expert) / held-out x0 MSE "
+            f"(mean over seeds).\n\n{table(rows, inits, variants)}\n\nWall time {minutes:.1f} min on "
+            f"{os.cpu_count()} cores (load average {os.getloadavg()[1]:.1f} over 5 min); {environment()}.\n")
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--inits", nargs="+", default=list(INITS))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
+    args = parser.parse_args(argv)
+    inits = ["ortho"] if args.quick else args.inits
+    variants = [QUICK_BEFORE, QUICK_AFTER] if args.quick else args.variants
+    steps = args.steps or (40 if args.quick else 500)
+    seeds = range(1 if args.quick else args.seeds)
+    stem = args.out / ("router_collapse_quick" if args.quick else "router_collapse")
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
+    with stdout_copied_to(Path(f"{stem}.log")):
+        return run(inits, variants, steps, seeds, stem)
+
+
+def run(inits, variants, steps: int, seeds, stem: Path) -> dict:
+    from devkit.host import boot, import_pack
+
+    boot(cpu=True)
+    import folder_paths
+
+    pack = import_pack()
+    wall = time.perf_counter()
+    world = build_world(_toy_world(), pack, Settings(), print)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="router_collapse_") as loras, lora_folder(folder_paths, loras):
+        for variant in variants:
+            for init in inits:
+                for seed in seeds:
+                    live, losses, seconds = train_variant(pack, world, init, VARIANTS[variant], steps, seed)
+                    row = {"variant": variant, "init": init, "seed": seed, "train_seconds": seconds,
+                           "final_train_loss": statistics.fmean(losses[-20:]), **measure(pack, world, live)}
+                    rows.append(row)
+                    print(f"{variant:26s} {init:11s} seed {seed}: collapsed {row['collapse']:.0%}, "
+                          f"NMI {row['purity']:.2f}, top share {row['top_share']:.2f}, held-out "
+                          f"{row['heldout_loss']:.4f} ({seconds:.0f}s)", flush=True)
+    minutes = (time.perf_counter() - wall) / 60
+    text = render(rows, steps, seeds, minutes, inits, variants)
+    Path(f"{stem}.md").write_text(text)
+    result = {"steps": steps, "rows": rows, "minutes": minutes, "environment": environment()}
+    Path(f"{stem}.json").write_text(json.dumps(result, indent=2))
+    print(text)
+    return result
+
+
+if __name__ == "__main__":
+    main()
