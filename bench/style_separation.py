@@ -19,7 +19,7 @@ Writes bench/out/style_separation.{md,json,csv,png,log} and style_separation_{ga
 (``--quick``: ``style_separation_quick.*``, 2 arms, 1 seed, 1 lr, 40 steps).
 
 Settings (see ``Settings``): rank 8 (E·r = 32 fits Ortho-Hydra's disjoint slices in every 128-wide Linear),
-240 steps, lr grid {3e-3, 1e-2}, batch 1 x 4 accumulated, 24 training latents, 1 intra-op thread.  Why: a 4-point
+240 steps, lr grid {3e-3, 1e-2}, batch 4, 24 training latents, 1 intra-op thread.  Why: a 4-point
 exploratory grid (1e-3..3e-2, 300 steps) put the single LoRA's best at 3e-3 and Ortho-Hydra's at 1e-2 with 3e-2
 no better; the single LoRA removes ~80 % of the base model's held-out loss in 240 steps; at ~50-90 ms per step
 (1 thread beat 2 by 3-6x on the loaded shared cores) 24 runs fit well inside 20 minutes.
@@ -30,6 +30,9 @@ no better; the single LoRA removes ~80 % of the base model's held-out loss in 24
 Both need the toy world's cached base model; when its recipe changed, the first run trains it once (1-15 min
 depending on the machine's load; reported separately in the footer).
 Re-render a report with extra notes: ``python -m bench.style_separation_report OUT.json --notes NOTES.md``.
+
+Past 350 lines because one experiment's driver is kept in one place: building the world, training an arm,
+evaluating it on five instruments, galleries and the outputs; the metrics and the report are in their own module.
 """
 
 from __future__ import annotations
@@ -87,8 +90,8 @@ class Settings:
     seeds: tuple[int, ...] = (0, 1, 2)
     arms: tuple[str, ...] = tuple(ARMS)
     rank: int = 8
-    batch_size: int = 1  # 1 x 4 accumulated: see ``describe`` (ComfyUI applies every cond entry to the batch)
-    grad_accumulation: int = 4
+    batch_size: int = 4  # the trainer predicts each image with its own conditioning (per_image_conditioning)
+    grad_accumulation: int = 1
     label_guidance: float = 1.0
     guidance_fraction: float = 0.6  # label_guidance_steps = this x steps
     train_per_pair: int = 1  # renders per (content, style) in the training set
@@ -364,6 +367,9 @@ def _join(values) -> str:
 
 
 def describe(settings: Settings, world: World, tw, adapter_layers: int, ms_per_step: float) -> str:
+    from devkit.host import import_pack
+
+    defaults = import_pack().nodes.train.TrainConfig
     return (
         f"Toy world: {len(tw.CONTENTS)} contents × {len(tw.STYLES)} styles ({', '.join(tw.STYLES)}), SD3 16-channel "
         f"{tw.SIZE}×{tw.SIZE} latents; the base MMDiT (depth 2, hidden 128) was pretrained on the neutral palette "
@@ -371,10 +377,11 @@ def describe(settings: Settings, world: World, tw, adapter_layers: int, ms_per_s
         f"held out: {len(world.held_x)} renders with other seeds (seed {settings.heldout_seed}: other grain draws"
         f"{f', positions jittered by up to {tw.JITTER} px' if tw.JITTER else NO_JITTER}).  "
         f"Every arm: the pack's trainer (nodes/train.py), rank {settings.rank}, {settings.steps} steps, AdamW "
-        f"(trainer defaults: router lr ×10, balance 1e-5, router calibration, logit-normal σ), fp32, "
-        f"{adapter_layers} adapted Linears (attention+mlp), batch {settings.batch_size} × {settings.grad_accumulation} "
-        f"accumulated (ComfyUI applies every conditioning entry to the whole batch, so per-image conditioning is "
-        f"exact only at batch 1); lr grid {', '.join(f'{x:g}' for x in settings.lrs)}, best by held-out loss on "
+        f"(trainer defaults: router lr ×{defaults.router_lr_scale:g}, balance {defaults.balance_weight:g} over "
+        f"{defaults.balance_memory} micro-batches, router calibration, logit-normal "
+        f"σ), fp32, {adapter_layers} adapted Linears (attention+mlp), batch {settings.batch_size} × "
+        f"{settings.grad_accumulation} accumulated (each image with its own conditioning); lr grid "
+        f"{', '.join(f'{x:g}' for x in settings.lrs)}, best by held-out loss on "
         f"seed 0, seeds {', '.join(map(str, settings.seeds))} at that lr.  Label guidance: weight "
         f"{settings.label_guidance:g} for {settings.guidance_steps} steps, then decayed to 0 over "
         f"{settings.guidance_steps // 2}.  Probe: 5 classes (4 styles + neutral), held-out accuracy "

@@ -1,7 +1,8 @@
 """The report half of ``bench/style_separation.py``: metric functions, per-run records, tables, verdict, plot.
 
 Pure torch (plus matplotlib for the plot): it never imports ComfyUI, so the metrics are unit-tested on synthetic
-inputs (``tests/unit/test_style_separation_metrics.py``).
+inputs (``tests/unit/test_style_separation_metrics.py``).  Past 350 lines because every table and verdict of
+one report lives here, next to the metric functions they read.
 """
 
 from __future__ import annotations
@@ -26,10 +27,13 @@ ARMS: dict[str, tuple[str, int, str, bool]] = {
     "hydra_jitter": ("HydraLoRA jitter", 4, "hydra_jitter", False),
     "ortho": ("Ortho-Hydra", 4, "ortho", False),
     "ortho_lg": ("Ortho-Hydra + label guidance", 4, "ortho", True),
+    "ortho_init": ("Ortho-Hydra ortho_init", 4, "ortho_init", False),
+    "ortho_init_lg": ("Ortho-Hydra ortho_init + label guidance", 4, "ortho_init", True),
     "hydra_zero_lg": ("HydraLoRA zero + label guidance", 4, "hydra_zero", True),
 }
 REFERENCE = "single"  # style bleed is measured against this arm
 SUBJECT = "ortho_lg"  # the arm the targets are about
+SUBJECT_INIT = "ortho_init_lg"  # its trainable-basis variant, judged the same way (the capacity answer)
 PIN_TARGET = 0.9
 COLLAPSE_SHARE = 0.9  # one expert is the argmax for >= this share of samples: the layer collapsed
 UNIFORM_TOL = 1e-3  # a sample whose max gate is within this of 1/E is unassigned
@@ -308,16 +312,17 @@ def pin_detail(records: list[RunRecord], styles: Sequence[str], class_names: Seq
     return lines
 
 
-def verdict(records: list[RunRecord], styles: Sequence[str]) -> list[str]:
-    """The two targets, judged on the subject arm (Ortho-Hydra + label guidance)."""
-    runs = chosen(records, SUBJECT)
+def verdict(records: list[RunRecord], styles: Sequence[str], arm: str = SUBJECT) -> list[str]:
+    """The two targets, judged on one label-guided Ortho-Hydra arm (the subject, or its ortho_init variant)."""
+    name = ARMS[arm][0]
+    runs = chosen(records, arm)
     if not runs:
-        return ["- Ortho-Hydra + label guidance was not run: no verdict."]
+        return [f"- {name} was not run: no verdict."]
     pins = [r.pin_accuracy for r in runs]
     pin_ok = _mean(pins) >= PIN_TARGET
-    out = [f"- Target 1, pin accuracy ≥ {PIN_TARGET}: {_mean(pins):.2f} (seeds: "
+    out = [f"- {name}, target 1, pin accuracy ≥ {PIN_TARGET}: {_mean(pins):.2f} (seeds: "
            f"{', '.join(f'{p:.2f}' for p in pins)}) → **{'PASS' if pin_ok else 'FAIL'}**."]
-    checks = style_check(records, SUBJECT)
+    checks = style_check(records, arm)
     if checks:
         worse = [styles[s] for s, c in enumerate(checks) if not c["no_worse"]]
         noisy = [styles[s] for s, c in enumerate(checks) if not c["no_worse"] and c["within_noise"]]
@@ -329,9 +334,10 @@ def verdict(records: list[RunRecord], styles: Sequence[str]) -> list[str]:
             status = f"FAIL on the means ({', '.join(worse)}), within seed noise"
         else:
             status = f"FAIL ({', '.join(worse)})"
-        out.append(f"- Target 2, per-style held-out loss no worse than the single LoRA's: {detail} → **{status}**.")
+        out.append(f"- {name}, target 2, per-style held-out loss no worse than the single LoRA's: {detail} → "
+                   f"**{status}**.")
     else:
-        out.append("- Target 2: the single LoRA was not run, no comparison.")
+        out.append(f"- {name}, target 2: the single LoRA was not run, no comparison.")
     return out
 
 
@@ -394,7 +400,7 @@ def capacity(records: list[RunRecord], styles: Sequence[str], base_style_loss: S
             f"{mean_sd([100 * v for v in reach['best']], '.1f')} % inside any one expert's set; an update of random "
             f"direction would keep {100 * reach['chance']:.1f} % (energy-weighted over the {reach['layers']} layers, "
             f"{len(reach['all'])} seeds).  These are upper bounds: the experts are further tied by one shared λ.")
-    for arm in ("ortho", SUBJECT):
+    for arm in ("ortho", SUBJECT, SUBJECT_INIT):
         gains = gain_fractions(records, arm, base_style_loss)
         if gains:
             out.append(f"- {ARMS[arm][0]} recovers " + ", ".join(f"{n} {g:.2f}" for n, g in zip(styles, gains,
@@ -416,9 +422,11 @@ def capacity(records: list[RunRecord], styles: Sequence[str], base_style_loss: S
 def report(records: list[RunRecord], styles: Sequence[str], class_names: Sequence[str], setup: str,
            lrs: Sequence[float], base_style_loss: Sequence[float], title: str, footer: str,
            notes: Sequence[str] = (), reach: dict | None = None) -> str:
+    targets = [*verdict(records, styles), *(verdict(records, styles, SUBJECT_INIT)
+                                            if chosen(records, SUBJECT_INIT) else [])]
     parts = [f"# {title}", "", setup, "", "## Arms × metrics (mean ± std over seeds, chosen lr)", "",
-             *main_table(records, styles), "", "## Targets (Ortho-Hydra + label guidance)", "",
-             *verdict(records, styles), "", "## Per arm", "", *observations(records, styles, base_style_loss), ""]
+             *main_table(records, styles), "", "## Targets (Ortho-Hydra + label guidance)", "", *targets, "",
+             "## Per arm", "", *observations(records, styles, base_style_loss), ""]
     lines = capacity(records, styles, base_style_loss, reach)
     if lines:
         parts += ["## Ortho-Hydra's capacity", "", *lines, ""]

@@ -36,7 +36,7 @@ def test_quick_run_writes_every_output(quick):
     rows = list(csv.DictReader((out / f"{stem.name}.csv").open()))
     assert {r["arm"] for r in rows} == {"single", "ortho_lg"}
     text = (out / f"{stem.name}.md").read_text()
-    assert "| single LoRA (E=1) |" in text and "Target 1, pin accuracy" in text
+    assert "| single LoRA (E=1) |" in text and "target 1, pin accuracy" in text
     assert "Notes" in rerender(out / f"{stem.name}.json", ["- a note"])
 
 

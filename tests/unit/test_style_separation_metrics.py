@@ -109,6 +109,9 @@ def test_verdict_reads_both_targets_off_the_records():
     assert "**FAIL**" in lines[0] and "FAIL (warm)" in lines[1]
     checks = style_check(single + worse, "ortho_lg")
     assert checks[0]["ratio"] == pytest.approx(1.2) and not checks[0]["no_worse"] and checks[1]["no_worse"]
+    free = [_record("ortho_init_lg", s, 1.0, [0.5, 0.4, 0.3, 0.2]) for s in range(3)]
+    lines = verdict(single + worse + free, STYLES, "ortho_init_lg")  # the variant is judged on its own runs
+    assert "ortho_init" in lines[0] and "1.00" in lines[0] and "**PASS**" in lines[0] and "**PASS**" in lines[1]
 
 
 def test_reachable_share_of_an_update_under_ortho_hydras_frozen_bases():
