@@ -62,6 +62,7 @@ from bench.style_separation_report import (  # noqa: E402
     ARMS,
     REFERENCE,
     SUBJECT,
+    SUBJECT_INIT,
     RunRecord,
     chosen,
     collapse_share,
@@ -504,13 +505,15 @@ def run(settings: Settings, stem: Path, quick: bool) -> dict:
                 for seed in settings.seeds[1:]:
                     records.append(one(arm, best.lr, seed, full=True))
             gallery_paths = []
-            subject = chosen(records, SUBJECT)
-            if subject:
-                top = max(subject, key=lambda r: (r.pin_accuracy, -r.heldout_loss))
-                live, adapter = adapters[(SUBJECT, top.lr, top.seed)]
-                gallery_paths = galleries(tw, tiny_dit, pack, world, adapter, live, stem,
-                                          f"{ARMS[SUBJECT][0]}, seed {top.seed}")
-                log(f"gallery: {', '.join(str(p) for p in gallery_paths)}")
+            for arm, suffix in ((SUBJECT, ""), (SUBJECT_INIT, "_ortho_init")):
+                runs = chosen(records, arm)
+                if runs:
+                    top = max(runs, key=lambda r: (r.pin_accuracy, -r.heldout_loss))
+                    live, adapter = adapters[(arm, top.lr, top.seed)]
+                    gallery_paths += galleries(tw, tiny_dit, pack, world, adapter, live, Path(f"{stem}{suffix}"),
+                                               f"{ARMS[arm][0]}, seed {top.seed}")
+            if gallery_paths:
+                log(f"galleries: {', '.join(str(p) for p in gallery_paths)}")
             layers = len(next(iter(adapters.values()))[1].layers) if adapters else 0
             reach = single_lora_reach(pack, world, records, adapters, settings.rank)
             if reach:
