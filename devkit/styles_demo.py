@@ -26,7 +26,7 @@ LATENT_NAME = "ortho_hydra_toy_styles.latent"
 WORKFLOW = Path(__file__).resolve().parents[1] / "example_workflows" / "06_train_styles_and_pin.json"
 PER_PAIR = 2  # renders per (content, style): 6 contents x 4 styles x 2 = 48 training images
 CONTENT_SEED = 7919  # toy_world.content_embedding seeds its generator with 7919 + content
-TRAIN = {"steps": 300, "learning_rate": 2e-3, "batch_size": 8, "rank": 8, "experts": 4, "init": "hydra_zero",
+TRAIN = {"steps": 300, "learning_rate": 2e-3, "batch_size": 8, "rank": 8, "experts": 4, "init": "ortho_init",
          "label_guidance": 1.0, "label_guidance_steps": 180}
 GALLERY_SEED = 5
 
