@@ -12,6 +12,7 @@ from .load_apply import OrthoHydraApply, OrthoHydraLoadAndApply, OrthoHydraLoade
 from .router import OrthoHydraRouter
 from .router_trace import OrthoHydraRouterTrace
 from .save_plot import OrthoHydraPlotTraining, OrthoHydraSave
+from .slots import OrthoHydraMergeSlots
 from .style_folders import OrthoHydraLoadStyleFolders
 from .style_profiles import OrthoHydraCaptureStyle, OrthoHydraLoadStyle, OrthoHydraSaveStyle, register_profile_folder
 from .train import OrthoHydraTrain
@@ -30,6 +31,7 @@ NODES: list[type[io.ComfyNode]] = [
     OrthoHydraExpertGallery,
     OrthoHydraLoadStyleFolders,
     OrthoHydraTrain,
+    OrthoHydraMergeSlots,
     OrthoHydraSave,
     OrthoHydraPlotTraining,
     OrthoHydraDemoConditioning,

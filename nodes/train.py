@@ -26,6 +26,7 @@ from comfy_extras import nodes_custom_sampler, nodes_train
 
 from ortho_hydra import OrthoHydraError, save
 from ortho_hydra.network import OrthoHydraNetwork
+from ortho_hydra.slots import base_fingerprint, slot_metadata
 from ortho_hydra.training import (
     TIMESTEP_SAMPLING,
     RouterTrace,
@@ -62,8 +63,8 @@ from .types import OrthoHydraAdapterType, RouterTraceType, StyleSetType
 from .widgets import parse_list, split_list
 
 log = logging.getLogger("ortho_hydra")
-INITS = {"ortho": "ortho", "ortho_init": "ortho_init", "hydra_zero": "zero", "hydra_jitter": "jitter",
-         "hydra_jitter_zero_sum": "jitter_zero_sum"}
+INITS = {"ortho": "ortho", "ortho_out": "ortho_out", "ortho_init": "ortho_init", "hydra_zero": "zero",
+         "hydra_jitter": "jitter", "hydra_jitter_zero_sum": "jitter_zero_sum"}
 
 
 @dataclass(frozen=True)
@@ -96,10 +97,14 @@ class TrainConfig:
     label_guidance: float = 0.0  # weight of the gate/label cross-entropy
     label_guidance_steps: int = 0  # hold it this long, then decay to 0
     style_names: tuple[str, ...] = ()
+    slot: int = 0  # with slots > 0: train one expert on slice `slot` of W0's top slots·rank singular vectors
+    slots: int = 0
 
     def identity(self) -> dict:
         """What a resume file must agree on."""
-        return {k: getattr(self, k) for k in ("rank", "experts", "alpha", "init", "targets", "target_regex")}
+        keys = ("rank", "experts", "alpha", "init", "targets", "target_regex")
+        keys += ("slot", "slots") if self.slots else ()
+        return {k: getattr(self, k) for k in keys}
 
 
 @dataclass
@@ -110,6 +115,7 @@ class TrainingRun:
     generator: torch.Generator
     fingerprint: dict
     labels: torch.Tensor | None
+    extra_metadata: dict = field(default_factory=dict)
     step: int = 0
     losses: list[float] = field(default_factory=list)
     trace: RouterTrace | None = None
@@ -127,7 +133,8 @@ class TrainingRun:
             expert_names=_expert_names(cfg.style_names, cfg.experts),
             provenance={"trainer": "comfyui-ortho-hydra OrthoHydraTrain", "steps": self.step, "init": cfg.init,
                         "rank": cfg.rank, "experts": cfg.experts, "lr": cfg.learning_rate, "seed": cfg.seed,
-                        "targets": cfg.targets, "label_guidance": cfg.label_guidance})
+                        "targets": cfg.targets, "label_guidance": cfg.label_guidance},
+            extra_metadata=self.extra_metadata)
         return replace(adapter, path=self.adapter_path)
 
     def checkpoint(self) -> str:
@@ -364,19 +371,35 @@ def train(model, latents: torch.Tensor, positive: list, config: TrainConfig, *, 
     return live, adapter, {"loss": list(run.losses)}, run.trace
 
 
+def check_slots(config: TrainConfig) -> None:
+    """Slot training (Orthogonal Adaptation on W0's basis) is one expert with a frozen output basis."""
+    if not config.slots:
+        return
+    if config.experts != 1 or config.init not in ("ortho", "ortho_out"):
+        raise OrthoHydraError(f"slot training needs experts = 1 and init ortho_out or ortho (got {config.experts} "
+                              f"experts, init {config.init}).", key="slots",
+                              fix="set experts to 1 and init to ortho_out, or slots to 0")
+    if not 0 <= config.slot < config.slots:
+        raise OrthoHydraError(f"slot {config.slot} is outside 0..{config.slots - 1}.", key="slot",
+                              fix=f"pick a slot from 0 to {config.slots - 1}")
+
+
 def _new_run(config: TrainConfig, targets: dict, fingerprint: dict, labels: torch.Tensor | None,
              device) -> TrainingRun:
+    weights = {p: w.detach().float().clone() for p, (_, w) in targets.items()}
+    check_slots(config)
     try:
-        network = OrthoHydraNetwork({p: w.detach().float().clone() for p, (_, w) in targets.items()},
-                                    config.rank, config.experts, alpha=config.alpha or None,
-                                    init=INITS[config.init], seed=config.seed, jitter_std=config.jitter_std)
+        network = OrthoHydraNetwork(weights, config.rank, config.experts, alpha=config.alpha or None,
+                                    init=INITS[config.init], seed=config.seed, jitter_std=config.jitter_std,
+                                    **({"slot": config.slot, "slots": config.slots} if config.slots else {}))
     except ValueError as exc:
         raise OrthoHydraError(f"{exc}.", key="rank", fix="lower the rank (it must fit min(in, out))") from exc
+    extra = slot_metadata(config.slot, config.slots, base_fingerprint(weights)) if config.slots else {}
     network.to(device)
     optimizer = torch.optim.AdamW(optimizer_groups(network, config.learning_rate, config.router_lr_scale),
                                   weight_decay=0.0)
     run = TrainingRun(config, network, optimizer, torch.Generator().manual_seed(config.seed), fingerprint, labels,
-                      balance=UsageBalance(config.balance_memory))
+                      extra_metadata=extra, balance=UsageBalance(config.balance_memory))
     run.trace = RouterTrace(num_experts=config.experts, init=config.init, replicated_layers=list(network.replicated))
     return run
 
@@ -458,6 +481,13 @@ class OrthoHydraTrain(io.ComfyNode):
                              tooltip="Micro-batches over which the balance term counts each expert's share of "
                                      "samples (1: this micro-batch only). Longer memory made no measurable "
                                      "difference on the toy world at batch 1; kept for large-batch parity."),
+                io.Int.Input("slots", default=0, min=0, max=64,
+                             tooltip="Orthogonal slots: 0 is off. With N > 0 the adapter is one expert whose "
+                                     "output basis is slice 'slot' of W0's top N·rank singular vectors, so "
+                                     "adapters trained on different slots (by anyone, separately) merge without "
+                                     "sharing output directions. Needs experts 1 and init ortho_out."),
+                io.Int.Input("slot", default=0, min=0, max=63,
+                             tooltip="Which slice of the N slots this adapter trains on (0 .. slots-1)."),
                 StyleSetType.Input("styles", optional=True,
                                    tooltip="Labels and style names from the style-folders loader; overrides "
                                            "style_labels and style_names."),

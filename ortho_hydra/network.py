@@ -53,10 +53,12 @@ class OrthoHydraNetwork(nn.Module):
         for key, layer in self.layers.items():
             yield self.prefixes[key], layer
 
-    def to_adapter(self, expert_names: list[str] | None = None, provenance: dict | None = None) -> Adapter:
-        spec = "ortho_hydra" if self.config["init"] == "ortho" else "hydra"
+    def to_adapter(self, expert_names: list[str] | None = None, provenance: dict | None = None,
+                   extra_metadata: Mapping[str, str] | None = None) -> Adapter:
+        spec = "ortho_hydra" if self.config["init"] in ("ortho", "ortho_out") else "hydra"
         metadata = {"ss_network_spec": spec}
         if provenance:
             metadata["oh_provenance"] = json.dumps(provenance, sort_keys=True)
+        metadata.update(extra_metadata or {})
         return Adapter(layers={p: distill(layer) for p, layer in self.items()}, metadata=metadata,
                        expert_names=expert_names)

@@ -13,13 +13,18 @@ from .layer import GateSink
 from .routing import GateOverride, RouterSpec, project_down, rms_pool
 from .runtime import ExpertLayer
 
-INIT_MODES = ("ortho", "ortho_init", "zero", "jitter", "jitter_zero_sum")
+INIT_MODES = ("ortho", "ortho_out", "ortho_init", "zero", "jitter", "jitter_zero_sum")
+ORTHO_MODES = ("ortho", "ortho_out", "ortho_init")  # experts start on disjoint singular slices of W0
+BASIS_SEED = 0  # slot bases must be the same for everyone who has W0, whatever their training seed
 
 
 class OrthoHydraLinear(nn.Module):
     """Routed experts beside a frozen weight W0 (out, in).
 
     ``init="ortho"``: frozen disjoint SVD bases rotated by Cayley factors, λ zero-init.
+    ``init="ortho_out"``: the out-bases stay frozen (rotated only within their slice, so each expert's output
+    subspace is fixed), while the shared down trains freely from the in-slice start: Orthogonal Adaptation's
+    frozen output side, with the capacity of a plain LoRA's input side.
     ``init="ortho_init"``: the same disjoint slices as the *starting point* of free bases: the shared down and
     every expert's up basis are trained in full, with the same zero-init λ (ΔW = 0 at step 0, experts distinct).
     It trades the fixed-subspace guarantee for the capacity of a plain LoRA.
@@ -32,7 +37,7 @@ class OrthoHydraLinear(nn.Module):
     def __init__(self, weight: torch.Tensor, rank: int, num_experts: int, *, alpha: float | None = None,
                  init: str = "ortho", jitter_std: float = 0.1, centered_gate: bool = False,
                  centered_lambda_init: float = 1e-2, sigma_feature_dim: int = 0, seed: int = 0,
-                 name: str = "") -> None:
+                 name: str = "", slot: int = 0, slots: int = 0) -> None:
         super().__init__()
         if init not in INIT_MODES:
             raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INIT_MODES)}")
@@ -50,16 +55,27 @@ class OrthoHydraLinear(nn.Module):
         self.basis_replicated = False
         gen = torch.Generator().manual_seed(seed)
 
-        if init in ("ortho", "ortho_init"):
-            basis = disjoint_basis(weight, num_experts, rank, seed=seed)
+        if slots and (init not in ("ortho", "ortho_out") or num_experts != 1 or not 0 <= slot < slots):
+            raise ValueError(f"{name or 'layer'}: slot training needs one expert, init ortho or ortho_out and "
+                             f"0 <= slot < slots (got {num_experts} experts, init {init}, slot {slot} of {slots})")
+        if init in ORTHO_MODES:
+            basis = disjoint_basis(weight, slots or num_experts, rank, seed=BASIS_SEED if slots else seed)
+            if slots and basis.replicated:
+                raise ValueError(f"{name or 'layer'}: {slots} slots x rank {rank} exceed min(out, in) = "
+                                 f"{min(out_features, in_features)}; no disjoint slots fit")
             self.basis_replicated = basis.replicated
+            out_bases = basis.out_bases[slot:slot + 1] if slots else basis.out_bases
             if init == "ortho":
                 self.register_buffer("in_basis", basis.in_basis)
-                self.register_buffer("out_bases", basis.out_bases)
+                self.register_buffer("out_bases", out_bases)
                 self.cayley_seeds = nn.Parameter(torch.zeros(1 + num_experts, rank, rank))
+            elif init == "ortho_out":
+                self.register_buffer("out_bases", out_bases)
+                self.cayley_seeds = nn.Parameter(torch.zeros(num_experts, rank, rank))
+                self.down = nn.Parameter(basis.in_basis.clone())
             else:
                 self.down = nn.Parameter(basis.in_basis.clone())
-                self.ups = nn.Parameter(basis.out_bases.clone())
+                self.ups = nn.Parameter(out_bases.clone())
             lam0 = centered_lambda_init if centered_gate else 0.0
             self.lam = nn.Parameter(torch.full((rank,), lam0))
         else:
@@ -95,6 +111,9 @@ class OrthoHydraLinear(nn.Module):
         """(down (r, in), ups (E, out, r)) with λ folded into ups, in fp32."""
         if self.init_mode == "ortho_init":
             return self.down.float(), self.ups.float() * self.lam.float()
+        if self.init_mode == "ortho_out":
+            ups = torch.matmul(self.out_bases.float(), cayley(self.cayley_seeds)) * self.lam.float()
+            return self.down.float(), ups
         if self.init_mode != "ortho":
             return self.down.float(), self.ups.float()
         rotations = cayley(self.cayley_seeds)  # one batched solve: [R_q, R_p[0..E-1]]
