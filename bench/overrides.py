@@ -51,9 +51,19 @@ def main() -> None:
     folder_paths.add_model_folder_path("loras", tempfile.mkdtemp(), is_default=True)
     pack.nodes.bake.OrthoHydraBakeLoRA.execute(base, pin, "bench_pinned")  # the same ΔW as a standard LoRA file
     stock = comfy_nodes.LoraLoaderModelOnly().load_lora_model_only(base, "bench_pinned.safetensors", 1.0)[0]
+    fresh = base.clone()  # control: every Linear weight a fresh copy of itself, same values, no ComfyUI patching
+    for name, module in fresh.model.diffusion_model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            key = f"diffusion_model.{name}.weight"
+            fresh.add_object_patch(key, torch.nn.Parameter(module.weight.detach().clone(), requires_grad=False))
+    folded = pack.nodes.patcher.apply_adapter(base, pin)[0]
+    in_place = folded.clone()
+    in_place.weight_inplace_update = True  # ComfyUI writes the patched values into the original storage
     models = {
         "base model": base,
-        "pinned, folded into weights": pack.nodes.patcher.apply_adapter(base, pin)[0],
+        "base, every Linear weight a fresh copy (control)": fresh,
+        "pinned, folded into weights": folded,
+        "pinned, folded in place (original storage)": in_place,
         "same ΔW via LoraLoaderModelOnly": stock,
         "router-live": pack.nodes.patcher.apply_adapter(base, adapter)[0],
         "scheduled (live 40%, then pin)": pack.nodes.patcher.apply_adapter(base, schedule)[0],
