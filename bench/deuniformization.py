@@ -70,6 +70,10 @@ class Config:
     eval_sigmas: tuple[float, ...] = (0.25, 0.5, 0.75)
     data_seed: int = 0
     base_seed: int = 0
+    optimizer: str = "adamw"  # or "sgd" (momentum 0.9): under SGD a tiny symmetric gradient stays tiny
+    router_std: float = 0.01  # router weight init; 0 gives exactly uniform gates
+    dense_log_until: int = 0  # log every step before this one (router-gradient evidence)
+    threads: int = 2
 
 
 # ---------------------------------------------------------------------------------------------- model
@@ -128,7 +132,8 @@ def attach(model: nn.Module, cfg: Config, init: str, seed: int, gates: StepGates
     """Fresh adapters on the routed Linears as forward hooks; every gate they compute lands in ``gates``."""
     targets = routed_targets(model)
     network = OrthoHydraNetwork({name: linear.weight.detach() for name, linear in targets.items()}, cfg.rank,
-                                cfg.experts, init=init, seed=1000 * seed, jitter_std=cfg.jitter_std)
+                                cfg.experts, init=init, seed=1000 * seed, jitter_std=cfg.jitter_std,
+                                router_std=cfg.router_std)
 
     def hook_for(layer: OrthoHydraLinear) -> Callable:
         return lambda module, args, output: output + layer.delta(args[0], sink=gates)
@@ -161,7 +166,7 @@ def expert_spread(layers: list[OrthoHydraLinear]) -> float:
 
 
 def mean_abs_lambda(layers: list[OrthoHydraLinear]) -> float:
-    if layers[0].init_mode != "ortho":
+    if not hasattr(layers[0], "lam"):
         return float("nan")
     return statistics.fmean(float(layer.lam.detach().abs().mean()) for layer in layers)
 
@@ -209,7 +214,8 @@ def train_run(model: nn.Module, train: StyledSet, heldout: StyledSet, cfg: Confi
     result = RunResult(init=init, lr=lr, seed=seed, fallback=bool(network.replicated))
     groups = optimizer_groups(network, lr, cfg.router_lr_mult)
     routers = groups[1]["params"]
-    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay) if cfg.optimizer == "adamw" else \
+        torch.optim.SGD(groups, momentum=0.9, weight_decay=cfg.weight_decay)
     result.init_eval = evaluate(model, gates, heldout, cfg)
     gen = torch.Generator().manual_seed(seed)  # same batches, σ and noise for every init at this seed
     start = time.perf_counter()
@@ -222,7 +228,7 @@ def train_run(model: nn.Module, train: StyledSet, heldout: StyledSet, cfg: Confi
             fm = flow_matching_loss(model, x0, context, pooled, draw_noise_levels(cfg.batch, "logit_normal", gen),
                                     torch.randn(x0.shape, generator=gen))
             balance = mean_balance_loss(gates)
-            log = step % cfg.log_every == 0 or step == cfg.steps
+            log = step % cfg.log_every == 0 or step == cfg.steps or step < cfg.dense_log_until
             if log:  # the balance term's own router gradient is cheap: it never touches the base model
                 balance_grad = grad_norm(torch.autograd.grad(cfg.balance * balance, routers, retain_graph=True))
             opt.zero_grad(set_to_none=True)
@@ -239,6 +245,9 @@ def train_run(model: nn.Module, train: StyledSet, heldout: StyledSet, cfg: Confi
                 result.one_minus_h.append(1 - entropy)
                 result.kl.append(kl)
                 result.loss.append(row["loss"])
+                result.router_grad.append(row["router_grad_norm"])
+                result.spread.append(row["expert_spread"])
+                result.lam.append(row["mean_abs_lambda"])
                 if step == 0:
                     result.router_grad0, result.router_grad0_balance = row["router_grad_norm"], balance_grad
             if step < cfg.steps:
@@ -325,8 +334,8 @@ def run(args: argparse.Namespace, cfg: Config, stem: Path) -> None:
 
 def main() -> None:
     args = parse_args()
-    torch.set_num_threads(2)
     torch.set_flush_denormal(True)  # Adam moments of near-zero gradients must not hit the slow subnormal path
+    torch.set_num_threads(Config.threads)
     cfg = Config(steps=args.steps or (60 if args.quick else 1000), balance=args.balance)
     out_dir = args.out.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -13,12 +13,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ortho_hydra.trainable import INIT_MODES
-
 if TYPE_CHECKING:
     from bench.deuniformization import Config
 
-INITS = INIT_MODES  # arm order in tables and plots: ortho, zero, jitter
+INITS = ("ortho", "zero", "jitter")  # arm order in tables and plots (jitter: i.i.d., as published)
 BASELINES = ("zero", "jitter")
 
 
@@ -35,6 +33,9 @@ class RunResult:
     loss: list[float] = field(default_factory=list)
     router_grad0: float = 0.0
     router_grad0_balance: float = 0.0
+    router_grad: list[float] = field(default_factory=list)  # at every logged step
+    spread: list[float] = field(default_factory=list)  # per-expert up spread at every logged step
+    lam: list[float] = field(default_factory=list)  # mean |λ| at every logged step (ortho)
     lam_final: float = float("nan")
     spread_final: float = 0.0
     fallback: bool = False

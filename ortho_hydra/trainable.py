@@ -37,7 +37,7 @@ class OrthoHydraLinear(nn.Module):
     def __init__(self, weight: torch.Tensor, rank: int, num_experts: int, *, alpha: float | None = None,
                  init: str = "ortho", jitter_std: float = 0.1, centered_gate: bool = False,
                  centered_lambda_init: float = 1e-2, sigma_feature_dim: int = 0, seed: int = 0,
-                 name: str = "", slot: int = 0, slots: int = 0) -> None:
+                 name: str = "", slot: int = 0, slots: int = 0, router_std: float = 0.01) -> None:
         super().__init__()
         if init not in INIT_MODES:
             raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INIT_MODES)}")
@@ -100,8 +100,8 @@ class OrthoHydraLinear(nn.Module):
         with torch.no_grad():
             self.router.weight.zero_()
             self.router.bias.zero_()
-            if not centered_gate:
-                self.router.weight[:, :rank].normal_(0.0, 0.01, generator=gen)
+            if not centered_gate and router_std > 0:  # 0: exactly uniform gates, exactly symmetric experts
+                self.router.weight[:, :rank].normal_(0.0, router_std, generator=gen)
 
     @property
     def scale(self) -> float:

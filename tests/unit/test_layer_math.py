@@ -56,6 +56,7 @@ def test_ortho_init_starts_on_the_disjoint_slices_with_zero_delta_and_trains_the
         free.lam.copy_(torch.linspace(0.1, 0.4, 4))
         free.down.add_(0.01 * torch.randn_like(free.down))
     down, ups = free.factors()
+    torch.testing.assert_close(down, free.down.detach(), rtol=0, atol=0)
     torch.testing.assert_close(ups, free.ups.detach() * free.lam.detach(), rtol=0, atol=0)
     free.delta(x).square().sum().backward()
     assert free.down.grad.abs().max() > 0 and free.ups.grad.abs().max() > 0  # the bases themselves train
