@@ -6,6 +6,7 @@ from comfy_api.latest import ComfyExtension, io
 
 from .bake import OrthoHydraBakeLoRA
 from .demo_conditioning import OrthoHydraDemoConditioning
+from .expert_bank import OrthoHydraLoraBank
 from .gallery import OrthoHydraExpertGallery
 from .latent_preview import OrthoHydraLatentPreview
 from .load_apply import OrthoHydraApply, OrthoHydraLoadAndApply, OrthoHydraLoader
@@ -32,6 +33,7 @@ NODES: list[type[io.ComfyNode]] = [
     OrthoHydraLoadStyleFolders,
     OrthoHydraTrain,
     OrthoHydraMergeSlots,
+    OrthoHydraLoraBank,
     OrthoHydraSave,
     OrthoHydraPlotTraining,
     OrthoHydraDemoConditioning,

@@ -24,15 +24,13 @@ def overlap_report(names: list[str], table: list[list[float]]) -> str:
     return "\n".join(lines)
 
 
-def adapter_names(adapters: list, typed: str) -> list[str]:
-    """Typed names, else the files' stems; duplicates are refused (names become expert names)."""
-    names = split_list(typed)
-    if names and len(names) != len(adapters):
-        raise OrthoHydraError(f"{len(names)} names for {len(adapters)} adapters.", key="names",
+def adapter_names_from(defaults: list[str], typed: str) -> list[str]:
+    """Typed names (comma-separated), else ``defaults``; one per adapter and no duplicates (they become expert
+    names)."""
+    names = split_list(typed) or list(defaults)
+    if len(names) != len(defaults):
+        raise OrthoHydraError(f"{len(names)} names for {len(defaults)} adapters.", key="names",
                               fix="give one name per connected adapter, or leave names empty")
-    if not names:
-        names = [os.path.splitext(os.path.basename(a.path))[0] if a.path else f"adapter {i + 1}"
-                 for i, a in enumerate(adapters)]
     if len(set(names)) != len(names):
         raise OrthoHydraError(f"duplicate names: {', '.join(names)}.", key="names",
                               fix="give every adapter its own name")
@@ -70,6 +68,8 @@ class OrthoHydraMergeSlots(io.ComfyNode):
     def execute(cls, adapter_1, adapter_2, names: str = "", **more) -> io.NodeOutput:
         adapters = [adapter_1, adapter_2] + [more[f"adapter_{i}"] for i in range(3, MAX_ADAPTERS + 1)
                                              if more.get(f"adapter_{i}") is not None]
-        labels = adapter_names(adapters, names)
+        stems = [os.path.splitext(os.path.basename(a.path))[0] if a.path else f"adapter {i + 1}"
+                 for i, a in enumerate(adapters)]
+        labels = adapter_names_from(stems, names)
         merged, table = merge_slot_adapters(adapters, labels)
         return io.NodeOutput(merged, overlap_report(labels, table))

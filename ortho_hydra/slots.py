@@ -17,7 +17,7 @@ import torch
 
 from .adapter import Adapter
 from .errors import OrthoHydraError
-from .routing import RouterSpec
+from .expert_stack import stack_as_experts
 from .runtime import ExpertLayer
 
 SLOT_KEY, SLOTS_KEY, FINGERPRINT_KEY = "oh_slot", "oh_slots", "oh_base_fingerprint"
@@ -87,49 +87,6 @@ def pairwise_overlap(adapters: Sequence[Adapter]) -> list[list[float]]:
                                      layer_output_basis(adapters[j].layers[p])) for p in shared]
             table[i][j] = table[j][i] = sum(values) / len(values) if values else float("nan")
     return table
-
-
-def stack_as_experts(adapters: Sequence[Adapter], names: Sequence[str]) -> Adapter:
-    """One adapter whose expert i is adapter i (each a single expert), exactly, with a uniform router.
-
-    Per layer the shared down is the adapters' downs stacked (rank Σ r_i); expert i's up holds adapter i's up,
-    scaled by its alpha / r_i, in adapter i's columns and zeros elsewhere; an adapter without the layer contributes
-    zeros.  The merged scale is 1 (alpha = Σ r_i), so a one-hot gate reproduces adapter i at strength 1.
-    """
-    for adapter, name in zip(adapters, names, strict=True):
-        if adapter.plain_layers or any(layer.num_experts != 1 for layer in adapter.layers.values()):
-            raise OrthoHydraError(f"'{name}' is not a one-expert adapter; only those stack one per expert.",
-                                  path=adapter.path, key="experts", fix="train each adapter with experts = 1")
-        if any(layer.inv_scale is not None for layer in adapter.layers.values()):
-            raise OrthoHydraError(f"'{name}' rescales its inputs (inv_scale), which a shared down cannot hold.",
-                                  path=adapter.path, key="inv_scale", fix="merge adapters without input scaling")
-    prefixes = sorted({p for adapter in adapters for p in adapter.layers})
-    usual_rank = [next(iter(a.layers.values())).down.shape[0] for a in adapters]  # a missing layer's zeros
-    layers = {}
-    for prefix in prefixes:
-        present = [a.layers.get(prefix) for a in adapters]
-        first = next(layer for layer in present if layer is not None)
-        in_features, out_features = first.down.shape[1], first.out_features
-        ranks = [layer.down.shape[0] if layer is not None else usual_rank[e] for e, layer in enumerate(present)]
-        total = sum(ranks)
-        down = torch.zeros(total, in_features)
-        ups = torch.zeros(len(adapters), out_features, total)
-        start = 0
-        for e, (layer, rank) in enumerate(zip(present, ranks, strict=True)):
-            if layer is not None:
-                if layer.down.shape[1] != in_features or layer.out_features != out_features:
-                    raise OrthoHydraError(f"{prefix}: '{names[e]}' is {layer.out_features}x{layer.down.shape[1]}, "
-                                          f"the others {out_features}x{in_features}.", path=adapters[e].path,
-                                          key=prefix, fix="merge adapters trained on the same base model")
-                down[start:start + rank] = layer.down.float()
-                ups[e, :, start:start + rank] = layer.ups[0].float() * (layer.alpha / rank)
-            start += rank
-        layers[prefix] = ExpertLayer(name=prefix, down=down, ups=ups,
-                                     router_weight=torch.zeros(len(adapters), total),
-                                     router_bias=torch.zeros(len(adapters)), alpha=float(total),
-                                     router=RouterSpec(source="input"))
-    return Adapter(layers=layers, metadata={"ss_network_spec": "hydra", "oh_merged_from": json.dumps(list(names))},
-                   expert_names=tuple(names))
 
 
 def merge_slot_adapters(adapters: Sequence[Adapter], names: Sequence[str]) -> tuple[Adapter, list[list[float]]]:

@@ -9,13 +9,13 @@ import torch
 from devkit.randomize import randomize_layer_
 from ortho_hydra import Adapter, OrthoHydraError, distill
 from ortho_hydra.basis import disjoint_basis
+from ortho_hydra.expert_stack import stack_as_experts
 from ortho_hydra.slots import (
     base_fingerprint,
     merge_slot_adapters,
     mismatched_layers,
     output_overlap,
     slot_metadata,
-    stack_as_experts,
 )
 from ortho_hydra.trainable import OrthoHydraLinear
 

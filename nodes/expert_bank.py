@@ -1,0 +1,152 @@
+"""Any stack of ordinary LoRA files as one expert bank: expert i is LoRA i, exactly.
+
+The files are read by ComfyUI's own loader (``comfy.lora_convert`` and ``comfy.lora.load_lora`` with the model's
+key map), so every low-rank format it understands works: kohya ``lora_up``/``lora_down``/``alpha``, diffusers and
+PEFT ``lora_A``/``lora_B``, ComfyUI's ``diffusion_model.*`` names, and diffusers' separate q/k/v on a fused qkv.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import comfy.lora
+import comfy.lora_convert
+import folder_paths
+from comfy.weight_adapter.lora import LoRAAdapter
+from comfy_api.latest import io
+
+from ortho_hydra import Adapter, OrthoHydraError
+from ortho_hydra.expert_stack import LoraPiece, lora_expert, stack_as_experts
+from ortho_hydra.safetensors_io import read_safetensors
+
+from .slots import adapter_names_from
+from .types import OrthoHydraAdapterType
+
+MAX_LORAS = 8
+NONE = "none"
+_TEXT_ENCODER = ("lora_te", "text_encoder", "te_", "lora_te1", "lora_te2", "text_encoders.")
+
+
+def lora_choices() -> list[str]:
+    return [n for n in folder_paths.get_filename_list("loras") if n.endswith(".safetensors")]
+
+
+def read_lora(name: str) -> dict:
+    """The file's tensors; safetensors only (a pickle is never opened)."""
+    path = folder_paths.get_full_path("loras", name)
+    if path is None:
+        raise OrthoHydraError(f"'{name}' is not in models/loras.", path=name, key="lora",
+                              fix="put the file in ComfyUI/models/loras and refresh (press R) the node list")
+    if not name.endswith(".safetensors"):
+        raise OrthoHydraError(f"'{name}' is not a .safetensors file.", path=path, key="lora",
+                              fix="convert it to safetensors; pickled checkpoints are never opened")
+    return read_safetensors(path)[0]
+
+
+def lora_pieces(model, name: str, tensors: dict) -> dict[str, list[LoraPiece]]:
+    """``{lora_unet_* prefix: pieces}`` for one LoRA file on this model, or a clear refusal naming the key."""
+    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
+    kohya = {target: prefix for prefix, target in key_map.items()
+             if prefix.startswith("lora_unet_") and isinstance(target, str)}
+    shapes = {k: tuple(v.shape) for k, v in model.model.state_dict().items()}
+    converted = comfy.lora_convert.convert_lora(tensors)
+    patches = comfy.lora.load_lora(converted, key_map, log_missing=False)
+    used = {k for k in converted if k.endswith((".alpha", ".dora_scale"))}
+    pieces: dict[str, list[LoraPiece]] = {}
+    for target, patch in patches.items():
+        weight_key, offset = (target, None) if isinstance(target, str) else (target[0], target[1])
+        label = weight_key[: -len(".weight")] if weight_key.endswith(".weight") else weight_key
+        file_key = min(getattr(patch, "loaded_keys", ()) or [label])  # name the user's own key where we can
+        if not isinstance(patch, LoRAAdapter):
+            kind = patch[0] if isinstance(patch, tuple) else type(patch).__name__.replace("Adapter", "")
+            raise OrthoHydraError(f"'{name}' holds a {kind} patch for {label}, not a low-rank LoRA.", path=name,
+                                  key=file_key, fix="only plain LoRA (up/down, A/B) files stack into an expert bank; "
+                                                 "LoHa, LoKr, DoRA and full-weight diffs are refused")
+        used |= set(patch.loaded_keys)
+        up, down, alpha, mid, dora_scale, reshape = patch.weights
+        if dora_scale is not None or mid is not None or reshape is not None:
+            what = "DoRA" if dora_scale is not None else "a conv (LoCon) middle" if mid is not None else "a reshape"
+            raise OrthoHydraError(f"'{name}' uses {what} for {label}.", path=name, key=file_key,
+                                  fix="only plain LoRA files stack into an expert bank")
+        if weight_key not in kohya or len(shapes.get(weight_key, ())) != 2:
+            raise OrthoHydraError(f"'{name}' patches {label}, which is not a Linear this pack can route.",
+                                  path=name, key=file_key, fix="use LoRAs for the diffusion model's Linear layers")
+        row = 0
+        if offset is not None:
+            dim, row, _ = offset[:3]
+            if dim != 0:
+                raise OrthoHydraError(f"'{name}' patches a column slice of {label}.", path=name, key=file_key,
+                                      fix="only row slices (fused q/k/v) are supported")
+        out_features, in_features = shapes[weight_key]
+        if down.shape[1] != in_features or row + up.shape[0] > out_features or up.shape[1] != down.shape[0]:
+            raise OrthoHydraError(f"'{name}' has {tuple(up.shape)} @ {tuple(down.shape)} for {label}, which is "
+                                  f"{out_features}x{in_features} in this model.", path=name, key=file_key,
+                                  fix="this LoRA was trained for a different base model; pick a matching one")
+        pieces.setdefault(kohya[weight_key], []).append(
+            LoraPiece(up.float(), down.float(), None if alpha is None else float(alpha), row))
+    foreign = sorted(k for k in converted if k not in used and not k.startswith(_TEXT_ENCODER))
+    if foreign:
+        raise OrthoHydraError(f"'{name}' has {len(foreign)} keys this model does not have (e.g. {foreign[0]}).",
+                              path=name, key=foreign[0],
+                              fix="this LoRA was trained for a different base model; pick a matching one")
+    if not pieces:
+        raise OrthoHydraError(f"'{name}' patches nothing in this model.", path=name, key="lora",
+                              fix="pick a LoRA for this base model")
+    return pieces
+
+
+def build_bank(model, files: list[str], names: list[str]) -> Adapter:
+    shapes = {k: tuple(v.shape) for k, v in model.model.state_dict().items()}
+    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
+    experts = []
+    for name in files:
+        layers = {}
+        for prefix, pieces in lora_pieces(model, name, read_lora(name)).items():
+            out_features, in_features = shapes[key_map[prefix]]
+            layers[prefix] = lora_expert(prefix, pieces, out_features, in_features)
+        experts.append(Adapter(layers=layers, path=name))
+    bank = stack_as_experts(experts, names)
+    return Adapter(layers=bank.layers, expert_names=bank.expert_names,
+                   metadata={**bank.metadata, "oh_bank_sources": json.dumps(files)})
+
+
+class OrthoHydraLoraBank(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        choices = lora_choices()
+        optional = [io.Combo.Input(f"lora_{i}", options=[NONE, *choices], default=NONE, optional=True,
+                                   tooltip="Another LoRA (optional).") for i in range(3, MAX_LORAS + 1)]
+        return io.Schema(
+            node_id="OrthoHydraLoraBank",
+            display_name="LoRA Stack to Ortho-Hydra Expert Bank",
+            category="loaders/ortho_hydra",
+            description="Turns 2 to 8 ordinary LoRA files into one adapter whose expert i is LoRA i, exactly: "
+                        "pinning expert i equals LoraLoaderModelOnly(LoRA i, strength 1), and a blend with "
+                        "renormalize off equals stacking the loaders at those strengths. The router starts "
+                        "uniform (live routing averages the LoRAs). Pin, blend, schedule, mix, bake or save it "
+                        "like any Ortho-Hydra adapter.",
+            inputs=[
+                io.Model.Input("model", tooltip="The diffusion model the LoRAs were trained for (its key map "
+                                                "places every LoRA key)."),
+                io.Combo.Input("lora_1", options=choices, tooltip="A LoRA .safetensors file from models/loras."),
+                io.Combo.Input("lora_2", options=choices, tooltip="A second LoRA."),
+                *optional,
+                io.String.Input("names", default="", tooltip="Expert names, comma-separated, one per LoRA; empty "
+                                                             "uses the file names."),
+            ],
+            outputs=[OrthoHydraAdapterType.Output(display_name="adapter"),
+                     io.String.Output(display_name="summary")],
+        )
+
+    @classmethod
+    def execute(cls, model, lora_1: str, lora_2: str, names: str = "", **more) -> io.NodeOutput:
+        files = [lora_1, lora_2] + [more[f"lora_{i}"] for i in range(3, MAX_LORAS + 1)
+                                    if more.get(f"lora_{i}") not in (None, NONE)]
+        if len(set(files)) != len(files):
+            raise OrthoHydraError(f"the same LoRA is picked twice ({', '.join(files)}).", key="lora_2",
+                                  fix="pick at least two different LoRA files")
+        stems = [os.path.splitext(os.path.basename(f))[0] for f in files]
+        labels = adapter_names_from(stems, names)
+        bank = build_bank(model, files, labels)
+        return io.NodeOutput(bank, bank.summary())
