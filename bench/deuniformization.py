@@ -40,7 +40,13 @@ from devkit.host import boot
 from ortho_hydra import OrthoHydraLinear, metrics
 from ortho_hydra.atomic import atomic_path
 from ortho_hydra.network import OrthoHydraNetwork
-from ortho_hydra.training import StepGates, draw_noise_levels, mean_balance_loss, optimizer_groups
+from ortho_hydra.training import (
+    StepGates,
+    balance_starts_at,
+    draw_noise_levels,
+    mean_balance_loss,
+    optimizer_groups,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,7 +62,8 @@ class Config:
     rank: int = 4
     experts: int = 4
     jitter_std: float = 0.1
-    balance: float = 1e-5  # Switch-style balance-loss weight, from step 0, every arm
+    balance: float = 1e-5  # Switch-style balance-loss weight, every arm
+    balance_start: float = 0.0  # the step it switches on, or a fraction of the run when < 1 (the paper: 0.4)
     router_lr_mult: float = 10.0
     weight_decay: float = 0.0
     steps: int = 1000
@@ -218,6 +225,7 @@ def train_run(model: nn.Module, train: StyledSet, heldout: StyledSet, cfg: Confi
         torch.optim.SGD(groups, momentum=0.9, weight_decay=cfg.weight_decay)
     result.init_eval = evaluate(model, gates, heldout, cfg)
     gen = torch.Generator().manual_seed(seed)  # same batches, σ and noise for every init at this seed
+    balance_from = balance_starts_at(cfg.balance_start, cfg.steps)
     start = time.perf_counter()
     try:
         for step in range(cfg.steps + 1):  # the last pass only measures the router after `steps` updates
@@ -227,7 +235,7 @@ def train_run(model: nn.Module, train: StyledSet, heldout: StyledSet, cfg: Confi
             gates.clear()
             fm = flow_matching_loss(model, x0, context, pooled, draw_noise_levels(cfg.batch, "logit_normal", gen),
                                     torch.randn(x0.shape, generator=gen))
-            balance = mean_balance_loss(gates)
+            balance = mean_balance_loss(gates) * (1.0 if step >= balance_from else 0.0)
             log = step % cfg.log_every == 0 or step == cfg.steps or step < cfg.dense_log_until
             if log:  # the balance term's own router gradient is cheap: it never touches the base model
                 balance_grad = grad_norm(torch.autograd.grad(cfg.balance * balance, routers, retain_graph=True))
@@ -274,6 +282,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=1e-3, help="base learning rate; 10x is also run")
     parser.add_argument("--lrs", type=float, nargs="+", default=None, help="explicit lr list (overrides --lr)")
     parser.add_argument("--balance", type=float, default=Config.balance, help="balance-loss weight, every arm")
+    parser.add_argument("--balance-start", type=float, default=Config.balance_start,
+                        help="step the balance term switches on, or a fraction of the run when < 1 (paper: 0.4)")
     parser.add_argument("--inits", nargs="+", default=list(INITS), choices=INITS)
     parser.add_argument("--tag", default="", help="suffix for the output files (supplementary runs)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
@@ -336,7 +346,8 @@ def main() -> None:
     args = parse_args()
     torch.set_flush_denormal(True)  # Adam moments of near-zero gradients must not hit the slow subnormal path
     torch.set_num_threads(Config.threads)
-    cfg = Config(steps=args.steps or (60 if args.quick else 1000), balance=args.balance)
+    cfg = Config(steps=args.steps or (60 if args.quick else 1000), balance=args.balance,
+                 balance_start=args.balance_start)
     out_dir = args.out.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / ("deuniformization" + ("_quick" if args.quick else "") + (f"_{args.tag}" if args.tag else ""))
