@@ -5,6 +5,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ortho_hydra import Adapter, OrthoHydraError
+from ortho_hydra.mc_blend import STOCHASTIC_MODES
 from ortho_hydra.overrides import (
     GROUPS,
     MODES,
@@ -29,9 +30,13 @@ def parse_floats(text: str, what: str) -> tuple[float, ...]:
 
 
 def rule_from(mode: str, args: str = "", *, expert: int = 0, weights: str = "", renormalize: bool = True,
-              temperature: float = 1.0, top_k: int = 1, profile=None) -> GateRule:
+              temperature: float = 1.0, top_k: int = 1, profile=None, keep: str = "", seed: int = 0) -> GateRule:
     """A rule from the node's widgets, or from a keyframe line's arguments."""
     args = args.strip()
+    if mode in STOCHASTIC_MODES:  # keyframe arguments: "weights ; keep probabilities"
+        w, _, q = args.partition(";") if args else (weights, "", keep)
+        return GateRule(mode, weights=parse_floats(w, f"{mode} weights"), keep=parse_floats(q or keep, "keep"),
+                        seed=seed)
     if mode == "pin":
         return GateRule("pin", expert=int(args) if args else expert)
     if mode in ("blend", "bias"):
@@ -47,7 +52,8 @@ def rule_from(mode: str, args: str = "", *, expert: int = 0, weights: str = "", 
     return GateRule(mode)
 
 
-def parse_keyframes(text: str, profile=None, renormalize: bool = True) -> tuple[Keyframe, ...]:
+def parse_keyframes(text: str, profile=None, renormalize: bool = True, keep: str = "",
+                    seed: int = 0) -> tuple[Keyframe, ...]:
     frames = []
     for number, raw in enumerate(text.strip().splitlines(), start=1):
         line = raw.split("#")[0].strip()
@@ -64,7 +70,7 @@ def parse_keyframes(text: str, profile=None, renormalize: bool = True) -> tuple[
         if not parts or parts[0] not in MODES:
             raise ValueError(f"keyframe line {number} ({raw!r}): mode must be one of {', '.join(MODES)}")
         frames.append(Keyframe(start, rule_from(parts[0], parts[1] if len(parts) > 1 else "", profile=profile,
-                                                renormalize=renormalize)))
+                                                renormalize=renormalize, keep=keep, seed=seed)))
     if not frames:
         raise ValueError("the keyframes text has no keyframe lines")
     return tuple(frames)
@@ -73,12 +79,12 @@ def parse_keyframes(text: str, profile=None, renormalize: bool = True) -> tuple[
 def build_override(adapter: Adapter, *, mode: str, expert: int, weights: str, renormalize: bool,
                    temperature: float, top_k: int, group: str, block_start: int, block_end: int, layer_regex: str,
                    start_percent: float, end_percent: float, keyframes: str, interpolation: str, side: str,
-                   profile=None) -> Override:
+                   profile=None, keep: str = "", mc_seed: int = 0) -> Override:
     if keyframes.strip():
-        frames = parse_keyframes(keyframes, profile, renormalize)
+        frames = parse_keyframes(keyframes, profile, renormalize, keep, mc_seed)
     else:
         rule = rule_from(mode, expert=expert, weights=weights, renormalize=renormalize, temperature=temperature,
-                         top_k=top_k, profile=profile)
+                         top_k=top_k, profile=profile, keep=keep, seed=mc_seed)
         if not 0.0 <= start_percent < end_percent <= 1.0:
             raise ValueError(f"need 0 <= start_percent < end_percent <= 1, got {start_percent} and {end_percent}")
         frames = (Keyframe(start_percent, rule),)
@@ -109,7 +115,10 @@ class OrthoHydraRouter(io.ComfyNode):
                 io.Combo.Input("mode", options=list(MODES), default="pin",
                                tooltip="live: the learned router; pin: one expert; blend: your weights; bias: "
                                        "live plus logit offsets; temperature: divide logits by T; top_k: keep "
-                                       "the k largest gates; profile: a captured style profile."),
+                                       "the k largest gates; profile: a captured style profile; omcd: orthogonal "
+                                       "Monte Carlo dropout over the weights (each output element to one expert "
+                                       "at most); mc_dropout: independent dropout masks. The last two are "
+                                       "stochastic and never folded."),
                 io.Int.Input("expert", default=0, min=0, max=255, tooltip="pin: the expert that gets all the "
                                                                           "weight (0-based)."),
                 io.String.Input("weights", default="", tooltip="blend: one weight per expert; bias: one logit "
@@ -137,6 +146,13 @@ class OrthoHydraRouter(io.ComfyNode):
                                tooltip="Between keyframes: switch at once, or blend the gates linearly in σ."),
                 io.Combo.Input("side", options=list(SIDES), default="both",
                                tooltip="Apply to both CFG sides, only the positive, or only the negative rows."),
+                io.String.Input("keep", default="", tooltip="omcd / mc_dropout: each expert's keep probability "
+                                                            "q_k (omcd: they sum to at most 1). Every output "
+                                                            "element goes to expert k with probability q_k, scaled "
+                                                            "by w_k / q_k (w: the weights box)."),
+                io.Int.Input("mc_seed", default=0, min=0, max=2**31 - 1,
+                             tooltip="omcd / mc_dropout: seeds the masks (with the layer and the step's σ), so "
+                                     "the same seed gives the same image."),
                 StyleProfileType.Input("profile", optional=True,
                                        tooltip="A style profile (mode 'profile' or keyframe 'profile')."),
             ],
@@ -148,7 +164,7 @@ class OrthoHydraRouter(io.ComfyNode):
     def execute(cls, adapter: Adapter, mode: str, expert: int, weights: str, renormalize: bool,
                 temperature: float, top_k: int, group: str, block_start: int, block_end: int, layer_regex: str,
                 start_percent: float, end_percent: float, keyframes: str, interpolation: str, side: str,
-                profile=None) -> io.NodeOutput:
+                keep: str = "", mc_seed: int = 0, profile=None) -> io.NodeOutput:
         if profile is not None:
             check_matches(profile, adapter, path=profile.source or profile.name)
         try:
@@ -156,7 +172,7 @@ class OrthoHydraRouter(io.ComfyNode):
                                       temperature=temperature, top_k=top_k, group=group, block_start=block_start,
                                       block_end=block_end, layer_regex=layer_regex, start_percent=start_percent,
                                       end_percent=end_percent, keyframes=keyframes, interpolation=interpolation,
-                                      side=side, profile=profile)
+                                      side=side, profile=profile, keep=keep, mc_seed=mc_seed)
         except ValueError as exc:
             raise OrthoHydraError(f"{exc}.", path=adapter.path, key="OrthoHydraRouter",
                                   fix="fix the router node's settings") from exc

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 import torch
 
 from .layer_groups import in_group
+from .mc_blend import STOCHASTIC_MODES, ElementMix, check_blend
 from .routing import GateContext
 
-MODES = ("live", "pin", "blend", "bias", "temperature", "top_k", "profile")
+MODES = ("live", "pin", "blend", "bias", "temperature", "top_k", "profile", *STOCHASTIC_MODES)
 CONSTANT_MODES = ("pin", "blend", "profile")
 SIDES = ("both", "positive", "negative")
 GROUPS = ("all", "attention", "mlp", "early", "middle", "late")
@@ -42,6 +43,8 @@ class GateRule:
     temperature: float = 1.0
     top_k: int = 1
     profile: Mapping[str, Sequence[float]] | None = field(default=None, hash=False, compare=False)
+    keep: tuple[float, ...] = ()  # omcd / mc_dropout: each expert's keep probability q_k
+    seed: int = 0  # omcd / mc_dropout: seeds the masks (with the layer and σ)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -57,13 +60,15 @@ class GateRule:
             raise ValueError(f"top_k must be >= 1, got {self.top_k}")
         if self.mode == "profile" and not self.profile:
             raise ValueError("profile mode needs a style profile")
+        if self.mode in STOCHASTIC_MODES:
+            check_blend(self.mode, self.weights, self.keep)
 
     def check(self, num_experts: int) -> None:
         """Validate against an adapter's E (the rule alone does not know it)."""
         if self.mode == "pin" and not 0 <= self.expert < num_experts:
             raise ValueError(f"expert {self.expert} does not exist: this adapter has {num_experts} "
                              f"(0..{num_experts - 1})")
-        if self.mode in ("blend", "bias") and len(self.weights) != num_experts:
+        if self.mode in ("blend", "bias", *STOCHASTIC_MODES) and len(self.weights) != num_experts:
             raise ValueError(f"{self.mode} needs {num_experts} weights (one per expert), got {len(self.weights)}")
         if self.mode == "top_k" and self.top_k > num_experts:
             raise ValueError(f"top_k {self.top_k} exceeds the {num_experts} experts")
@@ -84,8 +89,17 @@ class GateRule:
             return None if w is None else _as_weights(w, f"profile weights for {layer}")
         return None
 
+    def element_mix(self) -> ElementMix | None:
+        """The per-element stochastic blend of an omcd / mc_dropout rule, else None."""
+        if self.mode not in STOCHASTIC_MODES:
+            return None
+        return ElementMix(tuple(self.weights), tuple(self.keep), exclusive=self.mode == "omcd", seed=self.seed)
+
     def gate(self, logits: torch.Tensor, layer: str) -> torch.Tensor:
         num_experts = logits.shape[-1]
+        mix = self.element_mix()
+        if mix is not None:  # what recorders see: the blend the masks estimate
+            return mix.expected_gate().to(logits.device).expand(logits.shape[0], -1)
         fixed = self.constant(layer, num_experts)
         if fixed is not None:
             return fixed.to(logits.device).expand(logits.shape[0], -1)
@@ -115,6 +129,8 @@ class GateRule:
             return f"live, top-{self.top_k}"
         if self.mode == "profile":
             return f"style profile ({len(self.profile)} layers)"
+        if self.mode in STOCHASTIC_MODES:
+            return f"{self.mode} weights {list(self.weights)}, keep {list(self.keep)}, seed {self.seed}"
         return "live"
 
 
@@ -194,6 +210,8 @@ class Override:
             raise ValueError(f"unknown side {self.side!r}; choose one of {', '.join(SIDES)}")
         if self.interpolation not in ("step", "linear"):
             raise ValueError(f"interpolation must be 'step' or 'linear', got {self.interpolation!r}")
+        if self.side != "both" and any(k.rule.mode in STOCHASTIC_MODES for k in self.keyframes):
+            raise ValueError("omcd / mc_dropout masks the whole output of a call; use side 'both'")
 
     @property
     def scheduled(self) -> bool:
@@ -220,6 +238,13 @@ class Override:
                 a = min(max((hi - sampler_sigma) / (hi - lo), 0.0), 1.0)
                 gate = (1 - a) * gate + a * frames[i + 1].rule.gate(logits, layer)
         return gate
+
+    def active_rule(self, sampler_sigma: float | None) -> GateRule | None:
+        """The keyframe rule in force at this σ (step interpolation), or None before the first keyframe."""
+        if sampler_sigma is None or self.sigmas is None:
+            return self.keyframes[0].rule if self.keyframes[0].start_percent == 0 else None
+        active = [i for i, s in enumerate(self.sigmas) if sampler_sigma <= s + 1e-9 * max(1.0, abs(s))]
+        return self.keyframes[active[-1]].rule if active else None
 
     def describe(self) -> str:
         rules = "; ".join(f"{k.start_percent:.0%}: {k.rule.describe()}" for k in self.keyframes) \
@@ -254,6 +279,15 @@ class OverrideStack:
         if last.side != "both" or last.scheduled or last.keyframes[0].rule.mode not in CONSTANT_MODES:
             return None
         return last.keyframes[0].rule.constant(layer, num_experts)
+
+    def element_mix(self, context: GateContext) -> ElementMix | None:
+        """The stochastic blend deciding this layer at this σ, if the deciding override has one."""
+        deciding = None
+        for override in self.covering(context.layer):
+            rule = override.active_rule(context.extra.get("sampler_sigma"))
+            if rule is not None and (override.side == "both" or context.extra.get("uncond_rows") is None):
+                deciding = rule
+        return None if deciding is None else deciding.element_mix()
 
     def __call__(self, logits: torch.Tensor, context: GateContext) -> torch.Tensor:
         gate = torch.softmax(logits, -1)

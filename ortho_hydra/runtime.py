@@ -76,13 +76,38 @@ class ExpertLayer(AdapterLayer):
     def delta(self, x: torch.Tensor, sigma: torch.Tensor | None = None, override: GateOverride | None = None,
               context: GateContext | None = None, fei: torch.Tensor | None = None,
               sink: GateSink | None = None) -> torch.Tensor:
-        lx, weights = self._project_and_mix(x, {"sigma": sigma, "override": override, "context": context,
-                                                "fei": fei, "sink": sink})
+        routing = {"sigma": sigma, "override": override, "context": context, "fei": fei, "sink": sink}
+        stochastic = self._stochastic_delta(x, routing)
+        if stochastic is not None:
+            return stochastic
+        lx, weights = self._project_and_mix(x, routing)
         return mix_and_project_up(lx, weights, self.ups, self.scale)
 
     def add_delta(self, output: torch.Tensor, x: torch.Tensor, strength: float = 1.0, **routing) -> torch.Tensor:
+        stochastic = self._stochastic_delta(x, routing)
+        if stochastic is not None:
+            return output + strength * stochastic.to(output.dtype)
         lx, weights = self._project_and_mix(x, routing)  # fused: no separate Δy tensor on the hot path
         return add_routed_delta(output, lx, weights, self.ups, self.scale * strength)
+
+    def _stochastic_delta(self, x: torch.Tensor, routing: dict) -> torch.Tensor | None:
+        """Δy under an omcd / mc_dropout override (per-element masks over per-expert outputs), else None."""
+        finder = getattr(routing.get("override"), "element_mix", None)
+        if finder is None:
+            return None
+        context = routing.get("context") or GateContext(layer=self.name, sigma=routing.get("sigma"))
+        mix = finder(context)
+        if mix is None:
+            return None
+        if self.router.centered:  # estimate the same direct blend a blend rule gives: Σ (w_k − 1/E) y_k
+            centered = self.router.mixing_weights(torch.tensor(mix.weights, dtype=torch.float64))
+            mix = replace(mix, weights=tuple(centered.tolist()))
+        lx = project_down(x, self.down, self.inv_scale)
+        self.gate_from_projection(lx, **{**routing, "context": context})  # recorders see the blend it estimates
+        ups = self.ups.to(device=lx.device, dtype=lx.dtype)
+        per_expert = torch.einsum("...r,eor->e...o", lx, ups) * self.scale
+        generator = mix.generator(self.name, context.extra.get("sampler_sigma"), lx.device)
+        return mix.combine(per_expert, generator)
 
     def factors(self, gate: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if gate is None:

@@ -23,10 +23,24 @@ TIPS = {
                         "Unpatching restores the model bit for bit; other packs' hooks on the same layers are kept."),
     "OrthoHydraLoadAndApply": ("Load and apply in one node, with a one-line coverage report.",
                                "If nothing matches, the error names both sides, e.g. blocks.N.* vs joint_blocks.N.*."),
-    "OrthoHydraRouter": ("Overrides the learned router: pin, blend, bias, temperature, top-k or a style profile, for a "
-                         "scope of layers and a window of the denoise. Chain several; later nodes win.",
+    "OrthoHydraRouter": ("Overrides the learned router: pin, blend, bias, temperature, top-k, a style profile, or a "
+                         "stochastic blend (omcd, mc_dropout), for a scope of layers and a window of the denoise. "
+                         "Chain several; later nodes win.",
                          "The mixer under the widgets has one slider and one pin button per expert, read from the "
-                         "selected file's header. Constant overrides cost nothing at sampling time."),
+                         "selected file's header. Constant overrides cost nothing at sampling time. omcd (Orthogonal "
+                         "Monte Carlo Dropout, Zhang et al. 2025) gives every output element to at most one expert "
+                         "per call, so the experts' contributions are exactly orthogonal and unbiased for the direct "
+                         "blend; the paper itself reports that this orthogonality does not improve semantic "
+                         "composition, and we have not measured it here. The direct blend stays the default."),
+    "OrthoHydraMergeSlots": ("Stacks adapters trained on orthogonal slots (OrthoHydraTrain's slots/slot inputs) into "
+                             "one adapter whose expert i is adapter i, exactly, and reports their output-subspace "
+                             "overlap.",
+                             "It refuses shared slots, other slot counts and other base models. On our toy world "
+                             "orthogonal slots did not reduce crosstalk in a plain-sum merge (see the README)."),
+    "OrthoHydraLoraBank": ("Turns 2 to 8 ordinary LoRA files into one adapter whose expert i is LoRA i, exactly: pin, "
+                           "blend, schedule, mix and bake a LoRA folder with the router toolkit.",
+                           "Blend with renormalize off to reproduce stacked LoraLoaderModelOnly nodes; the router "
+                           "starts uniform."),
     "OrthoHydraRouterTrace": ("A sampler that also records every routed layer's gates per step, per CFG side.",
                               "Saturation is 1 - normalised entropy: grey means the router is undecided."),
     "OrthoHydraCaptureStyle": ("Records each layer's mean gate on a reference latent at a few noise levels: a "
