@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -31,8 +31,10 @@ def check_blend(mode: str, weights: Sequence[float], keep: Sequence[float]) -> N
         raise ValueError(f"{len(weights)} blend weights but {len(keep)} keep probabilities; give one of each per "
                          "expert")
     q = torch.as_tensor(keep, dtype=torch.float64)
-    if not bool(torch.isfinite(q).all()) or bool(((q <= 0) | (q > 1)).any()):
-        raise ValueError(f"keep probabilities must lie in (0, 1], got {list(keep)}")
+    w = torch.as_tensor(weights, dtype=torch.float64)
+    if not bool(torch.isfinite(q).all()) or bool(((q < 0) | (q > 1) | ((q == 0) & (w != 0))).any()):
+        raise ValueError(f"keep probabilities must lie in (0, 1] (0 only for an expert of weight 0), got "
+                         f"{list(keep)}")
     if mode == "omcd" and float(q.sum()) > 1 + 1e-9:
         raise ValueError(f"OMCD keep probabilities must sum to at most 1 (each element goes to one expert at "
                          f"most), got {list(keep)} (sum {float(q.sum()):g})")
@@ -59,26 +61,48 @@ class ElementMix:
         digest = hashlib.sha256(f"{self.seed}|{layer}|".encode() + sigma_bits).digest()
         return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
+    def _each_mask(self, shape: Sequence[int], generator: torch.Generator, device) -> Iterator[torch.Tensor]:
+        """Expert k's boolean mask, k = 0..E-1, in one fixed draw order (so every consumer sees the same masks).
+
+        OMCD: one uniform u per element, expert k owns [Σ_{j<k} q_j, Σ_{j<=k} q_j).  MC dropout: one uniform per
+        element and expert.
+        """
+        u = torch.rand(tuple(shape), generator=generator, device=device) if self.exclusive else None
+        low = 0.0
+        for q in self.keep:
+            if self.exclusive:
+                yield (u >= low) & (u < low + q)
+                low += q
+            else:
+                yield torch.rand(tuple(shape), generator=generator, device=device) < q
+
     def masks(self, shape: Sequence[int], generator: torch.Generator, device: torch.device | str = "cpu"
               ) -> torch.Tensor:
         """(E, *shape) boolean masks; for OMCD at most one is set per element."""
-        q = torch.tensor(self.keep, dtype=torch.float64, device=device)
-        if self.exclusive:
-            u = torch.rand(tuple(shape), generator=generator, device=device, dtype=torch.float64)
-            edges = torch.cumsum(q, 0)
-            lower = torch.cat([edges.new_zeros(1), edges[:-1]])
-            view = (-1,) + (1,) * len(shape)
-            return (u >= lower.view(view)) & (u < edges.view(view))
-        u = torch.rand((len(self.keep), *shape), generator=generator, device=device, dtype=torch.float64)
-        return u < q.view((-1,) + (1,) * len(shape))
+        return torch.stack(list(self._each_mask(shape, generator, device)))
+
+    def _scales(self) -> list[float]:
+        return [w / q if q > 0 else 0.0 for w, q in zip(self.weights, self.keep, strict=True)]
 
     def combine(self, per_expert: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """``Σ_k (w_k / q_k) m_k ⊙ y_k`` for per-expert outputs (E, ...)."""
-        m = self.masks(per_expert.shape[1:], generator, per_expert.device)
-        scale = torch.tensor([w / q for w, q in zip(self.weights, self.keep, strict=True)],
-                             dtype=per_expert.dtype, device=per_expert.device)
-        scale = scale.view((-1,) + (1,) * (per_expert.dim() - 1))
-        return (per_expert * m.to(per_expert.dtype) * scale).sum(0)
+        """``Σ_k (w_k / q_k) m_k ⊙ y_k`` for precomputed per-expert outputs (E, ...)."""
+        out = torch.zeros_like(per_expert[0])
+        masks = self._each_mask(per_expert.shape[1:], generator, per_expert.device)
+        for y, scale, mask in zip(per_expert, self._scales(), masks, strict=True):
+            out.addcmul_(y * scale, mask.to(out.dtype))
+        return out
+
+    def project_up(self, lx: torch.Tensor, ups: torch.Tensor, scale: float, generator: torch.Generator
+                   ) -> torch.Tensor:
+        """The same blend straight from the down projection ``lx`` (..., r) and ``ups`` (E, out, r), one expert
+        at a time: no (E, ..., out) tensor, which on a CPU costs more than the GEMMs."""
+        shape = (*lx.shape[:-1], ups.shape[1])
+        out = lx.new_zeros(shape)
+        masks = self._each_mask(shape, generator, lx.device)
+        for up, factor, mask in zip(ups, self._scales(), masks, strict=True):
+            if factor:
+                out.addcmul_(lx @ (up.T * (scale * factor)), mask.to(out.dtype))
+        return out
 
     def expected_gate(self) -> torch.Tensor:
         """The direct blend this estimates (what recorders see)."""

@@ -104,10 +104,8 @@ class ExpertLayer(AdapterLayer):
             mix = replace(mix, weights=tuple(centered.tolist()))
         lx = project_down(x, self.down, self.inv_scale)
         self.gate_from_projection(lx, **{**routing, "context": context})  # recorders see the blend it estimates
-        ups = self.ups.to(device=lx.device, dtype=lx.dtype)
-        per_expert = torch.einsum("...r,eor->e...o", lx, ups) * self.scale
         generator = mix.generator(self.name, context.extra.get("sampler_sigma"), lx.device)
-        return mix.combine(per_expert, generator)
+        return mix.project_up(lx, self.ups.to(device=lx.device, dtype=lx.dtype), self.scale, generator)
 
     def factors(self, gate: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if gate is None:

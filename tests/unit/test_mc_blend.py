@@ -63,6 +63,7 @@ def test_bad_blends_are_refused():
     GateRule("mc_dropout", weights=(1.0, 1.0), keep=(0.6, 0.6))  # independent masks need no such bound
     with pytest.raises(ValueError, match=r"\(0, 1\]"):
         GateRule("omcd", weights=(1.0, 1.0), keep=(0.0, 0.5))
+    GateRule("omcd", weights=(0.0, 1.0), keep=(0.0, 0.5))  # an expert of weight 0 may be left out
     with pytest.raises(ValueError, match="one of each"):
         GateRule("omcd", weights=(1.0,), keep=(0.3, 0.3))
     with pytest.raises(ValueError, match="side 'both'"):

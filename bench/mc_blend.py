@@ -1,0 +1,74 @@
+"""What the stochastic blends cost at sampling time, against router-live, side by side in one run.
+
+MMDiT depth 8 (hidden 512), adapter on every attention and MLP Linear (r = 16, E = 4), 8 Euler steps on a 64x64
+latent, cfg 3: router-live, an OMCD blend and an MC-dropout blend of all four experts (fresh masks per element,
+per layer, per call, as the method requires).
+
+    .venv/bin/python bench/mc_blend.py [--rounds 3] [--depth 8]
+
+Target: OMCD <= 1.05x router-live.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.models import routed_mmdit, sampling_parser
+from bench.timing import environment, paired_ratios, report
+from devkit.host import boot
+
+
+def main() -> None:
+    args = sampling_parser(__doc__).parse_args()
+    boot(cpu=True)
+    import comfy.model_management as mm
+    import torch
+
+    from devkit import tiny_dit
+    from devkit.adapters import library
+    from devkit.host import import_pack
+
+    pack = import_pack()
+    ov = library().overrides
+    base, adapter = routed_mmdit(args.depth)
+    stack = ov.OverrideStack(num_blocks=ov.count_blocks(list(adapter.layers)))
+    weights, keep = (1.0, 0.5, 0.5, 0.2), (0.25, 0.25, 0.25, 0.25)
+
+    def with_rule(rule):
+        return dataclasses.replace(adapter, override=stack.then(ov.Override((ov.Keyframe(0.0, rule),))))
+
+    models = {
+        "router-live": pack.nodes.patcher.apply_adapter(base, adapter)[0],
+        "OMCD blend": pack.nodes.patcher.apply_adapter(
+            base, with_rule(ov.GateRule("omcd", weights=weights, keep=keep, seed=1)))[0],
+        "MC-dropout blend": pack.nodes.patcher.apply_adapter(
+            base, with_rule(ov.GateRule("mc_dropout", weights=weights, keep=keep, seed=1)))[0],
+    }
+    latent = torch.zeros(1, 16, args.latent, args.latent)
+    pos, neg = tiny_dit.mmdit_conditioning(seed=1), tiny_dit.mmdit_conditioning(seed=2)
+
+    def timed(model) -> float:
+        mm.load_models_gpu([model])
+        start = time.perf_counter()
+        tiny_dit.sample(model, latent, pos, neg, steps=args.steps, cfg=3.0)
+        return time.perf_counter() - start
+
+    for model in models.values():
+        timed(model)
+    results = paired_ratios({name: (lambda m=model: timed(m)) for name, model in models.items()}, "router-live",
+                            args.rounds)
+    rows = [{"case": k, "median s": r["median_s"], "vs router-live": r["ratio"],
+             "ratio range": f"{r['ratio_min']:.3f}..{r['ratio_max']:.3f}"} for k, r in results.items()]
+    report("mc_blend_cpu", rows, {**environment("cpu"), "model": f"MMDiT depth {args.depth}",
+                                  "sampling": f"{args.steps} steps, latent {args.latent}, cfg 3"})
+    ratio = results["OMCD blend"]["ratio"]
+    print(f"\nOMCD / router-live = {ratio:.3f} (target <= 1.05): {'PASS' if ratio <= 1.05 else 'FAIL'}")
+
+
+if __name__ == "__main__":
+    main()
