@@ -13,23 +13,19 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.models import routed_mmdit, sampling_parser
-from bench.timing import environment, paired_ratios, report
+from bench.models import routed_mmdit, sampling_parser, sampling_ratios
+from bench.timing import environment, report
 from devkit.host import boot
 
 
 def main() -> None:
     args = sampling_parser(__doc__).parse_args()
     boot(cpu=True)
-    import comfy.model_management as mm
-    import torch
 
-    from devkit import tiny_dit
     from devkit.adapters import library
     from devkit.host import import_pack
 
@@ -49,21 +45,7 @@ def main() -> None:
         "MC-dropout blend": pack.nodes.patcher.apply_adapter(
             base, with_rule(ov.GateRule("mc_dropout", weights=weights, keep=keep, seed=1)))[0],
     }
-    latent = torch.zeros(1, 16, args.latent, args.latent)
-    pos, neg = tiny_dit.mmdit_conditioning(seed=1), tiny_dit.mmdit_conditioning(seed=2)
-
-    def timed(model) -> float:
-        mm.load_models_gpu([model])
-        start = time.perf_counter()
-        tiny_dit.sample(model, latent, pos, neg, steps=args.steps, cfg=3.0)
-        return time.perf_counter() - start
-
-    for model in models.values():
-        timed(model)
-    results = paired_ratios({name: (lambda m=model: timed(m)) for name, model in models.items()}, "router-live",
-                            args.rounds)
-    rows = [{"case": k, "median s": r["median_s"], "vs router-live": r["ratio"],
-             "ratio range": f"{r['ratio_min']:.3f}..{r['ratio_max']:.3f}"} for k, r in results.items()]
+    results, rows = sampling_ratios(models, "router-live", args, "vs router-live")
     report("mc_blend_cpu", rows, {**environment("cpu"), "model": f"MMDiT depth {args.depth}",
                                   "sampling": f"{args.steps} steps, latent {args.latent}, cfg 3"})
     ratio = results["OMCD blend"]["ratio"]

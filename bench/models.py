@@ -26,3 +26,32 @@ def sampling_parser(description: str):
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--latent", type=int, default=64)
     return parser
+
+
+def sampling_ratios(models: dict, reference: str, args, ratio_label: str) -> tuple[dict, list[dict]]:
+    """Warm each model once, then time ``args.steps``-step sampling of every model side by side, round by round
+    (``bench.timing.paired_ratios``): (results, report rows with ``ratio_label`` as the ratio column)."""
+    import time
+
+    import comfy.model_management as mm
+    import torch
+
+    from bench.timing import paired_ratios
+    from devkit import tiny_dit
+
+    latent = torch.zeros(1, 16, args.latent, args.latent)
+    pos, neg = tiny_dit.mmdit_conditioning(seed=1), tiny_dit.mmdit_conditioning(seed=2)
+
+    def timed(model) -> float:
+        mm.load_models_gpu([model])  # patching outside the timer; the switch cost is ComfyUI's, not ours
+        start = time.perf_counter()
+        tiny_dit.sample(model, latent, pos, neg, steps=args.steps, cfg=3.0)
+        return time.perf_counter() - start
+
+    for model in models.values():
+        timed(model)
+    results = paired_ratios({name: (lambda m=model: timed(m)) for name, model in models.items()}, reference,
+                            args.rounds)
+    rows = [{"case": k, "median s": r["median_s"], ratio_label: r["ratio"],
+             "ratio range": f"{r['ratio_min']:.3f}..{r['ratio_max']:.3f}"} for k, r in results.items()]
+    return results, rows

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.models import routed_mmdit, sampling_parser
-from bench.timing import environment, paired_ratios, report
+from bench.models import routed_mmdit, sampling_parser, sampling_ratios
+from bench.timing import environment, report
 from devkit.host import boot
 
 
@@ -28,10 +27,8 @@ def main() -> None:
     parser = sampling_parser(__doc__)
     args = parser.parse_args()
     boot(cpu=True)
-    import comfy.model_management as mm
     import torch
 
-    from devkit import tiny_dit
     from devkit.adapters import library
     from devkit.host import import_pack
 
@@ -68,21 +65,7 @@ def main() -> None:
         "router-live": pack.nodes.patcher.apply_adapter(base, adapter)[0],
         "scheduled (live 40%, then pin)": pack.nodes.patcher.apply_adapter(base, schedule)[0],
     }
-    latent = torch.zeros(1, 16, args.latent, args.latent)
-    pos, neg = tiny_dit.mmdit_conditioning(seed=1), tiny_dit.mmdit_conditioning(seed=2)
-
-    def timed(model) -> float:
-        mm.load_models_gpu([model])  # patching outside the timer; the switch cost is ComfyUI's, not ours
-        start = time.perf_counter()
-        tiny_dit.sample(model, latent, pos, neg, steps=args.steps, cfg=3.0)
-        return time.perf_counter() - start
-
-    for model in models.values():
-        timed(model)
-    results = paired_ratios({name: (lambda m=model: timed(m)) for name, model in models.items()}, "base model",
-                            args.rounds)
-    rows = [{"case": k, "median s": r["median_s"], "vs base (median of per-round ratios)": r["ratio"],
-             "ratio range": f"{r['ratio_min']:.3f}..{r['ratio_max']:.3f}"} for k, r in results.items()]
+    results, rows = sampling_ratios(models, "base model", args, "vs base (median of per-round ratios)")
     report("overrides_cpu", rows, {**environment("cpu"), "model": f"MMDiT depth {args.depth}",
                                    "sampling": f"{args.steps} steps, latent {args.latent}, cfg 3"})
     ratio = results["pinned, folded into weights"]["ratio"]
