@@ -11,6 +11,7 @@ from .gallery import OrthoHydraExpertGallery
 from .latent_preview import OrthoHydraLatentPreview
 from .load_apply import OrthoHydraApply, OrthoHydraLoadAndApply, OrthoHydraLoader
 from .router import OrthoHydraRouter
+from .router_fit import OrthoHydraFitRouter
 from .router_trace import OrthoHydraRouterTrace
 from .save_plot import OrthoHydraPlotTraining, OrthoHydraSave
 from .slots import OrthoHydraMergeSlots
@@ -34,6 +35,7 @@ NODES: list[type[io.ComfyNode]] = [
     OrthoHydraTrain,
     OrthoHydraMergeSlots,
     OrthoHydraLoraBank,
+    OrthoHydraFitRouter,
     OrthoHydraSave,
     OrthoHydraPlotTraining,
     OrthoHydraDemoConditioning,

@@ -37,6 +37,10 @@ TIPS = {
                              "overlap.",
                              "It refuses shared slots, other slot counts and other base models. On our toy world "
                              "orthogonal slots did not reduce crosstalk in a plain-sum merge (see the README)."),
+    "OrthoHydraFitRouter": ("Fits only an adapter's routers from labelled example latents, so live routing picks "
+                            "the expert (for an expert bank: the LoRA) whose style the input has.",
+                            "The report gives held-out routing accuracy and purity; the experts' weights are not "
+                            "touched."),
     "OrthoHydraLoraBank": ("Turns 2 to 8 ordinary LoRA files into one adapter whose expert i is LoRA i, exactly: pin, "
                            "blend, schedule, mix and bake a LoRA folder with the router toolkit.",
                            "Blend with renormalize off to reproduce stacked LoraLoaderModelOnly nodes; the router "
