@@ -68,12 +68,30 @@ def read_header(path: str | os.PathLike) -> tuple[dict, dict[str, str]]:
     if not isinstance(header, dict):
         raise _not_safetensors(path, prefix, "header is not a JSON object.")
     metadata = header.pop("__metadata__", None) or {}
-    data_end = max((int(v["data_offsets"][1]) for v in header.values()
-                    if isinstance(v, dict) and "data_offsets" in v), default=0)
+    if not isinstance(metadata, dict):
+        raise OrthoHydraError("the header's __metadata__ is not a JSON object.", path=path, key="__metadata__",
+                              fix="re-save the file with safetensors")
+    for key, entry in header.items():
+        _check_entry(path, key, entry)
+    data_end = max((entry["data_offsets"][1] for entry in header.values()), default=0)
     if 8 + header_len + data_end > size:
         raise OrthoHydraError(f"file is truncated: tensors need {8 + header_len + data_end} bytes, "
                               f"the file has {size}.", path=path, fix="re-download or re-save the file")
     return header, {str(k): str(v) for k, v in metadata.items()}
+
+
+def _check_entry(path: str, key: str, entry) -> None:
+    """One tensor's header entry: a dtype string, a shape of non-negative ints, offsets 0 <= start <= end."""
+    def is_int(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+    shape = entry.get("shape") if isinstance(entry, dict) else None
+    if (not isinstance(entry, dict) or not isinstance(entry.get("dtype"), str) or not isinstance(shape, list)
+            or not all(is_int(d) and d >= 0 for d in shape) or not isinstance(offsets, list) or len(offsets) != 2
+            or not all(is_int(o) for o in offsets) or not 0 <= offsets[0] <= offsets[1]):
+        raise OrthoHydraError("its header entry is not a safetensors tensor (dtype, shape, data_offsets).",
+                              path=path, key=str(key), fix="re-save the file with safetensors; it is damaged")
 
 
 def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

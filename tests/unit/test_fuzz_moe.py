@@ -1,0 +1,106 @@
+"""A fuzz corpus of damaged `_moe` files: each one loads or raises OrthoHydraError naming the file, nothing else.
+
+1,200 deterministic mutations of one valid file: header-length bytes, header JSON bytes, dtypes, shapes, data
+offsets, metadata values, truncations and appended garbage.  A hang would time the test out; the whole corpus
+runs in a few seconds.
+"""
+
+import json
+import random
+import struct
+import time
+
+import pytest
+from factories import adapter as make_adapter
+
+from ortho_hydra import OrthoHydraError, load, save
+
+CORPUS = 1200
+DTYPES = ["F32", "F16", "BF16", "F64", "I64", "U8", "BOOL", "F8_E4M3", "X99", "", 7]
+METADATA_KEYS = ["oh_num_experts", "ss_network_dim", "ss_network_alpha", "oh_expert_names", "ss_router_source",
+                 "ss_num_sigma_buckets", "ss_sigma_bucket_boundaries", "ss_fei_feature_dim", "ss_network_spec",
+                 "oh_format_version", "ss_route_per_layer", "oh_lambda_placement"]
+ODD_VALUES = ["", "-1", "0", "1e309", "nan", "abc", "[1, 2", "[]", "{}", '["a", 1]', "99999999999999999999",
+              "true", "false", "null", "[0.5, 0.2]"]
+
+
+def _parts(raw: bytes) -> tuple[dict, bytes]:
+    (n,) = struct.unpack("<Q", raw[:8])
+    return json.loads(raw[8:8 + n]), raw[8 + n:]
+
+
+def _assemble(header: dict, data: bytes) -> bytes:
+    text = json.dumps(header).encode()
+    return struct.pack("<Q", len(text)) + text + data
+
+
+def _mutate(raw: bytes, rng: random.Random) -> bytes:
+    kind = rng.randrange(9)
+    header, data = _parts(raw)
+    names = [k for k in header if k != "__metadata__"]
+    if kind == 0:  # header-length bytes
+        b = bytearray(raw)
+        b[rng.randrange(8)] = rng.randrange(256)
+        return bytes(b)
+    if kind == 1:  # header JSON bytes
+        b = bytearray(raw)
+        (n,) = struct.unpack("<Q", raw[:8])
+        for _ in range(rng.randint(1, 4)):
+            b[8 + rng.randrange(n)] = rng.randrange(256)
+        return bytes(b)
+    if kind == 2:  # dtype
+        header[rng.choice(names)]["dtype"] = rng.choice(DTYPES)
+    elif kind == 3:  # shape
+        entry = header[rng.choice(names)]
+        choice = rng.randrange(4)
+        entry["shape"] = ([] if choice == 0 else [rng.randint(0, 2**40)] if choice == 1 else
+                          [*entry["shape"], rng.randint(1, 9)] if choice == 2 else [-1, 3])
+    elif kind == 4:  # offsets
+        entry = header[rng.choice(names)]
+        start, end = entry["data_offsets"]
+        entry["data_offsets"] = rng.choice([[end, start], [start, end + rng.randint(1, 64)], [start, 2**62],
+                                            [-8, end], ["a", end], [start], None])
+    elif kind == 5:  # metadata
+        meta = header.setdefault("__metadata__", {})
+        meta[rng.choice(METADATA_KEYS)] = rng.choice(ODD_VALUES)
+    elif kind == 6:  # truncation
+        return raw[:rng.randrange(len(raw))]
+    elif kind == 7:  # appended garbage, or a duplicated/renamed key
+        if rng.random() < 0.5:
+            return raw + bytes(rng.randrange(256) for _ in range(rng.randint(1, 32)))
+        old = rng.choice(names)
+        header[old.replace("lora", "lorra", 1) if rng.random() < 0.5 else old + ".extra"] = header.pop(old)
+    else:  # data bytes (values only: NaNs and infinities)
+        b = bytearray(data)
+        for _ in range(rng.randint(1, 8)):
+            b[rng.randrange(len(b))] = 0xFF
+        data = bytes(b)
+    return _assemble(header, data)
+
+
+@pytest.fixture(scope="module")
+def valid_bytes(tmp_path_factory):
+    path = tmp_path_factory.mktemp("fuzz") / "valid_moe.safetensors"
+    save(make_adapter(num_layers=2, experts=3, rank=4, names=["a", "b", "c"]), path)
+    load(path)  # the seed file itself is fine
+    return path.read_bytes()
+
+
+def test_every_mutated_file_loads_or_is_refused_with_a_clear_error(valid_bytes, tmp_path):
+    rng = random.Random(1234)
+    outcomes = {"loaded": 0, "refused": 0}
+    started = time.perf_counter()
+    for i in range(CORPUS):
+        path = tmp_path / f"case_{i:04d}_moe.safetensors"
+        path.write_bytes(_mutate(valid_bytes, rng))
+        try:
+            load(path)
+            outcomes["loaded"] += 1
+        except OrthoHydraError as err:
+            assert err.path and str(path) in err.path, (i, str(err))
+            assert str(err).strip(), i
+            outcomes["refused"] += 1
+        path.unlink()
+    assert outcomes["loaded"] + outcomes["refused"] == CORPUS
+    assert outcomes["refused"] > CORPUS // 2 and outcomes["loaded"] > 0, outcomes  # the corpus does both
+    assert time.perf_counter() - started < 60
