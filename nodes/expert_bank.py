@@ -20,6 +20,7 @@ from ortho_hydra import Adapter, OrthoHydraError
 from ortho_hydra.expert_stack import LoraPiece, lora_expert, stack_as_experts
 from ortho_hydra.safetensors_io import read_safetensors
 
+from .patcher import weight_shapes
 from .slots import adapter_names_from
 from .types import OrthoHydraAdapterType
 
@@ -49,7 +50,7 @@ def lora_pieces(model, name: str, tensors: dict) -> dict[str, list[LoraPiece]]:
     key_map = comfy.lora.model_lora_keys_unet(model.model, {})
     kohya = {target: prefix for prefix, target in key_map.items()
              if prefix.startswith("lora_unet_") and isinstance(target, str)}
-    shapes = {k: tuple(v.shape) for k, v in model.model.state_dict().items()}
+    shapes = weight_shapes(model)
     converted = comfy.lora_convert.convert_lora(tensors)
     patches = comfy.lora.load_lora(converted, key_map, log_missing=False)
     used = {k for k in converted if k.endswith((".alpha", ".dora_scale"))}
@@ -97,7 +98,7 @@ def lora_pieces(model, name: str, tensors: dict) -> dict[str, list[LoraPiece]]:
 
 
 def build_bank(model, files: list[str], names: list[str]) -> Adapter:
-    shapes = {k: tuple(v.shape) for k, v in model.model.state_dict().items()}
+    shapes = weight_shapes(model)
     key_map = comfy.lora.model_lora_keys_unet(model.model, {})
     experts = []
     for name in files:

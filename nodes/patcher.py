@@ -81,10 +81,24 @@ def model_architecture(model) -> str:
     return type(model.model).__name__
 
 
+def weight_shapes(model) -> dict[str, tuple[int, ...]]:
+    """Each weight's logical (out, in) shape, read from the live modules where they say it.
+
+    Quantised Linears (city96's GGUF, for one) keep packed storage in ``weight``, so the state dict reports the
+    storage's shape; their ``in_features`` / ``out_features`` still give the shape the layer computes with.
+    """
+    shapes = {k: tuple(v.shape) for k, v in model.model.state_dict().items() if k.endswith(".weight")}
+    for name, module in model.model.named_modules():
+        out_f, in_f = getattr(module, "out_features", None), getattr(module, "in_features", None)
+        if isinstance(out_f, int) and isinstance(in_f, int) and f"{name}.weight" in shapes:
+            shapes[f"{name}.weight"] = (out_f, in_f)
+    return shapes
+
+
 def make_plan(model, adapter: Adapter) -> PatchPlan:
     """Map adapter layers onto this model, or fail naming both sides."""
     key_map = comfy.lora.model_lora_keys_unet(model.model, {})
-    shapes = {k: tuple(v.shape) for k, v in model.model.state_dict().items() if k.endswith(".weight")}
+    shapes = weight_shapes(model)
     layers = {**adapter.layers, **adapter.plain_layers}
     try:
         patch_plan = plan(layers, key_map, shapes)
