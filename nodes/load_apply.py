@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from ortho_hydra.components import require_all_applied
 from ortho_hydra.moe_format import ROUTER_CORRECTIONS
 
 from .adapter_files import adapter_choices, file_fingerprint, load_cached, validation_error
@@ -21,6 +22,20 @@ def _lora_input() -> io.Combo.Input:
                           tooltip="A Hydra / Ortho-Hydra *_moe.safetensors file from models/loras.")
 
 
+def _strict_input() -> io.Boolean.Input:
+    return io.Boolean.Input("strict", default=True,
+                            tooltip="Refuse a file that holds components this pack does not apply (ReFT, the "
+                                    "ChimeraHydra frequency router, soft tokens, unknown keys). Off: apply the "
+                                    "LoRA / Hydra layers and list what was left out in the summary.")
+
+
+def _loaded(lora_name: str, router_correction: str, strict: bool):
+    adapter = load_cached(lora_name, router_correction)
+    if strict:
+        require_all_applied(adapter.metadata, adapter.path)
+    return adapter
+
+
 def _correction_input() -> io.Combo.Input:
     return io.Combo.Input("router_correction", options=list(ROUTER_CORRECTIONS), default="training",
                           tooltip=_CORRECTION_TIP)
@@ -34,7 +49,7 @@ class OrthoHydraLoader(io.ComfyNode):
             display_name="Load Ortho-Hydra Adapter",
             category=CATEGORY,
             description="Reads a mixture-of-experts LoRA file (ours or the reference trainer's) and summarises it.",
-            inputs=[_lora_input(), _correction_input()],
+            inputs=[_lora_input(), _correction_input(), _strict_input()],
             outputs=[OrthoHydraAdapterType.Output(display_name="adapter"),
                      io.String.Output(display_name="summary")],
         )
@@ -44,12 +59,12 @@ class OrthoHydraLoader(io.ComfyNode):
         return validation_error(lora_name) or True
 
     @classmethod
-    def fingerprint_inputs(cls, lora_name: str, router_correction: str = "training") -> tuple:
-        return (*file_fingerprint(lora_name), router_correction)
+    def fingerprint_inputs(cls, lora_name: str, router_correction: str = "training", strict: bool = True) -> tuple:
+        return (*file_fingerprint(lora_name), router_correction, strict)
 
     @classmethod
-    def execute(cls, lora_name: str, router_correction: str = "training") -> io.NodeOutput:
-        adapter = load_cached(lora_name, router_correction)
+    def execute(cls, lora_name: str, router_correction: str = "training", strict: bool = True) -> io.NodeOutput:
+        adapter = _loaded(lora_name, router_correction, strict)
         return io.NodeOutput(adapter, adapter.summary())
 
 
@@ -90,6 +105,7 @@ class OrthoHydraLoadAndApply(io.ComfyNode):
                 _lora_input(),
                 io.Float.Input("strength", default=1.0, min=-10.0, max=10.0, step=0.01, tooltip=_STRENGTH_TIP),
                 _correction_input(),
+                _strict_input(),
             ],
             outputs=[io.Model.Output(display_name="model"), io.String.Output(display_name="summary")],
         )
@@ -99,11 +115,13 @@ class OrthoHydraLoadAndApply(io.ComfyNode):
         return validation_error(lora_name) or True
 
     @classmethod
-    def fingerprint_inputs(cls, model, lora_name: str, strength: float, router_correction: str = "training"):
-        return (*file_fingerprint(lora_name), strength, router_correction)
+    def fingerprint_inputs(cls, model, lora_name: str, strength: float, router_correction: str = "training",
+                           strict: bool = True):
+        return (*file_fingerprint(lora_name), strength, router_correction, strict)
 
     @classmethod
-    def execute(cls, model, lora_name: str, strength: float, router_correction: str = "training") -> io.NodeOutput:
-        adapter = load_cached(lora_name, router_correction)
+    def execute(cls, model, lora_name: str, strength: float, router_correction: str = "training",
+                strict: bool = True) -> io.NodeOutput:
+        adapter = _loaded(lora_name, router_correction, strict)
         patched, patch_plan = apply_adapter(model, adapter, strength)
         return io.NodeOutput(patched, adapter.summary() + "\n" + patch_plan.coverage())

@@ -6,6 +6,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
+from .components import summary_lines
 from .overrides import Override, OverrideStack, count_blocks
 from .runtime import ExpertLayer, PlainLoRA
 
@@ -83,4 +84,5 @@ class Adapter:
         ]
         if provenance:
             lines.append(f"provenance: {provenance}")
+        lines += summary_lines(self.metadata)
         return "\n".join(lines)

@@ -15,6 +15,7 @@ from collections import defaultdict
 
 import torch
 
+from . import components
 from .adapter import Adapter
 from .errors import OrthoHydraError
 from .routing import ROUTER_SOURCES, RouterSpec
@@ -36,7 +37,7 @@ def _group(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, dict[str, torch.
     groups: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)
     ignored = []
     for key, tensor in tensors.items():
-        match = _SUFFIX.match(key)
+        match = None if components.is_other_component(key) else _SUFFIX.match(key)
         if match is None:
             ignored.append(key)
             continue
@@ -227,8 +228,9 @@ def load(path: str | os.PathLike, *, router_correction: str = "training") -> Ada
             _correct_router(layer)
     names = _expert_names(metadata)
     metadata = dict(metadata)
-    if ignored:
+    if ignored:  # never silently: the summary names each component, strict loading refuses them
         metadata["oh_ignored_keys"] = str(len(ignored))
+        metadata[components.UNAPPLIED_KEY] = components.stamp(components.classify(ignored))
     return Adapter(layers=layers, plain_layers=plain, metadata=metadata, expert_names=names, path=path)
 
 
@@ -239,7 +241,7 @@ def describe(path: str | os.PathLike) -> dict:
     experts: dict[str, int] = {}
     ranks: set[int] = set()
     for key, entry in entries.items():
-        match = _SUFFIX.match(key)
+        match = None if components.is_other_component(key) else _SUFFIX.match(key)
         if match is None:
             continue
         if match["e"] is not None:
@@ -284,7 +286,7 @@ def adapter_tensors(adapter: Adapter, dtype: torch.dtype | None = None) -> dict[
     return tensors
 
 
-_PER_FILE_STAMPS = ("oh_ignored", "oh_content_sha256")
+_PER_FILE_STAMPS = ("oh_ignored", "oh_content_sha256", components.UNAPPLIED_KEY)
 
 
 def adapter_metadata(adapter: Adapter, extra: dict[str, str] | None = None) -> dict[str, str]:
