@@ -1,0 +1,60 @@
+"""Our adapter stacked with ComfyUI's own LoraLoaderModelOnly, in both orders, against the closed form."""
+
+import comfy.lora
+import comfy.model_management as mm
+import folder_paths
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from devkit import tiny_dit
+from devkit.adapters import lora_weights, randomized_adapter
+
+MODULE = "diffusion_model.joint_blocks.1.x_block.mlp.fc1"
+PREFIX = "lora_unet_joint_blocks_1_x_block_mlp_fc1"
+
+
+@pytest.fixture()
+def lora_file(base, tmp_path):
+    folder_paths.add_model_folder_path("loras", str(tmp_path), is_default=True)
+    sd = base.model.state_dict()
+    out_f, in_f = sd[f"{MODULE}.weight"].shape
+    g = torch.Generator().manual_seed(3)
+    up, down = torch.randn(out_f, 4, generator=g) * 0.3, torch.randn(4, in_f, generator=g) * 0.3
+    save_file({f"{PREFIX}.lora_up.weight": up, f"{PREFIX}.lora_down.weight": down,
+               f"{PREFIX}.alpha": torch.tensor(2.0)}, str(tmp_path / "plain.safetensors"))
+    assert comfy.lora.model_lora_keys_unet(base.model, {})[PREFIX] == f"{MODULE}.weight"
+    return "plain.safetensors", (2.0 / 4) * up @ down
+
+
+def _stock(model, name):
+    import nodes as comfy_nodes
+
+    return comfy_nodes.LoraLoaderModelOnly().load_lora_model_only(model, name, 1.0)[0]
+
+
+def test_ours_and_comfyuis_lora_stack_in_either_order_to_the_closed_form(base, patcher, lora_file):
+    name, delta_w = lora_file
+    adapter = randomized_adapter(lora_weights(base, pattern=r"x_block_mlp_fc1$"), experts=3, seed=6)
+    ours_first = _stock(patcher.apply_adapter(base, adapter)[0], name)
+    theirs_first = patcher.apply_adapter(_stock(base, name), adapter)[0]
+    x = torch.randn(2, 5, delta_w.shape[1], generator=torch.Generator().manual_seed(4))
+    weight = base.model.get_submodule(MODULE).weight.detach().double()
+    bias = base.model.get_submodule(MODULE).bias.detach().double()
+    expected = F.linear(x.double(), weight + delta_w.double(), bias) + adapter.layers[PREFIX].delta(x.double())
+    for model in (ours_first, theirs_first):
+        mm.load_models_gpu([model])
+        try:
+            got = model.model.get_submodule(MODULE)(x)
+        finally:
+            mm.unload_all_models()
+        torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+    latent = torch.zeros(1, 16, 16, 16)
+    pos, neg = tiny_dit.mmdit_conditioning(seed=1), tiny_dit.mmdit_conditioning(seed=2)
+    a = tiny_dit.sample(ours_first, latent, pos, neg, steps=2)
+    mm.unload_all_models()
+    b = tiny_dit.sample(theirs_first, latent, pos, neg, steps=2)
+    mm.unload_all_models()
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert torch.equal(base.model.get_submodule(MODULE).weight.detach().double(), weight)  # base untouched
