@@ -39,7 +39,7 @@ def test_zero_init_with_a_zero_router_stays_exactly_uniform_and_symmetric_under_
     assert torch.count_nonzero(layer.router.weight) == 0 and torch.count_nonzero(layer.router.bias) == 0
 
 
-@pytest.mark.parametrize(("init", "std"), [("zero", 0.01), ("jitter_zero_sum", 0.0), ("ortho", 0.0)])
+@pytest.mark.parametrize(("init", "std"), [("zero", 0.01), ("jitter", 0.0), ("jitter_zero_sum", 0.0), ("ortho", 0.0)])
 def test_any_asymmetry_breaks_it(init, std):
     # a random router (std 0.01), distinct experts (zero-sum jitter) or disjoint bases (ortho) each let it leave
     _, history = _train(init, router_std=std)
