@@ -1,0 +1,127 @@
+"""A weight's principal subspaces: seeded randomised SVD, cached per weight, and subspace similarity.
+
+LoRA-X transfer (:mod:`.transfer`) needs the top-R left and right singular vectors of every adapted weight of two
+base models.  A full SVD of a 3072 x 12288 weight costs seconds on a CPU, times hundreds of layers; the randomised
+range finder (``torch.svd_lowrank``, Halko et al.) costs a few GEMMs at rank R + oversampling and, with a few
+power iterations, is accurate to fp32 wherever the spectrum has a gap at R.  Its sketch is drawn from a seeded
+generator, so a transfer is reproducible bit for bit on one machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+
+OVERSAMPLE = 10
+POWER_ITERATIONS = 4
+EXACT_FRACTION = 0.5  # past this share of min(out, in) the sketch saves nothing; take the exact SVD
+
+
+@dataclass(frozen=True)
+class Subspace:
+    """Top singular triplets of one weight, best first: ``u`` (out, k), ``s`` (k,), ``v`` (in, k)."""
+
+    u: torch.Tensor
+    s: torch.Tensor
+    v: torch.Tensor
+    energy: float  # ‖W‖²_F, so that energy shares need no more singular values than were computed
+    exact: bool  # every singular value is present (``k == min(out, in)``)
+
+    @property
+    def rank(self) -> int:
+        return int(self.s.numel())
+
+    def truncated(self, rank: int) -> Subspace:
+        return Subspace(self.u[:, :rank], self.s[:rank], self.v[:, :rank], self.energy, self.exact)
+
+    def rank_for_energy(self, fraction: float) -> int | None:
+        """The smallest k whose top-k singular values hold ``fraction`` of ‖W‖²_F; None if more are needed."""
+        if self.energy <= 0:
+            return 1
+        share = torch.cumsum(self.s.double() ** 2, 0) / self.energy
+        reached = (share >= fraction - 1e-12).nonzero()
+        if len(reached):
+            return int(reached[0]) + 1
+        return self.rank if self.exact else None
+
+
+def principal_subspace(weight: torch.Tensor, rank: int, *, seed: int = 0,
+                       power_iterations: int = POWER_ITERATIONS) -> Subspace:
+    """The top ``rank`` singular triplets of ``weight`` in fp32, on its device; exact when the sketch saves nothing."""
+    w = weight.detach().float()
+    smallest = min(w.shape)
+    rank = min(rank, smallest)
+    energy = float(w.double().pow(2).sum())
+    if rank + OVERSAMPLE >= EXACT_FRACTION * smallest:
+        u, s, vh = torch.linalg.svd(w, full_matrices=False)
+        return Subspace(u[:, :rank].contiguous(), s[:rank].contiguous(), vh[:rank].T.contiguous(), energy,
+                        exact=rank == smallest)
+    devices = [w.device] if w.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        u, s, v = torch.svd_lowrank(w, q=rank + OVERSAMPLE, niter=power_iterations)
+    return Subspace(u[:, :rank].contiguous(), s[:rank].contiguous(), v[:, :rank].contiguous(), energy, exact=False)
+
+
+def similarity(a: torch.Tensor, b: torch.Tensor) -> float:
+    """‖AᵀB‖²_F / R for orthonormal bases A, B (n, R): 1 when they span the same space, R/n for random ones."""
+    rank = min(a.shape[1], b.shape[1])
+    if rank == 0:
+        return 1.0
+    return float((a.T.double() @ b.double()).pow(2).sum()) / rank
+
+
+def weight_digest(weight: torch.Tensor) -> str:
+    """A content hash of the weight's fp32 values: the cache key (names lie; two bases share names)."""
+    data = weight.detach().float().contiguous().cpu()
+    h = hashlib.blake2b(digest_size=16)
+    h.update(str(tuple(data.shape)).encode())
+    h.update(data.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+class SubspaceCache:
+    """Subspaces by weight content and seed, least recently used first out past ``max_bytes``.
+
+    A request for rank R reuses any cached subspace of rank >= R; an energy request grows the rank until the
+    share is reached.  Sweeps over R and τ (the benchmark, a user trying settings) then cost one SVD per weight.
+    """
+
+    def __init__(self, max_bytes: int = 512 << 20) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[tuple[str, int], Subspace] = OrderedDict()
+        self.computed = 0  # SVDs actually run (tests and the benchmark read it)
+
+    def _bytes(self) -> int:
+        return sum(sp.u.numel() + sp.v.numel() + sp.s.numel() for sp in self._items.values()) * 4
+
+    def _store(self, key: tuple[str, int], subspace: Subspace) -> None:
+        self._items[key] = subspace
+        self._items.move_to_end(key)
+        while len(self._items) > 1 and self._bytes() > self.max_bytes:
+            self._items.popitem(last=False)
+
+    def get(self, weight: torch.Tensor, rank: int, *, seed: int = 0) -> Subspace:
+        key = (weight_digest(weight), seed)
+        cached = self._items.get(key)
+        if cached is not None and (cached.rank >= rank or cached.exact):
+            self._items.move_to_end(key)
+            return cached.truncated(rank)
+        subspace = principal_subspace(weight, rank, seed=seed)
+        self.computed += 1
+        self._store(key, subspace)
+        return subspace
+
+    def for_energy(self, weight: torch.Tensor, fraction: float, *, seed: int = 0, start: int = 32) -> Subspace:
+        """The smallest top-k subspace holding ``fraction`` of the weight's energy."""
+        smallest = min(weight.shape)
+        rank = min(start, smallest)
+        while True:
+            subspace = self.get(weight, rank, seed=seed)
+            needed = subspace.rank_for_energy(fraction)
+            if needed is not None:
+                return subspace.truncated(needed)
+            rank = min(2 * rank, smallest)
