@@ -18,6 +18,7 @@ from .slots import OrthoHydraMergeSlots
 from .style_folders import OrthoHydraLoadStyleFolders
 from .style_profiles import OrthoHydraCaptureStyle, OrthoHydraLoadStyle, OrthoHydraSaveStyle, register_profile_folder
 from .train import OrthoHydraTrain
+from .transfer import OrthoHydraTransfer
 from .web_routes import register_routes
 
 NODES: list[type[io.ComfyNode]] = [
@@ -36,6 +37,7 @@ NODES: list[type[io.ComfyNode]] = [
     OrthoHydraMergeSlots,
     OrthoHydraLoraBank,
     OrthoHydraFitRouter,
+    OrthoHydraTransfer,
     OrthoHydraSave,
     OrthoHydraPlotTraining,
     OrthoHydraDemoConditioning,

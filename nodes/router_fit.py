@@ -10,23 +10,18 @@ from __future__ import annotations
 
 import dataclasses
 
-import comfy.model_management
-import comfy.samplers
-import comfy.utils
 import torch
 from comfy_api.latest import io
-from comfy_extras import nodes_custom_sampler, nodes_train
 
 from ortho_hydra import Adapter, OrthoHydraError, metrics
 from ortho_hydra.router_fit import fit_router, with_router
 from ortho_hydra.routing import project_down, rms_pool
 
 from .hooks import install_forward_hook
+from .level_sampling import LEVELS, predict_at_levels
 from .patcher import make_plan
-from .train import predict_x0, style_labels_from
+from .train import style_labels_from
 from .types import OrthoHydraAdapterType, StyleSetType
-
-LEVELS = (0.25, 0.5, 0.75)  # noise levels (fraction of the schedule) the features are collected at
 
 
 class _FeatureHook:
@@ -37,31 +32,6 @@ class _FeatureHook:
         x = args[0]
         self.store.append(rms_pool(project_down(x, self.layer.down.to(x.device, x.dtype), None)).float().cpu())
         return output
-
-
-class _CollectSampler(comfy.samplers.Sampler):
-    """Predicts every example at each level, in chunks, so the hooks see them; samples nothing."""
-
-    def __init__(self, seed: int, chunk: int = 8) -> None:
-        self.seed, self.chunk = seed, chunk
-
-    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
-               disable_pbar=False):
-        model_wrap.conds = nodes_train.process_cond_list(model_wrap.conds)
-        conds = model_wrap.conds["positive"]
-        sampling = model_wrap.inner_model.model_sampling
-        gen = torch.Generator().manual_seed(self.seed)
-        count = latent_image.shape[0]
-        pbar = comfy.utils.ProgressBar(len(LEVELS))
-        for level in LEVELS:
-            for start in range(0, count, self.chunk):
-                comfy.model_management.throw_exception_if_processing_interrupted()
-                idx = list(range(start, min(start + self.chunk, count)))
-                sigma = torch.full((len(idx),), float(sampling.percent_to_sigma(1.0 - level)))
-                noise_ = torch.randn(latent_image[idx].shape, generator=gen)
-                predict_x0(model_wrap, conds, extra_args, latent_image, idx, sigma.to(latent_image.device), noise_)
-            pbar.update(1)
-        return torch.zeros_like(latent_image)
 
 
 @torch.no_grad()
@@ -76,14 +46,7 @@ def collect_features(model, adapter: Adapter, latents: torch.Tensor, positive: l
             if leg.layer.routed:
                 stores[leg.layer.name] = []
                 install_forward_hook(mp, target.module, _FeatureHook(leg.layer, stores[leg.layer.name]))
-    if len(positive) == 1 and latents.shape[0] > 1:
-        positive = positive * latents.shape[0]
-    guider = nodes_custom_sampler.Guider_Basic(mp)
-    guider.set_conds(positive)
-    try:
-        guider.sample(torch.zeros_like(latents), latents, _CollectSampler(seed), torch.ones(1), seed=seed)
-    finally:
-        comfy.model_management.unload_all_models()
+    predict_at_levels(mp, latents, positive, seed)
     return {name: torch.cat(rows) for name, rows in stores.items() if rows}
 
 

@@ -3,8 +3,10 @@
 LoRA-X transfer (:mod:`.transfer`) needs the top-R left and right singular vectors of every adapted weight of two
 base models.  A full SVD of a 3072 x 12288 weight costs seconds on a CPU, times hundreds of layers; the randomised
 range finder (``torch.svd_lowrank``, Halko et al.) costs a few GEMMs at rank R + oversampling and, with a few
-power iterations, is accurate to fp32 wherever the spectrum has a gap at R.  Its sketch is drawn from a seeded
-generator, so a transfer is reproducible bit for bit on one machine.
+power iterations, is accurate to fp32 wherever the spectrum has a gap at R; where it has none, directions near the
+cut-off are interchangeable and the sketch may pick others than an exact SVD would.  Weights up to 1024 wide get
+the exact SVD (well under a second).  The sketch is drawn from a seeded generator, so a transfer is reproducible
+bit for bit on one machine.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from dataclasses import dataclass
 import torch
 
 OVERSAMPLE = 10
-POWER_ITERATIONS = 4
+POWER_ITERATIONS = 6
 EXACT_FRACTION = 0.5  # past this share of min(out, in) the sketch saves nothing; take the exact SVD
+EXACT_SIZE = 1024  # up to this min(out, in) the exact SVD costs well under a second: take it
 
 
 @dataclass(frozen=True)
@@ -48,21 +51,22 @@ class Subspace:
         return self.rank if self.exact else None
 
 
-def principal_subspace(weight: torch.Tensor, rank: int, *, seed: int = 0,
-                       power_iterations: int = POWER_ITERATIONS) -> Subspace:
+def principal_subspace(weight: torch.Tensor, rank: int, *, seed: int = 0, power_iterations: int = POWER_ITERATIONS,
+                       exact_size: int = EXACT_SIZE) -> Subspace:
     """The top ``rank`` singular triplets of ``weight`` in fp32, on its device; exact when the sketch saves nothing."""
     w = weight.detach().float()
     smallest = min(w.shape)
     rank = min(rank, smallest)
     energy = float(w.double().pow(2).sum())
-    if rank + OVERSAMPLE >= EXACT_FRACTION * smallest:
+    oversample = max(OVERSAMPLE, rank // 4)
+    if smallest <= exact_size or rank + oversample >= EXACT_FRACTION * smallest:
         u, s, vh = torch.linalg.svd(w, full_matrices=False)
         return Subspace(u[:, :rank].contiguous(), s[:rank].contiguous(), vh[:rank].T.contiguous(), energy,
                         exact=rank == smallest)
     devices = [w.device] if w.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        u, s, v = torch.svd_lowrank(w, q=rank + OVERSAMPLE, niter=power_iterations)
+        u, s, v = torch.svd_lowrank(w, q=rank + oversample, niter=power_iterations)
     return Subspace(u[:, :rank].contiguous(), s[:rank].contiguous(), v[:, :rank].contiguous(), energy, exact=False)
 
 
@@ -90,8 +94,8 @@ class SubspaceCache:
     share is reached.  Sweeps over R and τ (the benchmark, a user trying settings) then cost one SVD per weight.
     """
 
-    def __init__(self, max_bytes: int = 512 << 20) -> None:
-        self.max_bytes = max_bytes
+    def __init__(self, max_bytes: int = 512 << 20, exact_size: int = EXACT_SIZE) -> None:
+        self.max_bytes, self.exact_size = max_bytes, exact_size
         self._items: OrderedDict[tuple[str, int], Subspace] = OrderedDict()
         self.computed = 0  # SVDs actually run (tests and the benchmark read it)
 
@@ -110,7 +114,7 @@ class SubspaceCache:
         if cached is not None and (cached.rank >= rank or cached.exact):
             self._items.move_to_end(key)
             return cached.truncated(rank)
-        subspace = principal_subspace(weight, rank, seed=seed)
+        subspace = principal_subspace(weight, rank, seed=seed, exact_size=self.exact_size)
         self.computed += 1
         self._store(key, subspace)
         return subspace

@@ -41,6 +41,12 @@ TIPS = {
                             "the expert (for an expert bank: the LoRA) whose style the input has.",
                             "The report gives held-out routing accuracy and purity; the experts' weights are not "
                             "touched."),
+    "OrthoHydraTransfer": ("Carries an Ortho-Hydra adapter or a plain LoRA file to another version of its base model "
+                           "(same architecture and layer shapes), without data, by LoRA-X subspace projection.",
+                           "Read the report before trusting the file: layers with low similarity moved most. Connect "
+                           "a latent and conditioning to see how far each router's gates moved. How well it works on "
+                           "our toy world, against the naive copy and an adapter retrained on the new base, is in the "
+                           "README."),
     "OrthoHydraLoraBank": ("Turns 2 to 8 ordinary LoRA files into one adapter whose expert i is LoRA i, exactly: pin, "
                            "blend, schedule, mix and bake a LoRA folder with the router toolkit.",
                            "Blend with renormalize off to reproduce stacked LoraLoaderModelOnly nodes; the router "

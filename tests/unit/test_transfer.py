@@ -58,11 +58,11 @@ def projector(basis: torch.Tensor) -> torch.Tensor:
 
 def test_randomised_subspace_matches_full_svd_in_fp64():
     w, u, _, v = gapped_weight(0)
-    sub = principal_subspace(w.float(), R, seed=3)
+    sub = principal_subspace(w.float(), R, seed=3, exact_size=0)
     assert not sub.exact  # the sketch path, not the exact fallback
     assert torch.allclose(projector(sub.u.double()), projector(u[:, :R]), atol=1e-5)
     assert torch.allclose(projector(sub.v.double()), projector(v[:, :R]), atol=1e-5)
-    again = principal_subspace(w.float(), R, seed=3)
+    again = principal_subspace(w.float(), R, seed=3, exact_size=0)
     assert torch.equal(sub.u, again.u)  # seeded: reproducible bit for bit
 
 
@@ -98,15 +98,19 @@ def test_fully_similar_target_is_lossless(mode):
     assert (w_target - w).norm() > 0.5  # a real change of the weight, not a no-op
     layer = routed_layer("a", 6, u[:, :R], v[:, :R]) if mode == "subspace" else routed_layer("a", 6)
     result = transfer(Adapter(layers={"a": layer}), getters({"a": w}), getters({"a": w_target}),
-                      TransferOptions(rank=R, mode=mode))
+                      TransferOptions(rank=R, mode=mode), cache=SubspaceCache(exact_size=0))
     moved = result.adapter.layers["a"]
     for e in range(E):
         ref = pinned(layer, e)
         assert (pinned(moved, e) - ref).norm() / ref.norm() < 1e-5
 
 
+SKETCH = SubspaceCache(exact_size=0)  # force the randomised SVD on these small weights
+
+
+@pytest.mark.parametrize("sketch", [False, True], ids=["exact", "randomised"])
 @pytest.mark.parametrize("mode", ["subspace", "subspace+null", "copy"])
-def test_transfer_matches_fp64_projection_of_every_expert(mode):
+def test_transfer_matches_fp64_projection_of_every_expert(mode, sketch):
     """ΔW_e' = T_U ΔW_e T_Vᵀ; T = P_t (subspace), P_t P_s + (I−P_t)(I−P_s) (+null), I (copy); SVDs in fp64."""
     w_s, u_s, _, v_s = gapped_weight(4)
     w_t = w_s + 0.8 * gapped_weight(5)[0] / 10  # a different model version: subspaces rotate but stay related
@@ -114,7 +118,7 @@ def test_transfer_matches_fp64_projection_of_every_expert(mode):
     plain = PlainLoRA("p", torch.randn(RANK, IN), torch.randn(OUT, RANK), alpha=2.0)
     adapter = Adapter(layers={"a": layer}, plain_layers={"p": plain})
     result = transfer(adapter, getters({"a": w_s, "p": w_s}), getters({"a": w_t, "p": w_t}),
-                      TransferOptions(rank=R, mode=mode))
+                      TransferOptions(rank=R, mode=mode), cache=SKETCH if sketch else None)
     ut, _, vht = torch.linalg.svd(w_t)
     pu_t, pv_t = projector(ut[:, :R]), projector(vht[:R].T)
     pu_s, pv_s = projector(u_s[:, :R]), projector(v_s[:, :R])
@@ -159,7 +163,7 @@ def test_energy_rank_is_the_smallest_holding_the_share():
     share = torch.cumsum(s ** 2, 0) / (s ** 2).sum()
     for fraction in (0.5, 0.9, 0.99):
         expected = int((share >= fraction).nonzero()[0]) + 1
-        got = SubspaceCache().for_energy(w.float(), fraction).rank
+        got = SubspaceCache(exact_size=0).for_energy(w.float(), fraction).rank
         assert got == expected
     layer = routed_layer("a", 1)
     result = transfer(Adapter(layers={"a": layer}), getters({"a": w}), getters({"a": w}),
@@ -170,7 +174,7 @@ def test_energy_rank_is_the_smallest_holding_the_share():
 def test_cache_runs_one_svd_per_weight_across_a_sweep():
     w_s, w_t = gapped_weight(11)[0], gapped_weight(12)[0]
     adapter = Adapter(layers={"a": routed_layer("a", 2)})
-    cache = SubspaceCache()
+    cache = SubspaceCache(exact_size=0)
     for rank in (16, 8, 4):
         for tau in (0.0, 0.5):
             transfer(adapter, getters({"a": w_s}), getters({"a": w_t}), TransferOptions(rank=rank, threshold=tau),
