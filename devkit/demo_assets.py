@@ -18,6 +18,7 @@ from .host import COMFY_DIR
 from .tiny_dit import load_mmdit, mmdit_state_dict
 
 DIT_NAME = "ortho_hydra_demo_mmdit.safetensors"
+DIT_V2_NAME = "ortho_hydra_demo_mmdit_v2.safetensors"  # a stand-in "next version": every Linear moved ~15 %
 ADAPTER_NAME = "ortho_hydra_demo_moe.safetensors"
 TARGETS = r"x_block_(attn_qkv|attn_proj|mlp_fc1|mlp_fc2)$"
 STYLE_NAMES = ["style A (dense)", "style B (sparse)"]
@@ -82,6 +83,13 @@ def fit_demo_adapter(weights: dict[str, torch.Tensor], steps: int = 150, rank: i
     return adapter, purities
 
 
+def next_version(state: dict[str, torch.Tensor], change: float = 0.15, seed: int = 5) -> dict[str, torch.Tensor]:
+    """The demo DiT's stand-in successor: each 2-D weight plus seeded noise at ``change`` of its own scale."""
+    g = torch.Generator().manual_seed(seed)
+    return {k: (v + change * v.std() * torch.randn(v.shape, generator=g)).contiguous() if v.ndim == 2 else v
+            for k, v in state.items()}
+
+
 def build(models_dir: Path | None = None, log=print) -> tuple[Path, Path]:
     """Write the tiny DiT to models/diffusion_models and the fitted adapter to models/loras (idempotent)."""
     models_dir = Path(models_dir or COMFY_DIR / "models")
@@ -92,6 +100,10 @@ def build(models_dir: Path | None = None, log=print) -> tuple[Path, Path]:
     if not dit_path.exists():
         save_file(mmdit_state_dict(depth=2, seed=0), str(dit_path))
         log(f"wrote {dit_path}")
+    v2_path = dit_path.parent / DIT_V2_NAME
+    if not v2_path.exists():
+        save_file(next_version(mmdit_state_dict(depth=2, seed=0)), str(v2_path))
+        log(f"wrote {v2_path}")
     if not adapter_path.exists():
         model = load_mmdit(depth=2, seed=0)
         adapter, _ = fit_demo_adapter(lora_weights(model, pattern=TARGETS), log=log)

@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import save_file
 
 from . import toy_world
+from .workflow import WorkflowGraph
 
 MODEL_NAME = "ortho_hydra_toy_world.safetensors"
 LATENT_NAME = "ortho_hydra_toy_styles.latent"
@@ -57,40 +58,10 @@ def _csv(values) -> str:
     return ",".join(str(int(v)) for v in values)
 
 
-class _Graph:
-    """A minimal writer of the frontend's workflow format (what example_workflows/ holds)."""
-
-    def __init__(self) -> None:
-        self.nodes: list[dict] = []
-        self.links: list[list] = []
-
-    def node(self, node_type: str, widgets: list, inputs: dict | None = None, outputs: list | None = None,
-             pos: tuple[int, int] = (0, 0)) -> int:
-        node_id = len(self.nodes) + 1
-        slots = []
-        for slot, (name, (kind, source)) in enumerate((inputs or {}).items()):
-            link = None
-            if source is not None:
-                link = len(self.links) + 1
-                self.links.append([link, source[0], source[1], node_id, slot, kind])
-                self.nodes[source[0] - 1]["outputs"][source[1]]["links"].append(link)
-            slots.append({"name": name, "type": kind, "link": link})
-        self.nodes.append({"id": node_id, "type": node_type, "pos": list(pos), "size": [300, 120], "flags": {},
-                           "order": node_id - 1, "mode": 0, "inputs": slots,
-                           "outputs": [{"name": n, "type": k, "links": [], "slot_index": i}
-                                       for i, (n, k) in enumerate(outputs or [])],
-                           "properties": {"Node name for S&R": node_type}, "widgets_values": widgets})
-        return node_id
-
-    def to_json(self) -> dict:
-        return {"last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes,
-                "links": self.links, "groups": [], "config": {}, "extra": {}, "version": 0.4}
-
-
 def workflow() -> dict:
     """The demo graph: train with label guidance, gallery of every pinned expert per content, plot."""
     _, contents, labels = training_set()
-    g = _Graph()
+    g = WorkflowGraph()
     model = g.node("UNETLoader", [MODEL_NAME, "default"], outputs=[("MODEL", "MODEL")], pos=(0, 0))
     data = g.node("LoadLatent", [LATENT_NAME], outputs=[("LATENT", "LATENT")], pos=(0, 160))
     per_image = g.node("OrthoHydraDemoConditioning", [0, "fixed", toy_world.COND_TOKENS,

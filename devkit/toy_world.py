@@ -51,6 +51,11 @@ atomically), with the recipe and the final loss in its metadata.  Sampled with C
 (:func:`sample_base`: euler, 8 steps, cfg 2, zero negative), it draws the conditioned shape in the
 neutral palette (:func:`shape_scores`).
 
+**The "v2" base** (:func:`recipe_v2`, for base-model transfer experiments) continues v1's saved weights for
+600 more steps at half the peak lr on a broader mix: the neutral pictures plus the same shapes in two house
+palettes (inverted grey, lilac on plum), each picture's palette drawn uniformly, the conditioning unchanged.  A
+recipe with a ``parent`` builds (or reuses) the parent's cached file in the default models folder first.
+
 **The style probe** (``ortho_hydra.style_probe``) reads the preview RGB of a latent: palette moments and
 quantiles, FFT band, axis and diagonal energies of the luminance.  :func:`fit_probe` fits it on renders
 (clean and degraded: blurred, noised, contrast-shifted, so it tolerates a generator's imperfections) and
@@ -126,8 +131,19 @@ BUILD_COUNT = 0  # how many times this process trained a base model (tests check
 # recipe and cache
 # --------------------------------------------------------------------------------------------------------------
 
+_OPTIONAL_KEYS = ("parent", "extra_palettes")  # only in a recipe that sets them, so v1's hash never changed
+# the "v2" base's broader mix: the neutral palette plus two house palettes far from every style
+V2_PALETTES = (((0.75, 0.75, 0.75), (0.25, 0.25, 0.25)),  # inverted grey: light ground, dark shape
+               ((0.26, 0.12, 0.30), (0.78, 0.56, 0.86)))  # lilac on plum
+
+
 def recipe(**overrides) -> dict:
-    """Everything that determines the base model; its hash names the cached file."""
+    """Everything that determines the base model; its hash names the cached file.
+
+    ``parent`` (a recipe) continues pretraining from that model's saved weights instead of from scratch;
+    ``extra_palettes`` adds (background, foreground) palettes to the neutral one, each picture drawn in one of
+    them uniformly (the conditioning still names only the content).
+    """
     r = {
         "world_version": WORLD_VERSION, "size": SIZE, "jitter": JITTER, "contents": list(CONTENTS),
         "neutral_palette": [list(c) for c in PALETTES[NEUTRAL]], "cond_tokens": COND_TOKENS,
@@ -135,11 +151,19 @@ def recipe(**overrides) -> dict:
         "weight_decay": 0.0, "warmup": 50, "ema": 0.99, "cfg_dropout": 0.1, "sigma_shift": 3.0,
         "sigma_uniform": 0.5, "adaln_zero": True, "seed": 0,
     }
-    unknown = set(overrides) - set(r)
+    unknown = set(overrides) - set(r) - set(_OPTIONAL_KEYS)
     if unknown:
         raise KeyError(f"unknown recipe keys {sorted(unknown)}")
     r.update(overrides)
     return r
+
+
+def recipe_v2(**overrides) -> dict:
+    """The toy "v2" base: v1 (:func:`recipe`) pretrained 600 more steps, at half v1's peak lr, on a broader mix
+    (neutral plus :data:`V2_PALETTES`).  A new version of the same architecture, as Flux dev is to a fine-tune."""
+    base = {"parent": recipe(), "extra_palettes": [[list(bg), list(fg)] for bg, fg in V2_PALETTES],
+            "steps": 600, "lr": 1e-3, "warmup": 20, "seed": 1}
+    return recipe(**{**base, **overrides})
 
 
 def recipe_hash(r: dict | None = None) -> str:
@@ -431,17 +455,23 @@ def train_base_model(r: dict | None = None, log=print, threads: int = TRAIN_THRE
     try:
         torch.manual_seed(r["seed"])
         model = _new_mmdit(r)
+        if r.get("parent"):
+            from safetensors.torch import load_file
+
+            model.load_state_dict(load_file(str(build_base_model(r=r["parent"], log=log))))
         ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
         # the training set: every content at every jitter, neutral palette
         reach = range(-r["jitter"], r["jitter"] + 1)
         shifts = [(dy, dx) for dy in reach for dx in reach]
-        bg, fg = (torch.tensor(c, dtype=torch.float64).view(3, 1, 1) for c in r["neutral_palette"])
+        palettes = [r["neutral_palette"], *r.get("extra_palettes", [])]
         x0_all, ids_all = [], []
-        for content in range(len(r["contents"])):
-            for dy, dx in shifts:
-                rgb = bg + (fg - bg) * content_mask(content, dy, dx, r["size"]).double()
-                x0_all.append((rgb_to_latent(rgb) - _SD3_SHIFT) * _SD3_SCALE)  # SD3.process_in
-                ids_all.append(content)
+        for palette in palettes:
+            bg, fg = (torch.tensor(c, dtype=torch.float64).view(3, 1, 1) for c in palette)
+            for content in range(len(r["contents"])):
+                for dy, dx in shifts:
+                    rgb = bg + (fg - bg) * content_mask(content, dy, dx, r["size"]).double()
+                    x0_all.append((rgb_to_latent(rgb) - _SD3_SHIFT) * _SD3_SCALE)  # SD3.process_in
+                    ids_all.append(content)
         x0_all, ids_all = torch.stack(x0_all), torch.tensor(ids_all)
         ctx_all = torch.stack([content_embedding(c)[0] for c in range(len(r["contents"]))])
         pooled_all = torch.stack([content_embedding(c)[1] for c in range(len(r["contents"]))])

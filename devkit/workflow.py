@@ -56,3 +56,33 @@ def to_api(workflow: dict, object_info: dict) -> dict:
 
 def load(path: str | Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+class WorkflowGraph:
+    """A minimal writer of the frontend's workflow format (what example_workflows/ holds)."""
+
+    def __init__(self) -> None:
+        self.nodes: list[dict] = []
+        self.links: list[list] = []
+
+    def node(self, node_type: str, widgets: list, inputs: dict | None = None, outputs: list | None = None,
+             pos: tuple[int, int] = (0, 0)) -> int:
+        node_id = len(self.nodes) + 1
+        slots = []
+        for slot, (name, (kind, source)) in enumerate((inputs or {}).items()):
+            link = None
+            if source is not None:
+                link = len(self.links) + 1
+                self.links.append([link, source[0], source[1], node_id, slot, kind])
+                self.nodes[source[0] - 1]["outputs"][source[1]]["links"].append(link)
+            slots.append({"name": name, "type": kind, "link": link})
+        self.nodes.append({"id": node_id, "type": node_type, "pos": list(pos), "size": [300, 120], "flags": {},
+                           "order": node_id - 1, "mode": 0, "inputs": slots,
+                           "outputs": [{"name": n, "type": k, "links": [], "slot_index": i}
+                                       for i, (n, k) in enumerate(outputs or [])],
+                           "properties": {"Node name for S&R": node_type}, "widgets_values": widgets})
+        return node_id
+
+    def to_json(self) -> dict:
+        return {"last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes,
+                "links": self.links, "groups": [], "config": {}, "extra": {}, "version": 0.4}

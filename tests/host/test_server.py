@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from devkit import demo_assets, styles_demo, toy_world, workflow
+from devkit import demo_assets, styles_demo, toy_world, transfer_demo, workflow
 from devkit.adapters import library, randomized_adapter
 from devkit.host import ROOT
 from devkit.server import ComfyServer, execution_error, output_images
@@ -98,7 +98,8 @@ def test_wrong_architecture_fails_the_run_naming_both_sides_and_server_keeps_ser
 
 
 @pytest.mark.parametrize("name", ["02_pin_blend_gallery.json", "03_capture_and_replay_style.json",
-                                  "04_train_then_apply.json", "05_router_trace.json"])
+                                  "04_train_then_apply.json", "05_router_trace.json",
+                                  "07_transfer_to_new_base.json"])
 def test_every_example_workflow_uses_registered_nodes_and_runs(server, name):
     srv, base = server
     info = srv.get("/object_info")
@@ -113,6 +114,12 @@ def test_every_example_workflow_uses_registered_nodes_and_runs(server, name):
         assert (base / "models" / "loras" / "ortho_hydra_demo_trained.safetensors").is_file()
         assert (base / "models" / "loras" / "ortho_hydra_demo_trained.resume.safetensors").is_file()
         assert len(images) == 3
+    if name.startswith("07"):  # the transferred file, then v2 sampled with the naive copy and with it
+        assert workflow.load(transfer_demo.WORKFLOW) == transfer_demo.workflow()
+        written = base / "models" / "loras" / f"{transfer_demo.OUTPUT_NAME}.safetensors"
+        assert "\"mode\": \"subspace\"" in library().load(str(written)).metadata["oh_transfer"]
+        assert sorted(p.name.split("_000")[0] for p in images) == ["ortho_hydra_v2_naive_copy"] * 2 + [
+            "ortho_hydra_v2_transferred"] * 2  # a batch of 2 from each branch
     if name.startswith("03"):
         assert (base / "models" / "ortho_hydra_profiles" / "demo_style.json").is_file()
         assert (base / "models" / "loras" / "ortho_hydra_demo_style_baked.safetensors").is_file()

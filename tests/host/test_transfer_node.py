@@ -7,7 +7,7 @@ import folder_paths
 import pytest
 import torch
 
-from devkit import tiny_dit
+from devkit import demo_assets, tiny_dit
 from devkit.adapters import library, lora_weights, randomized_adapter
 from devkit.host import import_pack
 from nodes import LoraLoaderModelOnly
@@ -26,9 +26,7 @@ def loras(tmp_path):
 def versions():
     """v1 and a v2 whose every Linear moved by a random 15 % (a fine-tune of the same architecture)."""
     sd = tiny_dit.mmdit_state_dict(depth=2, seed=0)
-    g = torch.Generator().manual_seed(5)
-    sd2 = {k: (v + 0.15 * v.std() * torch.randn(v.shape, generator=g)) if v.ndim == 2 else v.clone()
-           for k, v in sd.items()}
+    sd2 = demo_assets.next_version({k: v.clone() for k, v in sd.items()})
     return comfy.sd.load_diffusion_model_state_dict(sd), comfy.sd.load_diffusion_model_state_dict(sd2)
 
 

@@ -1,0 +1,57 @@
+"""Example workflow 07: carry the demo adapter to the demo DiT's next version, and sample both ways."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .demo_assets import ADAPTER_NAME, DIT_NAME, DIT_V2_NAME
+from .host import ROOT
+from .workflow import WorkflowGraph
+
+WORKFLOW = ROOT / "example_workflows" / "07_transfer_to_new_base.json"
+OUTPUT_NAME = "ortho_hydra_demo_moe_v2"
+
+
+def workflow() -> dict:
+    """Load v1, v2 and the adapter; transfer (report shown on the node); sample v2 with the naive copy and the
+    transferred adapter side by side."""
+    g = WorkflowGraph()
+    v1 = g.node("UNETLoader", [DIT_NAME, "default"], outputs=[("MODEL", "MODEL")], pos=(0, 0))
+    v2 = g.node("UNETLoader", [DIT_V2_NAME, "default"], outputs=[("MODEL", "MODEL")], pos=(0, 140))
+    adapter = g.node("OrthoHydraLoader", [ADAPTER_NAME, "training", True],
+                     outputs=[("adapter", "ORTHO_HYDRA"), ("summary", "STRING")], pos=(0, 280))
+    positive = g.node("OrthoHydraDemoConditioning", [1, "fixed", 8], {"model": ("MODEL", (v2, 0))},
+                      [("conditioning", "CONDITIONING")], pos=(0, 440))
+    negative = g.node("OrthoHydraDemoConditioning", [2, "fixed", 8], {"model": ("MODEL", (v2, 0))},
+                      [("conditioning", "CONDITIONING")], pos=(0, 580))
+    latent = g.node("EmptySD3LatentImage", [128, 128, 2], outputs=[("LATENT", "LATENT")], pos=(0, 720))
+    moved = g.node("OrthoHydraTransfer", ["none", 32, 0.9, 0.0, "subspace", OUTPUT_NAME, 0],
+                   {"source_model": ("MODEL", (v1, 0)), "target_model": ("MODEL", (v2, 0)),
+                    "adapter": ("ORTHO_HYDRA", (adapter, 0)), "latent": ("LATENT", (latent, 0)),
+                    "conditioning": ("CONDITIONING", (positive, 0))},
+                   [("adapter", "ORTHO_HYDRA"), ("report", "STRING"), ("path", "STRING")], pos=(360, 0))
+    for row, (label, source) in enumerate((("naive_copy", (adapter, 0)), ("transferred", (moved, 0)))):
+        y = 420 * row
+        applied = g.node("OrthoHydraApply", [1.0], {"model": ("MODEL", (v2, 0)), "adapter": ("ORTHO_HYDRA", source)},
+                         [("model", "MODEL")], pos=(760, y))
+        sampled = g.node("KSampler", [42, "fixed", 8, 3.0, "euler", "simple", 1.0],
+                         {"model": ("MODEL", (applied, 0)), "positive": ("CONDITIONING", (positive, 0)),
+                          "negative": ("CONDITIONING", (negative, 0)), "latent_image": ("LATENT", (latent, 0))},
+                         [("LATENT", "LATENT")], pos=(1060, y))
+        preview = g.node("OrthoHydraLatentPreview", [8], {"model": ("MODEL", (applied, 0)),
+                                                          "samples": ("LATENT", (sampled, 0))},
+                         [("IMAGE", "IMAGE")], pos=(1360, y))
+        g.node("SaveImage", [f"ortho_hydra_v2_{label}"], {"images": ("IMAGE", (preview, 0))}, pos=(1660, y))
+    out = g.to_json()
+    out["extra"] = {"ortho_hydra": "transfer an adapter to a new base version"}
+    return out
+
+
+def write_workflow(path: Path = WORKFLOW) -> Path:
+    path.write_text(json.dumps(workflow(), indent=1) + "\n")
+    return path
+
+
+if __name__ == "__main__":
+    print(write_workflow())
