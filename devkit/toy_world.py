@@ -54,7 +54,7 @@ neutral palette (:func:`shape_scores`).
 **The "v2" base** (:func:`recipe_v2`, for base-model transfer experiments) continues v1's saved weights for
 600 more steps at half the peak lr on a broader mix: the neutral pictures plus the same shapes in two house
 palettes (inverted grey, lilac on plum), each picture's palette drawn uniformly, the conditioning unchanged.  A
-recipe with a ``parent`` builds (or reuses) the parent's cached file in the default models folder first.
+recipe with a ``parent`` builds (or reuses) the parent's cached file in the same models folder first.
 
 **The style probe** (``ortho_hydra.style_probe``) reads the preview RGB of a latent: palette moments and
 quantiles, FFT band, axis and diagonal energies of the luminance.  :func:`fit_probe` fits it on renders
@@ -445,7 +445,7 @@ def _shifted(t: torch.Tensor, shift: float) -> torch.Tensor:
     return shift * t / (1 + (shift - 1) * t)
 
 
-def train_base_model(r: dict | None = None, log=print, threads: int = TRAIN_THREADS
+def train_base_model(r: dict | None = None, log=print, threads: int = TRAIN_THREADS, parent: str | None = None
                      ) -> tuple[dict[str, torch.Tensor], dict]:
     """Train the MMDiT on neutral renders (see the module docstring); returns (EMA state dict, stats)."""
     r = r or recipe()
@@ -458,7 +458,9 @@ def train_base_model(r: dict | None = None, log=print, threads: int = TRAIN_THRE
         if r.get("parent"):
             from safetensors.torch import load_file
 
-            model.load_state_dict(load_file(str(build_base_model(r=r["parent"], log=log))))
+            if parent is None:
+                raise ValueError("a recipe with a parent needs the parent's file (build_base_model finds it)")
+            model.load_state_dict(load_file(parent))
         ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
         # the training set: every content at every jitter, neutral palette
         reach = range(-r["jitter"], r["jitter"] + 1)
@@ -510,7 +512,7 @@ def train_base_model(r: dict | None = None, log=print, threads: int = TRAIN_THRE
             running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
             if (step + 1) % log_every == 0:
                 log(f"  step {step + 1}/{steps}: loss {running:.4f} ({time.time() - start:.0f} s)")
-        stats = {"final_loss": running, "train_seconds": time.time() - start}
+        stats = {"final_loss": running if running is not None else float("nan"), "train_seconds": time.time() - start}
         return {k: v.contiguous() for k, v in ema.items()}, stats
     finally:
         torch.set_num_threads(old_threads)
@@ -525,7 +527,7 @@ def _save_model(state: dict[str, torch.Tensor], stats: dict, r: dict, path: str 
     save_file(state, str(path), metadata=metadata)
 
 
-def _train_in_subprocess(r: dict, tmp: str, log) -> dict:
+def _train_in_subprocess(r: dict, tmp: str, log, parent: str | None = None) -> dict:
     """Train in a fresh interpreter whose OpenMP threads sleep instead of spinning while they wait.
 
     ``OMP_WAIT_POLICY`` is read once, when torch's OpenMP runtime starts, so it cannot be set in this process.
@@ -536,6 +538,8 @@ def _train_in_subprocess(r: dict, tmp: str, log) -> dict:
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     env["PYTHONUNBUFFERED"] = "1"
     cmd = [sys.executable, "-m", "devkit.toy_world", "--train-recipe", json.dumps(r), "--train-to", tmp]
+    if parent is not None:
+        cmd += ["--train-parent", parent]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines, stats = [], None
     for line in proc.stdout:
@@ -568,14 +572,16 @@ def build_base_model(models_dir: str | os.PathLike | None = None, r: dict | None
     path = model_path(models_dir, r)
     if path.is_file() and not force:
         return path
+    parent = str(build_base_model(models_dir, r["parent"], log=log, in_process=in_process)) if r.get("parent") \
+        else None
     log(f"training the toy-world base model {path.name} (recipe {recipe_hash(r)})")
     started = time.time()
     with atomic_path(path) as tmp:
         if in_process:
-            state, stats = train_base_model(r, log=log)
+            state, stats = train_base_model(r, log=log, parent=parent)
             _save_model(state, stats, r, tmp)
         else:
-            stats = _train_in_subprocess(r, tmp, log)
+            stats = _train_in_subprocess(r, tmp, log, parent)
         os.chmod(tmp, 0o644)  # mkstemp makes it owner-only
     BUILD_COUNT += 1
     log(f"wrote {path} (loss {stats['final_loss']:.4f}, {stats['train_seconds']:.0f} s training, "
@@ -695,10 +701,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--models-dir", default=None, help="ComfyUI models folder (default: the host's)")
     parser.add_argument("--train-recipe", default=None, help=argparse.SUPPRESS)  # build_base_model's worker
     parser.add_argument("--train-to", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--train-parent", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.train_recipe:
         r = json.loads(args.train_recipe)
-        state, stats = train_base_model(r, log=print)
+        state, stats = train_base_model(r, log=print, parent=args.train_parent)
         _save_model(state, stats, r, args.train_to)
         print(_STATS_PREFIX + json.dumps(stats), flush=True)
         return stats

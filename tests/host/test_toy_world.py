@@ -60,6 +60,22 @@ def test_a_build_is_written_atomically_and_then_reused(tmp_path):
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
 
 
+def test_a_successor_continues_from_its_parent_on_the_broader_mix(tmp_path):
+    """recipe_v2's mechanism: zero further steps reproduce the parent exactly; two steps move every block."""
+    parent = tw.recipe(steps=2, warmup=1)
+    same = tw.build_base_model(tmp_path, tw.recipe_v2(parent=parent, steps=0, warmup=1), log=lambda *_: None,
+                               in_process=True)
+    assert tw.model_path(tmp_path, parent).is_file()  # the parent was built first, in the same folder
+    first, unchanged = load_file(str(tw.model_path(tmp_path, parent))), load_file(str(same))
+    assert all(torch.equal(first[k], unchanged[k]) for k in first)
+    moved = load_file(str(tw.build_base_model(tmp_path, tw.recipe_v2(parent=parent, steps=2, warmup=1),
+                                              log=lambda *_: None, in_process=True)))
+    changed = [k for k in first if k.endswith("qkv.weight") and not torch.equal(first[k], moved[k])]
+    assert len(changed) == len([k for k in first if k.endswith("qkv.weight")])
+    assert tw.recipe_hash(tw.recipe_v2()) != tw.recipe_hash()  # and v1's own hash is not touched by the new keys
+    assert "parent" not in tw.recipe() and "extra_palettes" not in tw.recipe()
+
+
 def test_the_cached_base_model_is_reused(base_model_path):
     count, mtime = tw.BUILD_COUNT, base_model_path.stat().st_mtime_ns
     assert tw.build_base_model() == base_model_path
