@@ -8,6 +8,7 @@ the router has to tell the styles apart from the input alone.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -90,6 +91,22 @@ def next_version(state: dict[str, torch.Tensor], change: float = 0.15, seed: int
             for k, v in state.items()}
 
 
+BANK_LORAS = tuple(f"ortho_hydra_demo_lora_{i}.safetensors" for i in range(1, 5))
+
+
+def bank_lora(state: dict[str, torch.Tensor], seed: int, rank: int = 4) -> dict[str, torch.Tensor]:
+    """A stand-in style LoRA for the demo DiT in kohya naming: seeded rank-``rank`` patches of the x-block MLPs."""
+    g = torch.Generator().manual_seed(1000 + seed)
+    out = {}
+    for key, w in sorted(state.items()):
+        if re.search(r"x_block\.mlp\.fc[12]\.weight$", key):
+            name = "lora_unet_" + key[: -len(".weight")].replace(".", "_")
+            out[f"{name}.lora_up.weight"] = (0.5 * torch.randn(w.shape[0], rank, generator=g)).contiguous()
+            out[f"{name}.lora_down.weight"] = (torch.randn(rank, w.shape[1], generator=g) / w.shape[1] ** 0.5)
+            out[f"{name}.alpha"] = torch.tensor(float(rank))
+    return out
+
+
 def build(models_dir: Path | None = None, log=print) -> tuple[Path, Path]:
     """Write the tiny DiT to models/diffusion_models and the fitted adapter to models/loras (idempotent)."""
     models_dir = Path(models_dir or COMFY_DIR / "models")
@@ -104,6 +121,10 @@ def build(models_dir: Path | None = None, log=print) -> tuple[Path, Path]:
     if not v2_path.exists():
         save_file(next_version(mmdit_state_dict(depth=2, seed=0)), str(v2_path))
         log(f"wrote {v2_path}")
+    missing = [(i, name) for i, name in enumerate(BANK_LORAS) if not (adapter_path.parent / name).exists()]
+    state = mmdit_state_dict(depth=2, seed=0) if missing else {}
+    for i, name in missing:
+        save_file(bank_lora(state, i), str(adapter_path.parent / name))
     if not adapter_path.exists():
         model = load_mmdit(depth=2, seed=0)
         adapter, _ = fit_demo_adapter(lora_weights(model, pattern=TARGETS), log=log)

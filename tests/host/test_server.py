@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from devkit import demo_assets, styles_demo, toy_world, transfer_demo, workflow
+from devkit import bank_demo, demo_assets, styles_demo, toy_world, transfer_demo, workflow
 from devkit.adapters import library, randomized_adapter
 from devkit.host import ROOT
 from devkit.server import ComfyServer, execution_error, output_images
@@ -99,7 +99,7 @@ def test_wrong_architecture_fails_the_run_naming_both_sides_and_server_keeps_ser
 
 @pytest.mark.parametrize("name", ["02_pin_blend_gallery.json", "03_capture_and_replay_style.json",
                                   "04_train_then_apply.json", "05_router_trace.json",
-                                  "07_transfer_to_new_base.json"])
+                                  "07_transfer_to_new_base.json", "08_lora_bank_mixer.json"])
 def test_every_example_workflow_uses_registered_nodes_and_runs(server, name):
     srv, base = server
     info = srv.get("/object_info")
@@ -120,6 +120,11 @@ def test_every_example_workflow_uses_registered_nodes_and_runs(server, name):
         assert "\"mode\": \"subspace\"" in library().load(str(written)).metadata["oh_transfer"]
         assert sorted(p.name.split("_000")[0] for p in images) == ["ortho_hydra_v2_naive_copy"] * 2 + [
             "ortho_hydra_v2_transferred"] * 2  # a batch of 2 from each branch
+    if name.startswith("08"):  # a 0.6 / 0.4 blend of LoRAs 1 and 2 and LoRA 1 pinned: different pictures
+        assert workflow.load(bank_demo.WORKFLOW) == bank_demo.workflow()
+        blend, pin = (np.asarray(Image.open(next(p for p in images if label in p.name)), dtype=np.float64)
+                      for label in ("bank_blend", "bank_pin_1"))
+        assert np.abs(blend - pin).mean() > 1.0
     if name.startswith("03"):
         assert (base / "models" / "ortho_hydra_profiles" / "demo_style.json").is_file()
         assert (base / "models" / "loras" / "ortho_hydra_demo_style_baked.safetensors").is_file()

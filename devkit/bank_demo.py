@@ -1,0 +1,57 @@
+"""Example workflow 08: four style LoRAs -> expert bank -> mixer (a direct blend), sampled."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .demo_assets import BANK_LORAS, DIT_NAME
+from .host import ROOT
+from .workflow import WorkflowGraph
+
+WORKFLOW = ROOT / "example_workflows" / "08_lora_bank_mixer.json"
+NAMES = "style 1, style 2, style 3, style 4"
+BLEND = "0.6, 0.4, 0, 0"
+
+
+def workflow() -> dict:
+    """The bank of the four demo LoRAs, blended 0.6 / 0.4 by the router node's mixer, next to LoRA 1 pinned."""
+    # widgets in the frontend's order: required inputs first (lora_1, lora_2, names), then the optional ones
+    g = WorkflowGraph()
+    model = g.node("UNETLoader", [DIT_NAME, "default"], outputs=[("MODEL", "MODEL")], pos=(0, 0))
+    bank = g.node("OrthoHydraLoraBank", [*BANK_LORAS[:2], NAMES, *BANK_LORAS[2:], "none", "none", "none", "none"],
+                  {"model": ("MODEL", (model, 0))}, [("adapter", "ORTHO_HYDRA"), ("summary", "STRING")], pos=(0, 160))
+    positive = g.node("OrthoHydraDemoConditioning", [1, "fixed", 8], {"model": ("MODEL", (model, 0))},
+                      [("conditioning", "CONDITIONING")], pos=(0, 420))
+    negative = g.node("OrthoHydraDemoConditioning", [2, "fixed", 8], {"model": ("MODEL", (model, 0))},
+                      [("conditioning", "CONDITIONING")], pos=(0, 560))
+    latent = g.node("EmptySD3LatentImage", [128, 128, 1], outputs=[("LATENT", "LATENT")], pos=(0, 700))
+    for row, (label, mode, expert, weights) in enumerate((("blend", "blend", 0, BLEND), ("pin_1", "pin", 0, ""))):
+        y = 420 * row
+        routed = g.node("OrthoHydraRouter", [mode, expert, weights, False, 1.0, 1, "all", -1, -1, "", 0.0, 1.0, "",
+                                             "step", "both", "", 0],
+                        {"adapter": ("ORTHO_HYDRA", (bank, 0)), "profile": ("STYLE_PROFILE", None)},
+                        [("adapter", "ORTHO_HYDRA"), ("summary", "STRING")], pos=(400, y))
+        applied = g.node("OrthoHydraApply", [1.0], {"model": ("MODEL", (model, 0)),
+                                                    "adapter": ("ORTHO_HYDRA", (routed, 0))},
+                         [("model", "MODEL")], pos=(760, y))
+        sampled = g.node("KSampler", [42, "fixed", 8, 3.0, "euler", "simple", 1.0],
+                         {"model": ("MODEL", (applied, 0)), "positive": ("CONDITIONING", (positive, 0)),
+                          "negative": ("CONDITIONING", (negative, 0)), "latent_image": ("LATENT", (latent, 0))},
+                         [("LATENT", "LATENT")], pos=(1060, y))
+        preview = g.node("OrthoHydraLatentPreview", [8], {"model": ("MODEL", (applied, 0)),
+                                                          "samples": ("LATENT", (sampled, 0))},
+                         [("IMAGE", "IMAGE")], pos=(1360, y))
+        g.node("SaveImage", [f"ortho_hydra_bank_{label}"], {"images": ("IMAGE", (preview, 0))}, pos=(1660, y))
+    out = g.to_json()
+    out["extra"] = {"ortho_hydra": "four style LoRAs -> expert bank -> mixer"}
+    return out
+
+
+def write_workflow(path: Path = WORKFLOW) -> Path:
+    path.write_text(json.dumps(workflow(), indent=1) + "\n")
+    return path
+
+
+if __name__ == "__main__":
+    print(write_workflow())
