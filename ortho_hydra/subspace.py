@@ -38,7 +38,8 @@ class Subspace:
         return int(self.s.numel())
 
     def truncated(self, rank: int) -> Subspace:
-        return Subspace(self.u[:, :rank], self.s[:rank], self.v[:, :rank], self.energy, self.exact)
+        return Subspace(self.u[:, :rank], self.s[:rank], self.v[:, :rank], self.energy,
+                        self.exact and rank >= self.rank)
 
     def rank_for_energy(self, fraction: float) -> int | None:
         """The smallest k whose top-k singular values hold ``fraction`` of ‖W‖²_F; None if more are needed."""
@@ -55,19 +56,24 @@ def principal_subspace(weight: torch.Tensor, rank: int, *, seed: int = 0, power_
                        exact_size: int = EXACT_SIZE) -> Subspace:
     """The top ``rank`` singular triplets of ``weight`` in fp32, on its device; exact when the sketch saves nothing."""
     w = weight.detach().float()
-    smallest = min(w.shape)
-    rank = min(rank, smallest)
+    rank = min(rank, min(w.shape))
     energy = float(w.double().pow(2).sum())
     oversample = max(OVERSAMPLE, rank // 4)
-    if smallest <= exact_size or rank + oversample >= EXACT_FRACTION * smallest:
+    if takes_exact(tuple(w.shape), rank, exact_size):
         u, s, vh = torch.linalg.svd(w, full_matrices=False)
         return Subspace(u[:, :rank].contiguous(), s[:rank].contiguous(), vh[:rank].T.contiguous(), energy,
-                        exact=rank == smallest)
+                        exact=rank == min(w.shape))
     devices = [w.device] if w.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         u, s, v = torch.svd_lowrank(w, q=rank + oversample, niter=power_iterations)
     return Subspace(u[:, :rank].contiguous(), s[:rank].contiguous(), v[:, :rank].contiguous(), energy, exact=False)
+
+
+def takes_exact(shape: tuple[int, ...], rank: int, exact_size: int = EXACT_SIZE) -> bool:
+    """Whether :func:`principal_subspace` takes the exact SVD for this shape and rank."""
+    smallest = min(shape)
+    return smallest <= exact_size or rank + max(OVERSAMPLE, rank // 4) >= EXACT_FRACTION * smallest
 
 
 def similarity(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -114,10 +120,14 @@ class SubspaceCache:
         if cached is not None and (cached.rank >= rank or cached.exact):
             self._items.move_to_end(key)
             return cached.truncated(rank)
+        if takes_exact(tuple(weight.shape), rank, self.exact_size):
+            rank_to_keep, rank = rank, min(weight.shape)  # the exact SVD has them all: keep them for later R
+        else:
+            rank_to_keep = rank
         subspace = principal_subspace(weight, rank, seed=seed, exact_size=self.exact_size)
         self.computed += 1
         self._store(key, subspace)
-        return subspace
+        return subspace.truncated(rank_to_keep)
 
     def for_energy(self, weight: torch.Tensor, fraction: float, *, seed: int = 0, start: int = 32) -> Subspace:
         """The smallest top-k subspace holding ``fraction`` of the weight's energy."""

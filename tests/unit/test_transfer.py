@@ -180,6 +180,10 @@ def test_cache_runs_one_svd_per_weight_across_a_sweep():
             transfer(adapter, getters({"a": w_s}), getters({"a": w_t}), TransferOptions(rank=rank, threshold=tau),
                      cache=cache)
     assert cache.computed == 2  # the first, largest R of each weight; smaller R and every τ reuse it
+    exact = SubspaceCache()  # these weights are small enough for the exact SVD: every R comes from the first one
+    for rank in (4, 16, 8):
+        transfer(adapter, getters({"a": w_s}), getters({"a": w_t}), TransferOptions(rank=rank), cache=exact)
+    assert exact.computed == 2
 
 
 def test_weights_are_fetched_one_layer_at_a_time():
