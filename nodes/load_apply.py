@@ -24,9 +24,10 @@ def _lora_input() -> io.Combo.Input:
 
 def _strict_input() -> io.Boolean.Input:
     return io.Boolean.Input("strict", default=True,
-                            tooltip="Refuse a file that holds components this pack does not apply (ReFT, the "
+                            tooltip="Refuse a file that holds components this pack does not apply (the "
                                     "ChimeraHydra frequency router, soft tokens, unknown keys). Off: apply the "
-                                    "LoRA / Hydra layers and list what was left out in the summary.")
+                                    "LoRA / Hydra layers and ReFT edits, and list what was left out in the "
+                                    "summary.")
 
 
 def _loaded(lora_name: str, router_correction: str, strict: bool):

@@ -22,6 +22,7 @@ from ortho_hydra import Adapter, OrthoHydraError
 from ortho_hydra.bake import plan_factors
 from ortho_hydra.lora_dict import kohya_name, lora_state_dict
 from ortho_hydra.overrides import OverrideStack
+from ortho_hydra.reft import ReFTEdit
 from ortho_hydra.targets import PatchPlan, Target, merge_shared_legs, plan, summarize
 
 from .compile_support import require_hook_guards
@@ -75,6 +76,52 @@ class RoutedHook:
             delta = layer.delta(x, **self.state.routing(layer.name, x.shape[0], self.override))
             full[..., offset:offset + (size or self.out_features)] += delta.to(output.dtype)
         return output + self.strength * full
+
+
+class ReFTWeights(nn.Module):
+    """One ReFT edit's tensors as frozen parameters in the compute dtype (moved by ComfyUI with the model)."""
+
+    def __init__(self, edit: ReFTEdit, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.edit = edit
+        for name, tensor in edit.tensors().items():
+            self.register_parameter(name, nn.Parameter(tensor.to(dtype).contiguous(), requires_grad=False))
+
+    def current(self) -> ReFTEdit:
+        return self.edit.with_tensors(**{name: getattr(self, name) for name in self.edit.tensors()})
+
+
+class ReFTHook:
+    """Forward hook on a DiT block: its output ``h`` becomes ``h + strength · s · Rᵀ(W h + b)``."""
+
+    def __init__(self, weights: ReFTWeights, strength: float, module: str) -> None:
+        self.weights, self.strength, self.module = weights, strength, module
+
+    def __call__(self, module: nn.Module, args: tuple, output):
+        if not isinstance(output, torch.Tensor):
+            raise OrthoHydraError(f"{self.module} returns {type(output).__name__}, not the residual-stream tensor a "
+                                  "ReFT edit applies to.", key=self.weights.edit.name,
+                                  fix="ReFT edits are for the reference trainer's architecture (Anima / Cosmos "
+                                      "blocks); turn strict off and load the LoRA part only")
+        return self.weights.current().edit(output, self.strength)
+
+
+def reft_module(model, edit: ReFTEdit, adapter: Adapter) -> str:
+    """The block an edit applies to, checked against the model (exists, and its Linears take d inputs)."""
+    path = f"diffusion_model.blocks.{edit.block}"
+    try:
+        block = model.model.get_submodule(path)
+    except AttributeError:
+        raise OrthoHydraError(f"the ReFT edit is for blocks.{edit.block}, which this {model_architecture(model)} "
+                              f"model does not have.", path=adapter.path, key=f"{edit.name}.rotate_layer.weight",
+                              fix="load the base model this adapter was trained on") from None
+    widths = {m.in_features for m in block.modules() if isinstance(getattr(m, "in_features", None), int)}
+    if widths and edit.embed_dim not in widths:
+        raise OrthoHydraError(f"the ReFT edit is {edit.embed_dim} wide; blocks.{edit.block}'s Linears take "
+                              f"{sorted(widths)}.", path=adapter.path, key=f"{edit.name}.rotate_layer.weight",
+                              fix="this adapter was trained for a different model size; pick the matching base "
+                                  "model")
+    return path
 
 
 def model_architecture(model) -> str:
@@ -177,6 +224,12 @@ def apply_adapter(model, adapter: Adapter, strength: float = 1.0, fold: bool = T
         holder[str(index)] = weights
         install_forward_hook(patched, target.module,
                              RoutedHook(weights, state, strength, override, target.out_features))
+    routed_hooks = len(holder)
+    for edit in adapter.reft.values():
+        module = reft_module(patched, edit, adapter)
+        weights = ReFTWeights(edit, compute_dtype(patched))
+        holder[f"reft_{edit.block}"] = weights
+        install_forward_hook(patched, module, ReFTHook(weights, strength, module))
     _static_patches(patched, patch_plan, folded, strength)
     if len(holder):
         weights_patcher = comfy.model_patcher.ModelPatcher(holder, load_device=patched.load_device,
@@ -186,9 +239,9 @@ def apply_adapter(model, adapter: Adapter, strength: float = 1.0, fold: bool = T
         require_hook_guards()  # else torch.compile may reuse a graph traced without these hooks
     # attachments are shared by reference with later clones (model_options would be deep-copied)
     patched.set_attachments(key, AppliedAdapter(adapter=adapter, state=state, folded=len(folded),
-                                                hooked=len(holder)))
-    log.info("Ortho-Hydra %s: %s; %d folded into weights, %d router-live", adapter.path or "adapter",
-             patch_plan.coverage(), len(folded), len(holder))
+                                                hooked=routed_hooks))
+    log.info("Ortho-Hydra %s: %s; %d folded into weights, %d router-live, %d ReFT block edits",
+             adapter.path or "adapter", patch_plan.coverage(), len(folded), routed_hooks, len(adapter.reft))
     return patched, patch_plan
 
 

@@ -238,6 +238,9 @@ class OrthoHydraTransfer(io.ComfyNode):
                         metadata=result.adapter.metadata, expert_names=result.adapter.expert_names, path=path,
                         override=result.adapter.override)
         report = result.table(drift)
+        if source.reft:
+            report += (f"\n{len(source.reft)} ReFT block edits copied unchanged (they edit activations, not a "
+                       f"weight)")
         if drift:
             report += f"\nmean gate drift KL {sum(drift.values()) / len(drift):.4f} nats over {len(drift)} layers"
         return io.NodeOutput(moved, report, path, ui={"text": [report]})

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 
 from .components import summary_lines
 from .overrides import Override, OverrideStack, count_blocks
+from .reft import ReFTEdit
 from .runtime import ExpertLayer, PlainLoRA
 
 
@@ -25,6 +26,7 @@ class Adapter:
     expert_names: tuple[str, ...] | None = None
     path: str | None = None
     override: OverrideStack = field(default_factory=OverrideStack)  # router-node overrides, applied with it
+    reft: Mapping[str, ReFTEdit] = field(default_factory=dict)  # block-output edits, by reft_unet_blocks_<i>
 
     def __post_init__(self) -> None:
         if self.expert_names is not None:
@@ -82,6 +84,10 @@ class Adapter:
             f"{len(self.layers)} routed layers, {len(self.plain_layers)} plain LoRA legs",
             "experts: " + ", ".join(self.display_expert_names()),
         ]
+        if self.reft:
+            first_edit = next(iter(self.reft.values()))
+            lines.append(f"ReFT block edits on {len(self.reft)} blocks (rank {first_edit.rank}), applied to the "
+                         f"block outputs")
         if provenance:
             lines.append(f"provenance: {provenance}")
         lines += summary_lines(self.metadata)

@@ -1,9 +1,9 @@
 """What a file holds besides the LoRA / Hydra layers this pack applies, so that nothing is dropped silently.
 
 The reference trainer writes more than LoRA and Hydra layers into one file: ReFT block edits
-(``reft_unet_blocks_<i>.*``), a ChimeraHydra network-level frequency router (``freq_router.*``) and soft tokens.
-The loader applies the LoRA legs and routed layers; every other key is classified here, named in the summary as
-*not applied*, with the reason, and refused under ``strict``.
+(``reft_unet_blocks_<i>.*``, applied: :mod:`.reft`), a ChimeraHydra network-level frequency router
+(``freq_router.*``) and soft tokens.  The loader applies the LoRA legs, routed layers and ReFT edits; every other
+key is classified here, named in the summary as *not applied*, with the reason, and refused under ``strict``.
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ import re
 from collections.abc import Iterable, Mapping
 
 from .errors import OrthoHydraError
+from .reft import is_reft_key
 
 UNAPPLIED_KEY = "oh_unapplied"  # metadata stamp: {component: number of keys}, per loaded file
 REFERENCE_NODE = "sorryhyun/ComfyUI-Anima_lora-Adapter"
 
 # (component, key pattern, why it is not applied)
 KINDS: tuple[tuple[str, re.Pattern, str], ...] = (
-    ("ReFT block edits", re.compile(r"^reft_unet_blocks_\d+\."), "ReFT is not implemented in this pack yet"),
     ("ChimeraHydra frequency router", re.compile(r"^freq_router\."),
      "the network-level ChimeraHydra router is not implemented in this pack yet"),
     ("soft tokens", re.compile(r"soft_token|^prompt_tokens?\."), "soft tokens are not supported"),
@@ -29,7 +29,7 @@ UNKNOWN = ("unknown keys", "no component this pack or the reference node knows")
 
 def is_other_component(key: str) -> bool:
     """A key of a component the loader must not read as a LoRA leg (a ReFT block has an ``alpha`` too)."""
-    return any(pattern.search(key) for _, pattern, _ in KINDS)
+    return is_reft_key(key) or any(pattern.search(key) for _, pattern, _ in KINDS)
 
 
 def classify(keys: Iterable[str]) -> dict[str, list[str]]:

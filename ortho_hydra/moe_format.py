@@ -15,7 +15,7 @@ from collections import defaultdict
 
 import torch
 
-from . import components
+from . import components, reft
 from .adapter import Adapter
 from .errors import OrthoHydraError
 from .routing import ROUTER_SOURCES, RouterSpec
@@ -185,7 +185,8 @@ def load(path: str | os.PathLike, *, router_correction: str = "training") -> Ada
     path = os.fspath(path)
     tensors, metadata = read_safetensors(path)
     check_finite(tensors, path, "the adapter diverged or was damaged; use an earlier checkpoint")
-    groups, ignored = _group(tensors)
+    reft_edits = reft.parse({k: v for k, v in tensors.items() if reft.is_reft_key(k)}, path)
+    groups, ignored = _group({k: v for k, v in tensors.items() if not reft.is_reft_key(k)})
     if any(k.startswith("global_router.") for k in tensors) or metadata.get("ss_route_per_layer") == "false":
         raise OrthoHydraError("this adapter routes through one network-level GlobalRouter, which is not supported.",
                               path=path, key="global_router", fix="train with per-layer routers (route_per_layer)")
@@ -231,7 +232,8 @@ def load(path: str | os.PathLike, *, router_correction: str = "training") -> Ada
     if ignored:  # never silently: the summary names each component, strict loading refuses them
         metadata["oh_ignored_keys"] = str(len(ignored))
         metadata[components.UNAPPLIED_KEY] = components.stamp(components.classify(ignored))
-    return Adapter(layers=layers, plain_layers=plain, metadata=metadata, expert_names=names, path=path)
+    return Adapter(layers=layers, plain_layers=plain, metadata=metadata, expert_names=names, path=path,
+                   reft=reft_edits)
 
 
 def describe(path: str | os.PathLike) -> dict:
@@ -283,6 +285,7 @@ def adapter_tensors(adapter: Adapter, dtype: torch.dtype | None = None) -> dict[
         tensors[f"{prefix}.alpha"] = torch.tensor(float(leg.alpha))
         if leg.inv_scale is not None:
             tensors[f"{prefix}.inv_scale"] = cast(leg.inv_scale)
+    tensors.update({k: v.float() for k, v in reft.state_dict(adapter.reft).items()})
     return tensors
 
 

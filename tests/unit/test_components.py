@@ -31,12 +31,13 @@ def mixed_file(tmp_path):
 def test_every_unapplied_component_is_counted_and_named_in_the_summary(mixed_file):
     adapter = load(mixed_file)
     assert len(adapter.layers) == 2  # the LoRA / Hydra part still loads
-    assert unapplied_counts(adapter.metadata) == {"ReFT block edits": 4, "ChimeraHydra frequency router": 2,
-                                                  "unknown keys": 1}
+    assert set(adapter.reft) == {"reft_unet_blocks_0"}  # ReFT is applied now: loaded, not counted as left out
+    assert unapplied_counts(adapter.metadata) == {"ChimeraHydra frequency router": 2, "unknown keys": 1}
     summary = adapter.summary()
-    for line in ("NOT APPLIED: ReFT block edits (4 keys)", "NOT APPLIED: ChimeraHydra frequency router (2 keys)",
-                 "NOT APPLIED: unknown keys (1 keys)"):
+    for line in ("ReFT block edits on 1 blocks (rank 4), applied", "NOT APPLIED: ChimeraHydra frequency router "
+                 "(2 keys)", "NOT APPLIED: unknown keys (1 keys)"):
         assert line in summary
+    assert "NOT APPLIED: ReFT" not in summary
 
 
 def test_strict_refuses_naming_the_components_and_the_reference_node(mixed_file):
@@ -44,7 +45,8 @@ def test_strict_refuses_naming_the_components_and_the_reference_node(mixed_file)
     with pytest.raises(OrthoHydraError) as err:
         require_all_applied(adapter.metadata, adapter.path)
     text = str(err.value)
-    assert "mixed_moe.safetensors" in text and "ReFT block edits (4 keys)" in text
+    assert "mixed_moe.safetensors" in text and "ChimeraHydra frequency router (2 keys)" in text
+    assert "ReFT" not in text
     assert "ComfyUI-Anima_lora-Adapter" in text and "strict" in text
 
 
@@ -57,9 +59,8 @@ def test_a_clean_file_passes_strict_and_the_stamp_is_not_carried_to_a_resave(mix
 
 
 def test_classification_of_keys():
-    groups = classify(["reft_unet_blocks_12.alpha", "freq_router.net.2.weight", "soft_tokens.embedding", "x.y"])
-    assert groups == {"ReFT block edits": ["reft_unet_blocks_12.alpha"],
-                      "ChimeraHydra frequency router": ["freq_router.net.2.weight"],
+    groups = classify(["freq_router.net.2.weight", "soft_tokens.embedding", "x.y"])
+    assert groups == {"ChimeraHydra frequency router": ["freq_router.net.2.weight"],
                       "soft tokens": ["soft_tokens.embedding"], "unknown keys": ["x.y"]}
 
 
