@@ -2,9 +2,11 @@
 
 The world is the style-separation toy world (``devkit/toy_world.py``); v2 is v1 pretrained 600 more steps on a
 broader mix (``toy_world.recipe_v2``).  Two adapter kinds, each trained by the pack's own trainer with the settings
-``bench/style_separation.py`` chose for them (rank 8, 240 steps, lr 3e-3, AdamW, fp32, attention+mlp):
+``bench/style_separation.py`` chose for them (rank 8, 240 steps, AdamW, fp32, attention+mlp; ``RECIPES``):
 
 * Ortho-Hydra (E = 4, ``ortho_init`` + label guidance: expert i is trained on style i), on all four styles;
+* Ortho-Hydra with frozen bases (``ortho`` + label guidance): every ΔW stays in W0's top singular subspaces, the
+  LoRA-X premise by construction;
 * a plain LoRA (E = 1), on one style ("cool stripes").
 
 Each is trained on v1 and, as the oracle, on v2 (same seed, data and budget), for 3 seeds.  The v1 adapter goes
@@ -23,6 +25,7 @@ Sweeps (held-out loss only): R over ``Settings.ranks`` in both modes; τ over ``
 
     .venv/bin/python bench/transfer.py                # v2 "broad"; ~6 min on 2 shared CPU cores, bases cached
     .venv/bin/python bench/transfer.py --v2 mild      # the milder successor (150 steps at lr 2.5e-4)
+    .venv/bin/python bench/transfer.py --v2 positions # broadened in positions, not palettes
     .venv/bin/python bench/transfer.py --quick        # 1 seed, 40 steps, no sweeps: a smoke test
 
 Writes bench/out/transfer_<v2>{,_quick}.{md,json,png,log} and transfer_<v2>{,_quick}_gallery.png.
@@ -52,19 +55,25 @@ from bench.style_separation_report import per_style_mean  # noqa: E402
 from bench.timing import environment  # noqa: E402
 
 KINDS = {"ortho": "Ortho-Hydra (E=4, ortho_init + label guidance, 4 styles)",
+         "ortho_frozen": "Ortho-Hydra, frozen bases (E=4, ortho + label guidance, 4 styles)",
          "lora": "plain LoRA (E=1, one style: cool stripes)"}
+ROUTED = ("ortho", "ortho_frozen")
+# per kind: trainer init and lr, as bench/style_separation.py chose them (ortho_lg 1e-2, ortho_init_lg and the
+# single LoRA 3e-3)
+RECIPES = {"ortho": ("ortho_init", 3e-3), "ortho_frozen": ("ortho", 1e-2), "lora": ("hydra_zero", 3e-3)}
 ARMS = ("none", "copy", "subspace", "subspace+null", "oracle")
 LORA_STYLE = 1
 PIN_SAMPLES, PIN_SEED = 16, 4242
-# v2 variants: the recipe's own (600 steps at lr 1e-3 on the broader mix), and a milder continuation closer to the
-# paper's setting (derivatives of one base that stay near it)
-V2 = {"broad": {}, "mild": {"steps": 150, "lr": 2.5e-4, "warmup": 10}}
+# v2 variants: the recipe's own (600 steps at lr 1e-3, neutral plus two house palettes), a milder continuation of
+# it, and a successor broadened in positions (every shape also shifted by up to 1 px) in the neutral palette only,
+# so that v2 changes what the base draws where, not the colours the styles live in
+V2 = {"broad": {}, "mild": {"steps": 150, "lr": 2.5e-4, "warmup": 10},
+      "positions": {"extra_palettes": [], "jitter": 1}}
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
     steps: int = 240
-    lr: float = 3e-3
     rank: int = 8
     seeds: tuple[int, ...] = (0, 1, 2)
     transfer_rank: int = 32  # R: E·r = 32 holds every expert's slice
@@ -75,17 +84,18 @@ class Settings:
 
 def train_adapter(tw, pack, base, world: World, kind: str, seed: int, s: Settings):
     train = pack.nodes.train
-    if kind == "ortho":
+    init, lr = RECIPES[kind]
+    if kind in ROUTED:
         idx = torch.arange(len(world.train_x))
-        config = train.TrainConfig(steps=s.steps, learning_rate=s.lr, batch_size=4, rank=s.rank, experts=4,
-                                   init="ortho_init", training_dtype="fp32", seed=seed,
+        config = train.TrainConfig(steps=s.steps, learning_rate=lr, batch_size=4, rank=s.rank, experts=4,
+                                   init=init, training_dtype="fp32", seed=seed,
                                    output_name=f"transfer_{kind}_{seed}", label_guidance=1.0,
                                    label_guidance_steps=s.label_guidance_steps, style_names=tuple(tw.STYLES))
         labels = world.train_style
     else:
         idx = (world.train_style == LORA_STYLE).nonzero().flatten()
-        config = train.TrainConfig(steps=s.steps, learning_rate=s.lr, batch_size=4, rank=s.rank, experts=1,
-                                   init="hydra_zero", training_dtype="fp32", seed=seed,
+        config = train.TrainConfig(steps=s.steps, learning_rate=lr, batch_size=4, rank=s.rank, experts=1,
+                                   init=init, training_dtype="fp32", seed=seed,
                                    output_name=f"transfer_{kind}_{seed}")
         labels = None
     positive = per_image_positive(tw, world.train_content[idx].tolist())
@@ -106,15 +116,15 @@ def evaluate(tw, tiny_dit, pack, world: World, kind: str, adapter, probe: bool =
     if adapter is None:
         model, routed = base, False
     else:
-        model, routed = pack.nodes.patcher.apply_adapter(base, adapter)[0], kind == "ortho"
+        model, routed = pack.nodes.patcher.apply_adapter(base, adapter)[0], kind in ROUTED
     out = {"loss": held_loss(pack, model, world, kind, routed)}
     if not probe:
         return out
     contents = [i % len(tw.CONTENTS) for i in range(PIN_SAMPLES)]
-    experts = range(4) if kind == "ortho" else [LORA_STYLE]
+    experts = range(4) if kind in ROUTED else [LORA_STYLE]
     shares = []
     for e in experts:
-        m = pinned(pack, base, adapter, e) if (adapter is not None and kind == "ortho") else model
+        m = pinned(pack, base, adapter, e) if (adapter is not None and kind in ROUTED) else model
         classes = world.probe.predict(generate(tiny_dit, tw, m, contents, PIN_SEED))
         shares.append(float((classes == e).double().mean()))
     out["probe"] = statistics.fmean(shares)
@@ -133,7 +143,7 @@ def moved(pack, adapter, v1, v2, mode: str, rank: int, tau: float = 0.0, cache=N
 def per_layer(pack, world2: World, kind: str, adapter, result, copy_loss: float) -> list[dict]:
     """Per layer: its similarity, and the held-out loss change from transferring it alone (the rest copied)."""
     rows = []
-    routed = kind == "ortho"
+    routed = kind in ROUTED
     for row in result.layers:
         one = dataclasses.replace(adapter, layers={**adapter.layers}, plain_layers={**adapter.plain_layers})
         target = one.layers if row.name in one.layers else one.plain_layers
@@ -180,9 +190,12 @@ def report(data: dict) -> str:
                                    r["arms"]["oracle"]["probe"], False) for r in runs]
             lines.append(f"| {arm} | {_ms(loss)} | {_ms(probe)} | {_ms(closed_l)} | {_ms(closed_p)} |")
         sims = [row["similarity"] for r in runs for row in r.get("layers", [])]
+        kept = [row["retained"] for r in runs for row in r.get("layers", [])]
         if sims:
             lines += ["", f"Per-layer similarity at R = {data['settings']['transfer_rank']}: min {min(sims):.3f}, "
-                          f"median {statistics.median(sims):.3f}, max {max(sims):.3f} over {len(sims)} layer-runs."]
+                          f"median {statistics.median(sims):.3f}, max {max(sims):.3f} over {len(sims)} layer-runs; "
+                          f"LoRA-X `subspace` keeps a median {statistics.median(kept):.0%} of each layer's ‖ΔW‖ "
+                          f"(uniform gate; min {min(kept):.0%}, max {max(kept):.0%})."]
         if runs[0].get("rank_sweep"):
             lines += ["", "| R | subspace loss | subspace+null loss |", "|---|---|---|"]
             for rank in data["settings"]["ranks"]:
@@ -229,7 +242,7 @@ def plot(data: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.4), dpi=100)
-    for kind, marker in (("ortho", "o"), ("lora", "s")):
+    for kind, marker in (("ortho", "o"), ("ortho_frozen", "^"), ("lora", "s")):
         runs = [r for r in data["runs"] if r["kind"] == kind]
         xs = [row["similarity"] for r in runs for row in r.get("layers", [])]
         ys = [row["benefit"] for r in runs for row in r.get("layers", [])]
@@ -274,7 +287,7 @@ def gallery(tw, tiny_dit, pack, worlds: dict, adapters: dict, path: Path) -> Non
     grid = grid.permute(0, 2, 1, 3, 4, 5).reshape(-1, *cells[0].shape[1:])  # rows: style x content
     tw.save_grid_png(grid, path, row_labels=[f"{s} / {c}" for s in tw.STYLES for c in tw.CONTENTS[:3]],
                      col_labels=[c[0] for c in columns],
-                     title="Ortho-Hydra trained on v1, expert pinned, sampled on v2 (seed 0)")
+                     title="Ortho-Hydra (frozen bases) trained on v1, expert pinned, sampled on v2 (seed 0)")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -317,7 +330,7 @@ def run(args: argparse.Namespace) -> dict:
             runs.append(record)
             log(f"{kind} seed {seed}: " + ", ".join(f"{a} loss {v['loss']:.4f} probe {v['probe']:.2f}"
                                                      for a, v in arms.items()) + f" ({time.perf_counter() - t0:.0f} s)")
-            if kind == "ortho" and seed == s.seeds[0]:
+            if kind == "ortho_frozen" and seed == s.seeds[0]:
                 gallery_adapters = {"v1": a1, "oracle": a2, **{m: r.adapter for m, r in results.items()}}
     data = {"title": f"LoRA-X transfer, toy v1 → v2 ({args.v2})" + (" (quick)" if args.quick else ""),
             "v2": args.v2, "v2_recipe_overrides": V2[args.v2],
@@ -325,7 +338,9 @@ def run(args: argparse.Namespace) -> dict:
             "setup": (f"v1: the toy-world base; v2 ({args.v2}): v1 pretrained further on a broader mix "
                       f"(toy_world.recipe_v2, overrides {V2[args.v2] or 'none'}: 600 steps at lr 1e-3 unless "
                       f"overridden). Each adapter: the pack's trainer, rank {s.rank}, {s.steps} steps, "
-                      f"lr {s.lr:g}, batch 4, fp32; oracle = the same recipe trained on v2. Transfer R = "
+                      f"batch 4, fp32, init and lr per kind as style_separation chose them "
+                      f"({', '.join(f'{k}: {i} {lr:g}' for k, (i, lr) in RECIPES.items())}); oracle = the same "
+                      f"recipe trained on v2. Transfer R = "
                       f"{s.transfer_rank}, τ = 0 (node defaults otherwise). Held-out loss: x0 MSE, 5 σ, fixed "
                       f"noise (LoRA: its style only). Probe accuracy: {PIN_SAMPLES} samples per pinned expert, "
                       f"expert i judged as style i. Seeds {', '.join(map(str, s.seeds))}.")}

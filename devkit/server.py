@@ -84,7 +84,7 @@ class ComfyServer:
                                      headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=60) as resp:
-                return resp.status, json.loads(resp.read())
+                return resp.status, json.loads(resp.read() or b"{}")  # /interrupt answers with no body
         except urllib.error.HTTPError as err:
             return err.code, json.loads(err.read() or b"{}")
 

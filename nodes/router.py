@@ -93,6 +93,12 @@ def build_override(adapter: Adapter, *, mode: str, expert: int, weights: str, re
     scope = Scope(group=group, block_start=None if block_start < 0 else block_start,
                   block_end=None if block_end < 0 else block_end, regex=layer_regex.strip())
     override = Override(frames, scope, side, interpolation)
+    if adapter.layers and not any(scope.matches(name, adapter.override.num_blocks) for name in adapter.layers):
+        raise OrthoHydraError(f"the scope ({scope.describe()}) selects none of the adapter's {len(adapter.layers)} "
+                              f"routed layers ({adapter.override.num_blocks} blocks), so this node would do "
+                              "nothing.", path=adapter.path, key="block_start" if scope.block_start is not None
+                              or scope.block_end is not None else "layer_regex",
+                              fix="widen the block range, group or layer_regex")
     for frame in frames:
         frame.rule.check(adapter.num_experts)
     return override

@@ -152,6 +152,9 @@ class Scope:
     def __post_init__(self) -> None:
         if self.group not in GROUPS:
             raise ValueError(f"unknown group {self.group!r}; choose one of {', '.join(GROUPS)}")
+        if self.block_start is not None and self.block_end is not None and self.block_start > self.block_end:
+            raise ValueError(f"block_start {self.block_start} is after block_end {self.block_end}: the range is "
+                             "empty; block_end is inclusive (-1: to the end)")
         if self.regex:
             try:
                 re.compile(self.regex)

@@ -169,3 +169,63 @@ def test_web_extension_route_and_docs_are_served(server):
     with urllib.request.urlopen(srv.url + "/extensions/comfyui-ortho-hydra/docs/OrthoHydraRouter.md",
                                 timeout=30) as resp:
         assert resp.read().decode().startswith("# Ortho-Hydra Router")
+
+
+def _refused(srv, graph) -> str:
+    """How the server turned a bad graph down: 'queue' (400 at /prompt) or 'run' (an execution error)."""
+    status, body = srv.queue(graph)
+    if status == 400:
+        return "queue"
+    assert status == 200, body
+    if body.get("node_errors"):  # ComfyUI runs the outputs that validated and names the failed branch here
+        srv.wait(body["prompt_id"], timeout=300)
+        return "queue"
+    entry = srv.wait(body["prompt_id"], timeout=300)
+    messages = {kind for kind, _ in entry.get("status", {}).get("messages", [])}
+    assert messages & {"execution_error", "execution_interrupted"}, f"accepted a bad graph: {entry['status']}"
+    return "run"
+
+
+def test_twenty_bad_graphs_then_a_good_one_and_the_model_is_clean(server, example):
+    """Bad names, bad keyframes, wrong types and values, an interrupt mid-sampling: each is turned down, the
+    server keeps serving, and the good graph afterwards gives the very pictures it gave before."""
+    srv, base = server
+    info = srv.get("/object_info")
+    router = workflow.to_api(workflow.load(ROOT / "example_workflows" / "02_pin_blend_gallery.json"), info)
+    before = [np.asarray(Image.open(p)) for p in output_images(srv.run(example, timeout=300), base / "output")]
+    bad = [
+        _with(example, "OrthoHydraLoadAndApply", lora_name="missing_moe.safetensors"),
+        _with(example, "OrthoHydraLoadAndApply", lora_name="foreign.safetensors"),
+        _with(example, "OrthoHydraLoadAndApply", lora_name="evil.ckpt"),
+        _with(example, "OrthoHydraLoadAndApply", lora_name="../../secret_moe.safetensors"),
+        _with(example, "OrthoHydraLoadAndApply", strength="strong"),
+        _with(example, "OrthoHydraLoadAndApply", strength=1e9),
+        _with(example, "OrthoHydraLoadAndApply", router_correction="bogus"),
+        _with(example, "KSampler", steps=0),
+        _with(example, "KSampler", sampler_name="no_such_sampler"),
+        _with(router, "OrthoHydraRouter", mode="bogus"),
+        _with(router, "OrthoHydraRouter", keyframes="0.0 pin 99"),
+        _with(router, "OrthoHydraRouter", keyframes="garbage in, garbage out"),
+        _with(router, "OrthoHydraRouter", keyframes="0.7 live\n0.2 pin 0"),
+        _with(router, "OrthoHydraRouter", layer_regex="(["),
+        _with(router, "OrthoHydraRouter", mode="blend", weights="1, 2, 3, 4, 5"),
+        _with(router, "OrthoHydraRouter", mode="pin", expert=99),
+        _with(router, "OrthoHydraRouter", block_start=5, block_end=1),
+        _with(router, "OrthoHydraRouter", mode="temperature", temperature=-1.0),
+        _with(router, "OrthoHydraRouter", side="bogus"),
+    ]
+    ways = []
+    for i, graph in enumerate(bad):
+        try:
+            ways.append(_refused(srv, graph))
+        except AssertionError as exc:
+            raise AssertionError(f"bad graph {i}: {exc}") from None
+    # the twentieth: a long sampling run interrupted mid-way
+    status, body = srv.queue(_with(example, "KSampler", steps=400))
+    assert status == 200
+    srv.post("/interrupt", {})
+    entry = srv.wait(body["prompt_id"], timeout=300)
+    assert {kind for kind, _ in entry["status"]["messages"]} & {"execution_interrupted", "execution_error"}
+    assert len(ways) + 1 == 20 and "queue" in ways and "run" in ways
+    after = [np.asarray(Image.open(p)) for p in output_images(srv.run(example, timeout=300), base / "output")]
+    assert len(after) == len(before) and all(np.array_equal(a, b) for a, b in zip(after, before, strict=True))

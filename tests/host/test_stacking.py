@@ -58,3 +58,26 @@ def test_ours_and_comfyuis_lora_stack_in_either_order_to_the_closed_form(base, p
     mm.unload_all_models()
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     assert torch.equal(base.model.get_submodule(MODULE).weight.detach().double(), weight)  # base untouched
+
+
+def test_two_samplers_on_one_base_with_different_adapters_do_not_cross_talk(base, patcher):
+    """Interleaved sampling of two patched clones of one base gives exactly what each gives alone."""
+    pattern = r"x_block_mlp_fc1$"
+    first = randomized_adapter(lora_weights(base, pattern=pattern), experts=3, seed=11)
+    second = randomized_adapter(lora_weights(base, pattern=pattern), experts=2, seed=12)
+    latent = torch.zeros(1, 16, 16, 16)
+    pos, neg = tiny_dit.mmdit_conditioning(seed=1), tiny_dit.mmdit_conditioning(seed=2)
+
+    def sample(model):
+        out = tiny_dit.sample(model, latent, pos, neg, steps=2)
+        mm.unload_all_models()
+        return out
+
+    alone_a = sample(patcher.apply_adapter(base, first)[0])
+    alone_b = sample(patcher.apply_adapter(base, second)[0])
+    model_a, model_b = patcher.apply_adapter(base, first)[0], patcher.apply_adapter(base, second)[0]
+    a1, b1, a2, b2 = sample(model_a), sample(model_b), sample(model_a), sample(model_b)
+    assert not torch.equal(alone_a, alone_b)  # the two adapters do differ
+    for got, want in ((a1, alone_a), (a2, alone_a), (b1, alone_b), (b2, alone_b)):
+        assert torch.equal(got, want)
+    assert not base.model.get_submodule(MODULE)._forward_hooks  # nothing left on the shared base

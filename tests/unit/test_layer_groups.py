@@ -28,3 +28,9 @@ def test_attention_plus_mlp_is_the_union():
         assert in_group(name, "attention+mlp") == (expected is not None), name
     with pytest.raises(ValueError, match="unknown layer group"):
         in_group("x", "convs")
+
+
+def test_an_empty_block_range_is_refused_not_silently_empty():
+    with pytest.raises(ValueError, match="block_start 5 is after block_end 1"):
+        Scope(block_start=5, block_end=1)
+    assert Scope(block_start=1, block_end=1).matches("lora_unet_blocks_1_mlp_layer1", 4)

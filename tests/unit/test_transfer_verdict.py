@@ -19,7 +19,7 @@ def test_gap_closed_is_the_share_of_the_distance_from_no_adapter_to_the_oracle()
 def test_the_claim_holds_only_when_most_of_the_gap_closes_and_the_copy_loses_every_seed():
     good = {"runs": [run("lora", 1.0, 0.8, 0.3, 0.5, 0.0) for _ in range(3)]}
     assert "claim holds here" in verdict(good)
-    one_loss = {"runs": good["runs"][:2] + [run("lora", 1.0, 0.2, 0.3, 0.5, 0.0)]}
+    one_loss = {"runs": [*good["runs"][:2], run("lora", 1.0, 0.2, 0.3, 0.5, 0.0)]}
     assert "does not hold" in verdict(one_loss) and "2/3 seeds" in verdict(one_loss)
     small = {"runs": [run("lora", 1.0, 0.9, 0.7, 0.8, 0.0) for _ in range(3)]}  # beats copy, closes 30 %
     assert "does not hold" in verdict(small) and "subspace closes 30%" in verdict(small)
