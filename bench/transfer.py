@@ -27,6 +27,7 @@ Sweeps (held-out loss only): R over ``Settings.ranks`` in both modes; τ over ``
     .venv/bin/python bench/transfer.py --v2 mild      # the milder successor (150 steps at lr 2.5e-4)
     .venv/bin/python bench/transfer.py --v2 positions # broadened in positions, not palettes
     .venv/bin/python bench/transfer.py --quick        # 1 seed, 40 steps, no sweeps: a smoke test
+    .venv/bin/python bench/transfer.py --summarize    # the README's table, from the three runs' JSON
 
 Writes bench/out/transfer_<v2>{,_quick}.{md,json,png,log} and transfer_<v2>{,_quick}_gallery.png.
 """
@@ -287,7 +288,7 @@ def gallery(tw, tiny_dit, pack, worlds: dict, adapters: dict, path: Path) -> Non
     grid = grid.permute(0, 2, 1, 3, 4, 5).reshape(-1, *cells[0].shape[1:])  # rows: style x content
     tw.save_grid_png(grid, path, row_labels=[f"{s} / {c}" for s in tw.STYLES for c in tw.CONTENTS[:3]],
                      col_labels=[c[0] for c in columns],
-                     title="Ortho-Hydra (frozen bases) trained on v1, expert pinned, sampled on v2 (seed 0)")
+                     title="Ortho-Hydra trained on v1, expert pinned, sampled on v2 (seed 0)")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -330,7 +331,7 @@ def run(args: argparse.Namespace) -> dict:
             runs.append(record)
             log(f"{kind} seed {seed}: " + ", ".join(f"{a} loss {v['loss']:.4f} probe {v['probe']:.2f}"
                                                      for a, v in arms.items()) + f" ({time.perf_counter() - t0:.0f} s)")
-            if kind == "ortho_frozen" and seed == s.seeds[0]:
+            if kind == "ortho" and seed == s.seeds[0]:
                 gallery_adapters = {"v1": a1, "oracle": a2, **{m: r.adapter for m, r in results.items()}}
     data = {"title": f"LoRA-X transfer, toy v1 → v2 ({args.v2})" + (" (quick)" if args.quick else ""),
             "v2": args.v2, "v2_recipe_overrides": V2[args.v2],
@@ -358,13 +359,41 @@ def run(args: argparse.Namespace) -> dict:
     return data
 
 
+def summary_table(datas: Sequence[dict]) -> str:
+    """One row per (successor, kind): loss gap closed and probe accuracy per arm, similarity, ΔW kept."""
+    lines = ["| v2 | adapter | loss gap closed: copy / LoRA-X / LoRA-X+null | probe: none / copy / LoRA-X / "
+             "LoRA-X+null / oracle | similarity (median) | ‖ΔW‖ kept by LoRA-X (median) |",
+             "|---|---|---|---|---|---|"]
+    for data in datas:
+        for kind, label in KINDS.items():
+            runs = [r for r in data["runs"] if r["kind"] == kind]
+            if not runs:
+                continue
+            closed = [statistics.fmean(gap_closed(r["arms"]["none"]["loss"], r["arms"][a]["loss"],
+                                                  r["arms"]["oracle"]["loss"], True) for r in runs)
+                      for a in ("copy", "subspace", "subspace+null")]
+            probe = [statistics.fmean(r["arms"][a]["probe"] for r in runs) for a in ARMS]
+            rows = [row for r in runs for row in r["layers"]]
+            lines.append(f"| {data['v2']} | {label.split(' (')[0]} | {' / '.join(f'{c:.0%}' for c in closed)} | "
+                         f"{' / '.join(f'{p:.2f}' for p in probe)} | "
+                         f"{statistics.median(row['similarity'] for row in rows):.3f} | "
+                         f"{statistics.median(row['retained'] for row in rows):.0%} |")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--kinds", nargs="+", choices=list(KINDS), default=None)
     parser.add_argument("--v2", choices=list(V2), default="broad", help="which successor base to transfer to")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
+    parser.add_argument("--summarize", action="store_true",
+                        help="print the README's summary table from the finished runs' JSON files and exit")
     args = parser.parse_args(argv)
+    if args.summarize:
+        datas = [json.loads(p.read_text()) for v in V2 if (p := args.out / f"transfer_{v}.json").is_file()]
+        print(summary_table(datas))
+        return {}
     args.out.mkdir(parents=True, exist_ok=True)
     with stdout_copied_to(args.out / f"transfer_{args.v2}{'_quick' if args.quick else ''}.log"):
         return run(args)
