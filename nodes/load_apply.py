@@ -37,6 +37,12 @@ def _loaded(lora_name: str, router_correction: str, strict: bool):
     return adapter
 
 
+def _reft_strength_input() -> io.Float.Input:
+    return io.Float.Input("strength_reft", default=1.0, min=-10.0, max=10.0, step=0.01,
+                          tooltip="Strength of the file's ReFT block edits (reference-trainer files), separate from "
+                                  "the LoRA / Hydra strength; ignored when the file has none.")
+
+
 def _correction_input() -> io.Combo.Input:
     return io.Combo.Input("router_correction", options=list(ROUTER_CORRECTIONS), default="training",
                           tooltip=_CORRECTION_TIP)
@@ -83,13 +89,14 @@ class OrthoHydraApply(io.ComfyNode):
                 OrthoHydraAdapterType.Input("adapter", tooltip="An adapter from Load Ortho-Hydra Adapter or the "
                                                                "router node."),
                 io.Float.Input("strength", default=1.0, min=-10.0, max=10.0, step=0.01, tooltip=_STRENGTH_TIP),
+                _reft_strength_input(),
             ],
             outputs=[io.Model.Output(display_name="model")],
         )
 
     @classmethod
-    def execute(cls, model, adapter, strength: float) -> io.NodeOutput:
-        patched, _ = apply_adapter(model, adapter, strength)
+    def execute(cls, model, adapter, strength: float, strength_reft: float = 1.0) -> io.NodeOutput:
+        patched, _ = apply_adapter(model, adapter, strength, strength_reft=strength_reft)
         return io.NodeOutput(patched)
 
 
@@ -107,6 +114,7 @@ class OrthoHydraLoadAndApply(io.ComfyNode):
                 io.Float.Input("strength", default=1.0, min=-10.0, max=10.0, step=0.01, tooltip=_STRENGTH_TIP),
                 _correction_input(),
                 _strict_input(),
+                _reft_strength_input(),
             ],
             outputs=[io.Model.Output(display_name="model"), io.String.Output(display_name="summary")],
         )
@@ -117,12 +125,15 @@ class OrthoHydraLoadAndApply(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, model, lora_name: str, strength: float, router_correction: str = "training",
-                           strict: bool = True):
-        return (*file_fingerprint(lora_name), strength, router_correction, strict)
+                           strict: bool = True, strength_reft: float = 1.0):
+        return (*file_fingerprint(lora_name), strength, router_correction, strict, strength_reft)
 
     @classmethod
     def execute(cls, model, lora_name: str, strength: float, router_correction: str = "training",
-                strict: bool = True) -> io.NodeOutput:
+                strict: bool = True, strength_reft: float = 1.0) -> io.NodeOutput:
         adapter = _loaded(lora_name, router_correction, strict)
-        patched, patch_plan = apply_adapter(model, adapter, strength)
-        return io.NodeOutput(patched, adapter.summary() + "\n" + patch_plan.coverage())
+        patched, patch_plan = apply_adapter(model, adapter, strength, strength_reft=strength_reft)
+        coverage = patch_plan.coverage()
+        if adapter.reft:
+            coverage += f"; {len(adapter.reft)} ReFT block edits applied at strength_reft {strength_reft:g}"
+        return io.NodeOutput(patched, adapter.summary() + "\n" + coverage)

@@ -195,7 +195,7 @@ def _bind_override(model, adapter: Adapter) -> OverrideStack:
     return override.bind(lambda p: float(sampling.percent_to_sigma(p)))
 
 
-def apply_adapter(model, adapter: Adapter, strength: float = 1.0, fold: bool = True):
+def apply_adapter(model, adapter: Adapter, strength: float = 1.0, fold: bool = True, strength_reft: float = 1.0):
     """Return a patched clone of ``model`` routing every adapted Linear through its experts.
 
     The adapter's override stack changes the gates; layers whose gate it fixes for the whole run are folded into
@@ -203,7 +203,7 @@ def apply_adapter(model, adapter: Adapter, strength: float = 1.0, fold: bool = T
     """
     patch_plan = make_plan(model, adapter)
     patched = model.clone()
-    if strength == 0:
+    if strength == 0 and (strength_reft == 0 or not adapter.reft):
         return patched, patch_plan
     override = _bind_override(patched, adapter)
     state = SamplingState()
@@ -229,7 +229,7 @@ def apply_adapter(model, adapter: Adapter, strength: float = 1.0, fold: bool = T
         module = reft_module(patched, edit, adapter)
         weights = ReFTWeights(edit, compute_dtype(patched))
         holder[f"reft_{edit.block}"] = weights
-        install_forward_hook(patched, module, ReFTHook(weights, strength, module))
+        install_forward_hook(patched, module, ReFTHook(weights, strength_reft, module))
     _static_patches(patched, patch_plan, folded, strength)
     if len(holder):
         weights_patcher = comfy.model_patcher.ModelPatcher(holder, load_device=patched.load_device,
