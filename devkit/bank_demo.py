@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .demo_assets import BANK_LORAS, DIT_NAME
 from .host import ROOT
-from .workflow import WorkflowGraph
+from .workflow import WorkflowGraph, apply_sample_save
 
 WORKFLOW = ROOT / "example_workflows" / "08_lora_bank_mixer.json"
 NAMES = "style 1, style 2, style 3, style 4"
@@ -32,17 +32,7 @@ def workflow() -> dict:
                                              "step", "both", "", 0],
                         {"adapter": ("ORTHO_HYDRA", (bank, 0)), "profile": ("STYLE_PROFILE", None)},
                         [("adapter", "ORTHO_HYDRA"), ("summary", "STRING")], pos=(400, y))
-        applied = g.node("OrthoHydraApply", [1.0], {"model": ("MODEL", (model, 0)),
-                                                    "adapter": ("ORTHO_HYDRA", (routed, 0))},
-                         [("model", "MODEL")], pos=(760, y))
-        sampled = g.node("KSampler", [42, "fixed", 8, 3.0, "euler", "simple", 1.0],
-                         {"model": ("MODEL", (applied, 0)), "positive": ("CONDITIONING", (positive, 0)),
-                          "negative": ("CONDITIONING", (negative, 0)), "latent_image": ("LATENT", (latent, 0))},
-                         [("LATENT", "LATENT")], pos=(1060, y))
-        preview = g.node("OrthoHydraLatentPreview", [8], {"model": ("MODEL", (applied, 0)),
-                                                          "samples": ("LATENT", (sampled, 0))},
-                         [("IMAGE", "IMAGE")], pos=(1360, y))
-        g.node("SaveImage", [f"ortho_hydra_bank_{label}"], {"images": ("IMAGE", (preview, 0))}, pos=(1660, y))
+        apply_sample_save(g, (model, 0), (routed, 0), positive, negative, latent, f"ortho_hydra_bank_{label}", y)
     out = g.to_json()
     out["extra"] = {"ortho_hydra": "four style LoRAs -> expert bank -> mixer"}
     return out

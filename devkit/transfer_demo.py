@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .demo_assets import ADAPTER_NAME, DIT_NAME, DIT_V2_NAME
 from .host import ROOT
-from .workflow import WorkflowGraph
+from .workflow import WorkflowGraph, apply_sample_save
 
 WORKFLOW = ROOT / "example_workflows" / "07_transfer_to_new_base.json"
 OUTPUT_NAME = "ortho_hydra_demo_moe_v2"
@@ -33,16 +33,7 @@ def workflow() -> dict:
                    [("adapter", "ORTHO_HYDRA"), ("report", "STRING"), ("path", "STRING")], pos=(360, 0))
     for row, (label, source) in enumerate((("naive_copy", (adapter, 0)), ("transferred", (moved, 0)))):
         y = 420 * row
-        applied = g.node("OrthoHydraApply", [1.0], {"model": ("MODEL", (v2, 0)), "adapter": ("ORTHO_HYDRA", source)},
-                         [("model", "MODEL")], pos=(760, y))
-        sampled = g.node("KSampler", [42, "fixed", 8, 3.0, "euler", "simple", 1.0],
-                         {"model": ("MODEL", (applied, 0)), "positive": ("CONDITIONING", (positive, 0)),
-                          "negative": ("CONDITIONING", (negative, 0)), "latent_image": ("LATENT", (latent, 0))},
-                         [("LATENT", "LATENT")], pos=(1060, y))
-        preview = g.node("OrthoHydraLatentPreview", [8], {"model": ("MODEL", (applied, 0)),
-                                                          "samples": ("LATENT", (sampled, 0))},
-                         [("IMAGE", "IMAGE")], pos=(1360, y))
-        g.node("SaveImage", [f"ortho_hydra_v2_{label}"], {"images": ("IMAGE", (preview, 0))}, pos=(1660, y))
+        apply_sample_save(g, (v2, 0), source, positive, negative, latent, f"ortho_hydra_v2_{label}", y)
     out = g.to_json()
     out["extra"] = {"ortho_hydra": "transfer an adapter to a new base version"}
     return out

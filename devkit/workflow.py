@@ -86,3 +86,19 @@ class WorkflowGraph:
     def to_json(self) -> dict:
         return {"last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes,
                 "links": self.links, "groups": [], "config": {}, "extra": {}, "version": 0.4}
+
+
+def apply_sample_save(g: WorkflowGraph, model: tuple[int, int], adapter: tuple[int, int], positive: int,
+                      negative: int, latent: int, prefix: str, y: int) -> None:
+    """Apply ``adapter`` to ``model``, sample (KSampler, seed 42, euler 8 steps, cfg 3), preview and save: one row
+    of a demo graph."""
+    applied = g.node("OrthoHydraApply", [1.0], {"model": ("MODEL", model), "adapter": ("ORTHO_HYDRA", adapter)},
+                     [("model", "MODEL")], pos=(760, y))
+    sampled = g.node("KSampler", [42, "fixed", 8, 3.0, "euler", "simple", 1.0],
+                     {"model": ("MODEL", (applied, 0)), "positive": ("CONDITIONING", (positive, 0)),
+                      "negative": ("CONDITIONING", (negative, 0)), "latent_image": ("LATENT", (latent, 0))},
+                     [("LATENT", "LATENT")], pos=(1060, y))
+    preview = g.node("OrthoHydraLatentPreview", [8], {"model": ("MODEL", (applied, 0)),
+                                                      "samples": ("LATENT", (sampled, 0))},
+                     [("IMAGE", "IMAGE")], pos=(1360, y))
+    g.node("SaveImage", [prefix], {"images": ("IMAGE", (preview, 0))}, pos=(1660, y))
