@@ -43,10 +43,12 @@ TIPS = {
                             "touched."),
     "OrthoHydraTransfer": ("Carries an Ortho-Hydra adapter or a plain LoRA file to another version of its base model "
                            "(same architecture and layer shapes), without data, by LoRA-X subspace projection.",
-                           "Read the report before trusting the file: layers with low similarity moved most. Connect "
-                           "a latent and conditioning to see how far each router's gates moved. How well it works on "
-                           "our toy world, against the naive copy and an adapter retrained on the new base, is in the "
-                           "README."),
+                           "Read the report before trusting the file: '|dW| kept' is the share of each layer's update "
+                           "the projection keeps, and a low share means a changed adapter. Connect a latent and "
+                           "conditioning to see how far each router's gates moved. On our toy world LoRA-X never beat "
+                           "the naive copy: freely trained adapters keep only 30-50 % of their update under "
+                           "'subspace' and lose their style, while 'subspace+null' stays within a few points of the "
+                           "copy (README, 'Carrying adapters to a new base version')."),
     "OrthoHydraLoraBank": ("Turns 2 to 8 ordinary LoRA files into one adapter whose expert i is LoRA i, exactly: pin, "
                            "blend, schedule, mix and bake a LoRA folder with the router toolkit.",
                            "Blend with renormalize off to reproduce stacked LoraLoaderModelOnly nodes; the router "
