@@ -26,6 +26,7 @@ from comfy_extras import nodes_custom_sampler, nodes_train
 
 from ortho_hydra import OrthoHydraError, save
 from ortho_hydra.network import OrthoHydraNetwork
+from ortho_hydra.replicas import Replicas
 from ortho_hydra.slots import base_fingerprint, slot_metadata
 from ortho_hydra.training import (
     TIMESTEP_SAMPLING,
@@ -122,6 +123,7 @@ class TrainingRun:
     gates: StepGates = field(default_factory=StepGates)
     hooks: list = field(default_factory=list)
     balance: UsageBalance = field(default_factory=UsageBalance)
+    replicas: Replicas = field(default_factory=Replicas)  # one process, or DDP ranks (the torchrun command)
 
     @property
     def adapter_path(self) -> str:
@@ -138,8 +140,10 @@ class TrainingRun:
         return replace(adapter, path=self.adapter_path)
 
     def checkpoint(self) -> str:
-        """Adapter + resume sidecar, both written atomically; returns the adapter path."""
+        """Adapter + resume sidecar, both written atomically (by the main process only); returns the adapter path."""
         path = self.adapter_path
+        if not self.replicas.is_main:
+            return path
         save(self.adapter(), path)
         state = capture_training_state(self.network, self.optimizer, self.generator, self.step,
                                        {"config": self.config.identity(), "fingerprint": self.fingerprint,
@@ -176,7 +180,11 @@ class OrthoHydraTrainSampler(comfy.samplers.Sampler):
         model_wrap.conds = nodes_train.process_cond_list(model_wrap.conds)
         conds = model_wrap.conds["positive"]
         dataset = latent_image.shape[0]
-        batch_size = min(cfg.batch_size, dataset)
+        replicas = run.replicas
+        batch_size = min(cfg.batch_size, dataset // replicas.world)
+        if batch_size < 1:
+            raise OrthoHydraError(f"{dataset} images cannot fill one image per process on {replicas.world} "
+                                  "processes.", key="batch_size", fix="use fewer processes or more images")
         balance_from = balance_starts_at(cfg.balance_start, cfg.steps)
         pbar = comfy.utils.ProgressBar(cfg.steps)
         pbar.update_absolute(run.step, cfg.steps)
@@ -188,9 +196,13 @@ class OrthoHydraTrainSampler(comfy.samplers.Sampler):
             run.optimizer.zero_grad(set_to_none=True)
             step_loss = 0.0
             for micro in range(cfg.grad_accumulation):
-                idx = torch.randperm(dataset, generator=run.generator)[:batch_size].tolist()
-                step_loss += self.fwd_bwd(model_wrap, conds, extra_args, latent_image, idx, micro,
-                                          balance_on=run.step >= balance_from) / cfg.grad_accumulation
+                idx_all = torch.randperm(dataset, generator=run.generator)[:batch_size * replicas.world].tolist()
+                last = micro == cfg.grad_accumulation - 1
+                with contextlib.nullcontext() if last else replicas.no_sync():  # all-reduce once per step
+                    step_loss += self.fwd_bwd(model_wrap, conds, extra_args, latent_image, idx_all, micro,
+                                              balance_on=run.step >= balance_from) / cfg.grad_accumulation
+            idx = idx_all[replicas.rows(batch_size)]
+            step_loss = replicas.mean(step_loss)
             if not torch.isfinite(torch.tensor(step_loss)):
                 raise OrthoHydraError(f"the loss became {step_loss} at step {run.step + 1}.", key="learning_rate",
                                       fix="lower the learning rate; the last good checkpoint is kept")
@@ -229,36 +241,48 @@ class OrthoHydraTrainSampler(comfy.samplers.Sampler):
             if prefix in inputs:
                 layer.calibrate_router(torch.cat(inputs[prefix]))
 
-    def fwd_bwd(self, model_wrap, conds: list, extra_args: dict, latents_all: torch.Tensor, idx: list[int],
+    def fwd_bwd(self, model_wrap, conds: list, extra_args: dict, latents_all: torch.Tensor, idx_all: list[int],
                 micro: int, balance_on: bool) -> float:
-        """One micro-batch: noise it, predict x0, backward the x0-space MSE plus the routing terms."""
+        """One micro-batch: noise it, predict x0, backward the x0-space MSE plus the routing terms.
+
+        ``idx_all`` is the global batch; levels and noise are drawn for all of it (the same on every process)
+        and this process keeps its rows, so N processes compute what one computes at N times the batch.
+        """
         run, cfg = self.run, self.run.config
         sampling = model_wrap.inner_model.model_sampling
+        rows = run.replicas.rows(len(idx_all) // run.replicas.world)
+        idx = idx_all[rows]
         latents = latents_all[idx]
         if cfg.fixed_noise:
             levels, noise = fixed_noise_for(idx, latents, cfg)
         else:
-            levels = draw_noise_levels(len(idx), cfg.timestep_sampling, run.generator, cfg.shift)
+            levels = draw_noise_levels(len(idx_all), cfg.timestep_sampling, run.generator, cfg.shift)[rows]
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + run.step * 97 + micro)
-            noise = torch.randn(latents.shape, generator=gen)
+            noise = torch.randn((len(idx_all), *latents.shape[1:]), generator=gen)[rows]
         sigmas = torch.tensor([float(sampling.percent_to_sigma(1.0 - float(u))) for u in levels]).to(latents.device)
         x0 = sampling.noise_scaling(torch.zeros_like(sigmas), torch.zeros_like(latents), latents, False)
         autocast = torch.autocast(latents.device.type, dtype=torch.bfloat16) \
             if cfg.training_dtype == "bf16" else contextlib.nullcontext()
         run.gates.clear()
-        with autocast:
-            x0_pred = predict_x0(model_wrap, conds, extra_args, latents_all, idx, sigmas, noise)
-        loss = torch.nn.functional.mse_loss(x0_pred.float(), x0.float())
-        total = loss
-        if balance_on and cfg.balance_weight:
-            balance = run.balance.loss(run.gates)
-            total = total + cfg.balance_weight * balance if balance is not None else total
-        guidance = guidance_weight(run.step, cfg.label_guidance, cfg.label_guidance_steps)
-        if guidance and run.labels is not None:
-            term = label_guidance_loss(run.gates, run.labels[idx])
-            total = total + guidance * term if term is not None else total
+        losses = {}
+
+        def step() -> torch.Tensor:
+            with autocast:
+                x0_pred = predict_x0(model_wrap, conds, extra_args, latents_all, idx, sigmas, noise)
+            losses["mse"] = loss = torch.nn.functional.mse_loss(x0_pred.float(), x0.float())
+            total = loss
+            if balance_on and cfg.balance_weight:
+                balance = run.balance.loss(run.gates)
+                total = total + cfg.balance_weight * balance if balance is not None else total
+            guidance = guidance_weight(run.step, cfg.label_guidance, cfg.label_guidance_steps)
+            if guidance and run.labels is not None:
+                term = label_guidance_loss(run.gates, run.labels[idx])
+                total = total + guidance * term if term is not None else total
+            return total
+
+        total = run.replicas.forward(step)  # DDP sees the forward, so the backward all-reduces the adapter's grads
         (total / cfg.grad_accumulation).backward()
-        return loss.item()
+        return losses["mse"].item()
 
 
 def predict_x0(model_wrap, conds: list, extra_args: dict, latents_all: torch.Tensor, idx: list[int],
@@ -318,8 +342,11 @@ def check_styles(config: TrainConfig, labels: torch.Tensor | None) -> None:
 
 
 def train(model, latents: torch.Tensor, positive: list, config: TrainConfig, *, resume: str | None = None,
-          labels: torch.Tensor | None = None, unique_id: str | None = None):
-    """Run training and return (router-live MODEL, adapter, loss map, router trace)."""
+          labels: torch.Tensor | None = None, unique_id: str | None = None, replicas: Replicas | None = None):
+    """Run training and return (router-live MODEL, adapter, loss map, router trace).
+
+    The node and the torchrun command (``ortho_hydra_train``) both call this; the command passes DDP replicas.
+    """
     count = latents.shape[0]
     if len(positive) == 1 and count > 1:
         positive = positive * count
@@ -336,9 +363,12 @@ def train(model, latents: torch.Tensor, positive: list, config: TrainConfig, *, 
     mp.set_model_compute_dtype(torch.bfloat16 if config.training_dtype == "bf16" else torch.float32)
     with torch.inference_mode(False), torch.enable_grad():
         run = _new_run(config, targets, fingerprint, labels, mp.load_device)
+        if replicas is not None:
+            run.replicas = replicas
         if resume:
             run.resume(resume)
             run.trace.steps.clear()
+        run.replicas.attach(run.network)
         run.hooks = install_training_hooks(mp, run.network, {p: module for p, (module, _) in targets.items()},
                                            run.gates)
         require_hook_guards()  # a compiled model must not reuse a graph traced without these hooks

@@ -1,0 +1,85 @@
+"""The torchrun command on CPU with gloo: 2 processes equal 1 process at twice the batch; rank 0 writes alone."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from devkit import tiny_dit
+from devkit.host import ROOT
+from ortho_hydra import load
+from ortho_hydra_train import dataset
+
+CONFIG = """steps = 10
+learning_rate = 1e-2
+rank = 4
+experts = 2
+training_dtype = "fp32"
+balance_weight = 0.0
+label_guidance = 1.0
+label_guidance_steps = 10
+seed = 3
+output_name = "ddp_adapter"
+targets = "mlp"
+"""
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ddp")
+    save_file(tiny_dit.mmdit_state_dict(depth=2, seed=0), str(folder / "dit.safetensors"))
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(8, 16, 16, 16, generator=g)
+    conditioning = [tiny_dit.mmdit_conditioning(seed=i)[0] for i in range(8)]
+    dataset.write(folder / "data", latents, conditioning, labels=[i % 2 for i in range(8)],
+                  style_names=["left", "right"])
+    for name, batch in (("b2.toml", 2), ("b4.toml", 4)):
+        (folder / name).write_text(CONFIG + f"batch_size = {batch}\n")
+    return folder
+
+
+def command(files, *args, processes: int = 1, timeout: int = 300) -> subprocess.CompletedProcess:
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes),
+                "--master-port", str(29500 + os.getpid() % 1000)] if processes > 1 else [sys.executable]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COMFYUI_DIR": str(ROOT / ".host" / "ComfyUI")}
+    return subprocess.run([*launcher, "-m", "ortho_hydra_train", "--model", str(files / "dit.safetensors"),
+                           "--dataset", str(files / "data"), *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_two_processes_equal_one_at_twice_the_batch_and_rank_zero_writes_alone(files):
+    two = command(files, "--config", str(files / "b2.toml"), "--output-dir", str(files / "two"), processes=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = command(files, "--config", str(files / "b4.toml"), "--output-dir", str(files / "one"))
+    assert one.returncode == 0, one.stderr[-3000:]
+    a, b = load(files / "two" / "ddp_adapter.safetensors"), load(files / "one" / "ddp_adapter.safetensors")
+    worst = 0.0
+    for name, layer in b.layers.items():
+        for key, tensor in layer.tensors().items():
+            other = a.layers[name].tensors()[key]
+            worst = max(worst, float((other - tensor).abs().max() / tensor.abs().max().clamp_min(1e-12)))
+    print(f"largest relative difference, 2 processes x batch 2 vs 1 x batch 4, 10 steps: {worst:.2e}")
+    assert worst < 1e-4
+    assert a.expert_names == ("left", "right")  # the dataset's style names became expert names
+    assert sorted(p.name for p in (files / "two").iterdir()) == [
+        "ddp_adapter.png", "ddp_adapter.resume.safetensors", "ddp_adapter.safetensors"]  # nothing partial
+    assert two.stdout.count("wrote ") == 1  # one rank reports (and writes)
+
+
+def test_bad_inputs_end_with_one_clear_line(files, tmp_path):
+    missing = command(files, "--config", str(files / "b2.toml"), "--output-dir", str(tmp_path))
+    assert missing.returncode == 0  # the fixture's own files work
+    bad = tmp_path / "bad.toml"
+    bad.write_text(CONFIG + "batch_size = 2\nlearning_rat = 1.0\n")
+    result = command(files, "--config", str(bad))
+    assert result.returncode == 2 and "key 'learning_rat' is not a trainer option" in result.stderr
+    no_model = subprocess.run([sys.executable, "-m", "ortho_hydra_train", "--model", str(tmp_path / "nope.safetensors"),
+                               "--dataset", str(files / "data"), "--config", str(files / "b2.toml")], cwd=ROOT,
+                              env={**os.environ, "COMFYUI_DIR": str(ROOT / ".host" / "ComfyUI")},
+                              capture_output=True, text=True, timeout=300)
+    assert no_model.returncode == 2 and "nope.safetensors: no such model file" in no_model.stderr
+    no_data = command(files, "--config", str(files / "b2.toml"), "--dataset", str(tmp_path))
+    assert no_data.returncode == 2 and "no manifest.json" in no_data.stderr
