@@ -383,7 +383,7 @@ def train(model, latents: torch.Tensor, positive: list, config: TrainConfig, *, 
             with gradient_checkpointing(mp, config.gradient_checkpointing):
                 guider.sample(torch.zeros_like(latents), latents, sampler, torch.arange(count, dtype=torch.float32),
                               seed=config.seed)
-        except comfy.model_management.InterruptProcessingException:
+        except (comfy.model_management.InterruptProcessingException, KeyboardInterrupt):  # node cancel, Ctrl-C
             path = run.checkpoint()
             log.info("Ortho-Hydra training interrupted at step %d; checkpoint kept at %s", run.step, path)
             raise

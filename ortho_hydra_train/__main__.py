@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -103,8 +104,10 @@ def run(args: argparse.Namespace) -> int:
             comfy.utils.set_progress_bar_global_hook(
                 lambda value, _total, _preview=None, **_: print(f"step {value}/{total}", flush=True)
                 if value and (value % max(1, total // 20) == 0 or value == total) else None)
+        started = time.perf_counter()
         _, adapter, losses, trace = train.train(model, data.latents, data.positive, config, resume=args.resume,
                                                 labels=data.labels, replicas=replicas)
+        seconds = time.perf_counter() - started
         if rank == 0:
             plot = Path(adapter.path).with_suffix(".png")
             image = pack.nodes.save_plot.plot_training(losses["loss"], [trace])
@@ -113,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
             Image.fromarray((image[0].numpy() * 255).astype("uint8")).save(plot)
             print(f"wrote {adapter.path} ({len(losses['loss'])} steps this run, last loss "
                   f"{losses['loss'][-1]:.4f}) and {plot}", flush=True)
+            print(f"trained in {seconds:.2f} s on {replicas.world} process(es)", flush=True)
         return 0
     except (CommandError, FileNotFoundError) as exc:
         print(f"ortho_hydra_train (rank {rank}): {exc}", file=sys.stderr, flush=True)

@@ -1,8 +1,10 @@
 """The torchrun command on CPU with gloo: 2 processes equal 1 process at twice the batch; rank 0 writes alone."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -83,3 +85,70 @@ def test_bad_inputs_end_with_one_clear_line(files, tmp_path):
     assert no_model.returncode == 2 and "nope.safetensors: no such model file" in no_model.stderr
     no_data = command(files, "--config", str(files / "b2.toml"), "--dataset", str(tmp_path))
     assert no_data.returncode == 2 and "no manifest.json" in no_data.stderr
+
+
+def test_resume_on_another_world_size_continues_as_if_uninterrupted(files):
+    """2 processes x batch 2 for 5 steps, then 1 process x batch 4 resuming to 10 = 1 process x batch 4 for 10: the
+    global batch, the generator state and the step-seeded noise carry over (the documented equivalence)."""
+    first = files / "b2_5.toml"
+    first.write_text(CONFIG.replace("steps = 10", "steps = 5") + "batch_size = 2\n")
+    out = files / "resumed"
+    assert command(files, "--config", str(first), "--output-dir", str(out), processes=2).returncode == 0
+    halfway = load(out / "ddp_adapter.safetensors")
+    resumed = command(files, "--config", str(files / "b4.toml"), "--output-dir", str(out),
+                      "--resume", str(out / "ddp_adapter.resume.safetensors"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = load(out / "ddp_adapter.safetensors")
+    b = load(files / "one" / "ddp_adapter.safetensors")  # the uninterrupted single-process run (test above)
+    for name, layer in b.layers.items():
+        for key, tensor in layer.tensors().items():
+            assert torch.allclose(a.layers[name].tensors()[key], tensor, rtol=1e-4, atol=1e-6), (name, key)
+            assert torch.isfinite(a.layers[name].tensors()[key]).all()
+    assert not torch.equal(halfway.layers[name].ups, a.layers[name].ups)  # it did train on
+
+
+def test_killing_one_rank_leaves_a_loadable_checkpoint_and_a_failed_exit(files, tmp_path):
+    long = tmp_path / "long.toml"
+    long.write_text(CONFIG.replace("steps = 10", "steps = 400") + "batch_size = 2\nsave_every = 2\n")
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                "--master-port", str(30500 + os.getpid() % 1000)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COMFYUI_DIR": str(ROOT / ".host" / "ComfyUI")}
+    proc = subprocess.Popen([*launcher, "-m", "ortho_hydra_train", "--model", str(files / "dit.safetensors"),
+                             "--dataset", str(files / "data"), "--config", str(long), "--output-dir",
+                             str(tmp_path / "out")], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    checkpoint = tmp_path / "out" / "ddp_adapter.resume.safetensors"
+    deadline = time.time() + 240
+    while not checkpoint.is_file() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert checkpoint.is_file(), "no checkpoint appeared"
+    victim = next(pid for pid in _children(proc.pid) if _env(pid).get("LOCAL_RANK") == "1")
+    os.kill(victim, signal.SIGKILL)
+    output, _ = proc.communicate(timeout=240)
+    assert proc.returncode != 0, output[-2000:]
+    adapter = load(tmp_path / "out" / "ddp_adapter.safetensors")  # still loadable after the crash
+    assert adapter.num_experts == 2 and all(torch.isfinite(t).all() for layer in adapter.layers.values()
+                                            for t in layer.tensors().values())
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temp file left
+
+
+def _children(pid: int) -> list[int]:
+    found, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        for task in os.listdir(f"/proc/{parent}/task"):
+            try:
+                kids = open(f"/proc/{parent}/task/{task}/children").read().split()
+            except OSError:
+                continue
+            found += [int(k) for k in kids]
+            frontier += [int(k) for k in kids]
+    return found
+
+
+def _env(pid: int) -> dict[str, str]:
+    try:
+        raw = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+    except OSError:
+        return {}
+    return dict(item.decode(errors="replace").split("=", 1) for item in raw if b"=" in item)
