@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from .demo_assets import BANK_LORAS, DIT_NAME
 from .host import ROOT
-from .workflow import WorkflowGraph, apply_sample_save
+from .workflow import WorkflowGraph, apply_sample_save, write_json
 
 WORKFLOW = ROOT / "example_workflows" / "08_lora_bank_mixer.json"
 NAMES = "style 1, style 2, style 3, style 4"
@@ -33,15 +30,8 @@ def workflow() -> dict:
                         {"adapter": ("ORTHO_HYDRA", (bank, 0)), "profile": ("STYLE_PROFILE", None)},
                         [("adapter", "ORTHO_HYDRA"), ("summary", "STRING")], pos=(400, y))
         apply_sample_save(g, (model, 0), (routed, 0), positive, negative, latent, f"ortho_hydra_bank_{label}", y)
-    out = g.to_json()
-    out["extra"] = {"ortho_hydra": "four style LoRAs -> expert bank -> mixer"}
-    return out
-
-
-def write_workflow(path: Path = WORKFLOW) -> Path:
-    path.write_text(json.dumps(workflow(), indent=1) + "\n")
-    return path
+    return {**g.to_json(), "extra": {"ortho_hydra": "four style LoRAs -> expert bank -> mixer"}}
 
 
 if __name__ == "__main__":
-    print(write_workflow())
+    print(write_json(WORKFLOW, workflow()))

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from .demo_assets import ADAPTER_NAME, DIT_NAME, DIT_V2_NAME
 from .host import ROOT
-from .workflow import WorkflowGraph, apply_sample_save
+from .workflow import WorkflowGraph, apply_sample_save, write_json
 
 WORKFLOW = ROOT / "example_workflows" / "07_transfer_to_new_base.json"
 OUTPUT_NAME = "ortho_hydra_demo_moe_v2"
@@ -34,15 +31,8 @@ def workflow() -> dict:
     for row, (label, source) in enumerate((("naive_copy", (adapter, 0)), ("transferred", (moved, 0)))):
         y = 420 * row
         apply_sample_save(g, (v2, 0), source, positive, negative, latent, f"ortho_hydra_v2_{label}", y)
-    out = g.to_json()
-    out["extra"] = {"ortho_hydra": "transfer an adapter to a new base version"}
-    return out
-
-
-def write_workflow(path: Path = WORKFLOW) -> Path:
-    path.write_text(json.dumps(workflow(), indent=1) + "\n")
-    return path
+    return {**g.to_json(), "extra": {"ortho_hydra": "transfer an adapter to a new base version"}}
 
 
 if __name__ == "__main__":
-    print(write_workflow())
+    print(write_json(WORKFLOW, workflow()))

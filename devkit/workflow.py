@@ -102,3 +102,9 @@ def apply_sample_save(g: WorkflowGraph, model: tuple[int, int], adapter: tuple[i
                                                       "samples": ("LATENT", (sampled, 0))},
                      [("IMAGE", "IMAGE")], pos=(1360, y))
     g.node("SaveImage", [prefix], {"images": ("IMAGE", (preview, 0))}, pos=(1660, y))
+
+
+def write_json(path: Path, workflow: dict) -> Path:
+    """Write a generated workflow the way example_workflows/ keeps them (indent 1, trailing newline)."""
+    path.write_text(json.dumps(workflow, indent=1) + "\n")
+    return path
