@@ -43,7 +43,7 @@ def prepare(folder: Path) -> Path:
     boot(cpu=True)
     from bench.style_separation import per_image_positive
     from devkit import toy_world as tw
-    from ortho_hydra_train import dataset
+    from ortho_hydra import dataset_cache as dataset
 
     latents, contents, styles = tw.dataset(1, seed=0)
     dataset.write(folder / "data", latents, per_image_positive(tw, contents.tolist()), labels=styles.tolist(),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 
 from .bake import OrthoHydraBakeLoRA
+from .dataset_cache import OrthoHydraCacheDataset
 from .demo_conditioning import OrthoHydraDemoConditioning
 from .expert_bank import OrthoHydraLoraBank
 from .gallery import OrthoHydraExpertGallery
@@ -34,6 +35,7 @@ NODES: list[type[io.ComfyNode]] = [
     OrthoHydraExpertGallery,
     OrthoHydraLoadStyleFolders,
     OrthoHydraTrain,
+    OrthoHydraCacheDataset,
     OrthoHydraMergeSlots,
     OrthoHydraLoraBank,
     OrthoHydraFitRouter,

@@ -19,7 +19,7 @@ from pathlib import Path
 import tomllib
 import torch
 
-from ortho_hydra_train import dataset as cached
+from ortho_hydra import dataset_cache as cached
 from ortho_hydra_train import host
 
 
@@ -98,6 +98,11 @@ def run(args: argparse.Namespace) -> int:
             Path(args.output_dir).mkdir(parents=True, exist_ok=True)
             folder_paths.add_model_folder_path("loras", str(Path(args.output_dir).resolve()), is_default=True)
         model = comfy.sd.load_diffusion_model(args.model)
+        channels = model.model.latent_format.latent_channels
+        if data.latents.shape[1] != channels:
+            raise CommandError(f"{args.dataset}: latents have {data.latents.shape[1]} channels, {args.model} takes "
+                               f"{channels} ({type(model.model.latent_format).__name__}). Fix: cache the dataset "
+                               "with this model's VAE")
         replicas = DataParallelReplicas() if dist else Replicas()
         if rank == 0:
             total = config.steps

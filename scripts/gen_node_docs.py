@@ -41,6 +41,12 @@ TIPS = {
                             "the expert (for an expert bank: the LoRA) whose style the input has.",
                             "The report gives held-out routing accuracy and purity; the experts' weights are not "
                             "touched."),
+    "OrthoHydraCacheDataset": ("Encodes a training set once (VAE latents, text conditioning, style labels) into "
+                               "safetensors shards and a manifest for the torchrun trainer command.",
+                               "Then run `torchrun --nproc-per-node N -m ortho_hydra_train --model <DiT> --dataset "
+                               "output/ortho_hydra_datasets/<name> --config train.toml` from the pack's folder "
+                               "(README, 'Training beyond one GPU'). Use the VAE of the model you will train: the "
+                               "command refuses latents with another channel count."),
     "OrthoHydraTransfer": ("Carries an Ortho-Hydra adapter or a plain LoRA file to another version of its base model "
                            "(same architecture and layer shapes), without data, by LoRA-X subspace projection.",
                            "Read the report before trusting the file: '|dW| kept' is the share of each layer's update "

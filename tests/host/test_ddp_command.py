@@ -12,8 +12,8 @@ from safetensors.torch import save_file
 
 from devkit import tiny_dit
 from devkit.host import ROOT
+from ortho_hydra import dataset_cache as dataset
 from ortho_hydra import load
-from ortho_hydra_train import dataset
 
 CONFIG = """steps = 10
 learning_rate = 1e-2
@@ -85,6 +85,10 @@ def test_bad_inputs_end_with_one_clear_line(files, tmp_path):
     assert no_model.returncode == 2 and "nope.safetensors: no such model file" in no_model.stderr
     no_data = command(files, "--config", str(files / "b2.toml"), "--dataset", str(tmp_path))
     assert no_data.returncode == 2 and "no manifest.json" in no_data.stderr
+    dataset.write(tmp_path / "sdxl", torch.randn(2, 4, 16, 16), tiny_dit.mmdit_conditioning(seed=0) * 2)
+    other_vae = command(files, "--config", str(files / "b2.toml"), "--dataset", str(tmp_path / "sdxl"))
+    assert other_vae.returncode == 2 and "latents have 4 channels" in other_vae.stderr
+    assert "cache the dataset with this model's VAE" in other_vae.stderr
 
 
 def test_resume_on_another_world_size_continues_as_if_uninterrupted(files):
