@@ -113,3 +113,22 @@ def test_the_command_trains_on_the_cache_and_the_nodes_load_the_result(vae, outp
     folder_paths.add_model_folder_path("loras", str(output / "loras"), is_default=True)
     adapter, summary = import_pack().nodes.load_apply.OrthoHydraLoader.execute("from_cache.safetensors").args
     assert adapter.num_experts == 2 and "2 experts" in summary
+
+
+def test_captions_are_encoded_as_clip_text_encode_does(vae, output):
+    from devkit.text_encoder import random_clip_l
+    from nodes import CLIPTextEncode
+
+    clip = random_clip_l()
+    captions = ["a warm disc", "a cool ring", "a warm disc"]
+    path = _node().execute(torch.rand(3, 64, 64, 3), vae, "captioned", "\n".join(captions), 8, clip=clip).args[0]
+    cached = library().dataset_cache.read(path)
+    for entry, text in zip(cached.positive, captions, strict=True):
+        reference = CLIPTextEncode().encode(clip, text)[0][0]
+        assert torch.equal(entry[0], reference[0].float())
+        assert torch.equal(entry[1]["pooled_output"], reference[1]["pooled_output"].float())
+    one = _node().execute(torch.rand(2, 64, 64, 3), vae, "one_prompt", "a dotted square", 8, clip=clip).args[0]
+    both = library().dataset_cache.read(one).positive
+    assert torch.equal(both[0][0], both[1][0])
+    with pytest.raises(library().OrthoHydraError, match="2 captions for 3 images"):
+        _node().execute(torch.rand(3, 64, 64, 3), vae, "short", "a\nb", 8, clip=clip)
