@@ -81,3 +81,33 @@ def test_two_samplers_on_one_base_with_different_adapters_do_not_cross_talk(base
     for got, want in ((a1, alone_a), (a2, alone_a), (b1, alone_b), (b2, alone_b)):
         assert torch.equal(got, want)
     assert not base.model.get_submodule(MODULE)._forward_hooks  # nothing left on the shared base
+
+
+def test_two_of_our_adapters_on_the_same_layer_add_up_to_the_closed_form(base, patcher):
+    """Routed (live) and folded (pinned) adapters stacked on one Linear: W x + b + δ_first(x) + δ_second(x)."""
+    from ortho_hydra.overrides import GateRule, Keyframe, Override
+
+    first = randomized_adapter(lora_weights(base, pattern=r"x_block_mlp_fc1$"), experts=3, seed=21)
+    second = randomized_adapter(lora_weights(base, pattern=r"x_block_mlp_fc1$"), experts=2, seed=22)
+    pinned = second.with_override(Override((Keyframe(0.0, GateRule("pin", 1)),)))
+    x = torch.randn(2, 5, base.model.get_submodule(MODULE).in_features, generator=torch.Generator().manual_seed(9))
+    weight = base.model.get_submodule(MODULE).weight.detach().double()
+    bias = base.model.get_submodule(MODULE).bias.detach().double()
+    plain = F.linear(x.double(), weight, bias)
+    d_first = first.layers[PREFIX].delta(x.double())
+    d_second = second.layers[PREFIX].delta(x.double())
+    d_pinned = F.linear(x.double(), second.layers[PREFIX].static_delta_weight(torch.tensor([0.0, 1.0])).double())
+    cases = {"live + live": (patcher.apply_adapter(patcher.apply_adapter(base, first)[0], second)[0],
+                             plain + d_first + d_second),
+             "live + pinned": (patcher.apply_adapter(patcher.apply_adapter(base, first)[0], pinned)[0],
+                               plain + d_first + d_pinned),
+             "pinned + live": (patcher.apply_adapter(patcher.apply_adapter(base, pinned)[0], first)[0],
+                               plain + d_first + d_pinned)}
+    for label, (model, expected) in cases.items():
+        mm.load_models_gpu([model])
+        try:
+            got = model.model.get_submodule(MODULE)(x).double()
+        finally:
+            mm.unload_all_models()
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5, msg=label)
+    assert torch.equal(base.model.get_submodule(MODULE).weight.detach().double(), weight)
