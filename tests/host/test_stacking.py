@@ -10,6 +10,7 @@ from safetensors.torch import save_file
 
 from devkit import tiny_dit
 from devkit.adapters import lora_weights, randomized_adapter
+from devkit.host import import_pack
 
 MODULE = "diffusion_model.joint_blocks.1.x_block.mlp.fc1"
 PREFIX = "lora_unet_joint_blocks_1_x_block_mlp_fc1"
@@ -110,4 +111,40 @@ def test_two_of_our_adapters_on_the_same_layer_add_up_to_the_closed_form(base, p
         finally:
             mm.unload_all_models()
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5, msg=label)
+    assert torch.equal(base.model.get_submodule(MODULE).weight.detach().double(), weight)
+
+
+def test_ours_with_comfyuis_hook_lora_on_the_positive_conditioning(base, patcher, lora_file):
+    """CreateHookLora on the positive conditioning only: ComfyUI runs the sides apart, the positive calls see
+    (W + ΔW_hook) x + b + ours, the negative ones W x + b + ours, closed form at the module."""
+    import comfy.hooks
+    from comfy_extras.nodes_hooks import CreateHookLora
+
+    name, delta_w = lora_file
+    adapter = randomized_adapter(lora_weights(base, pattern=r"x_block_mlp_fc1$"), experts=3, seed=6)
+    hooks = CreateHookLora().create_hook(name, 1.0, 0.0)[0]
+    positive = comfy.hooks.set_hooks_for_conditioning(tiny_dit.mmdit_conditioning(seed=1), hooks)
+    negative = tiny_dit.mmdit_conditioning(seed=2)
+    model = patcher.apply_adapter(base, adapter)[0].clone()
+    calls = []
+
+    def capture(module, args, output):  # installed after ours on the same Linear: sees the adapted output
+        calls.append((args[0].detach().double().clone(), output.detach().double().clone()))
+
+    import_pack().nodes.hooks.install_forward_hook(model, MODULE, capture)
+    tiny_dit.sample(model, torch.zeros(1, 16, 16, 16), positive, negative, steps=1, cfg=2.0)
+    mm.unload_all_models()
+    weight = base.model.get_submodule(MODULE).weight.detach().double()
+    bias = base.model.get_submodule(MODULE).bias.detach().double()
+    layer = adapter.layers[PREFIX]
+    with_hook = without_hook = 0
+    for x, out in calls:
+        ours = layer.delta(x)  # the gate depends only on x here (an input router): the same on both sides
+        if torch.allclose(out, F.linear(x, weight + delta_w.double(), bias) + ours, rtol=1e-5, atol=1e-5):
+            with_hook += 1
+        elif torch.allclose(out, F.linear(x, weight, bias) + ours, rtol=1e-5, atol=1e-5):
+            without_hook += 1
+    print(f"hook LoRA active in {with_hook} of {len(calls)} calls")
+    assert with_hook >= 1 and without_hook >= 1 and with_hook + without_hook == len(calls), (with_hook,
+                                                                                           without_hook, len(calls))
     assert torch.equal(base.model.get_submodule(MODULE).weight.detach().double(), weight)
