@@ -30,6 +30,7 @@ from .hooks import SamplingState, install_forward_hook, install_sampling_state
 
 log = logging.getLogger("ortho_hydra")
 ADDITIONAL_MODELS_PREFIX = "ortho_hydra"
+_FUSED_KERNEL_HINTS = ("nunchaku", "svdq")  # module classes of packs that replace whole blocks with fused kernels
 
 
 class TargetWeights(nn.Module):
@@ -124,6 +125,18 @@ def reft_module(model, edit: ReFTEdit, adapter: Adapter) -> str:
     return path
 
 
+def _check_hookable(model, target: Target, adapter: Adapter) -> None:
+    """Refuse a Linear whose forward hooks would never run: a class that overrides ``__call__`` (fused or quantised
+    kernels that bypass ``nn.Module``) would make a router-live adapter a silent no-op there."""
+    module = model.model.get_submodule(target.module)
+    if type(module).__call__ is not nn.Module.__call__:
+        raise OrthoHydraError(f"{target.module} is a {type(module).__name__}, which bypasses PyTorch's forward "
+                                  f"hooks, so this {model_architecture(model)} model cannot run router-live "
+                                  "experts there.", path=adapter.path, key=target.module,
+                                  fix="load an unfused, unquantised version of the model, or pin / blend the "
+                                      "experts (folded into the weights) and bake them into a plain LoRA")
+
+
 def model_architecture(model) -> str:
     return type(model.model).__name__
 
@@ -156,10 +169,15 @@ def make_plan(model, adapter: Adapter) -> PatchPlan:
     if not patch_plan.targets:
         linears = [k for k, shape in shapes.items() if k.startswith("diffusion_model.") and len(shape) == 2]
         model_side = summarize(linears)
+        fused = sorted({type(m).__name__ for m in model.model.modules()
+                        if any(hint in type(m).__name__.lower() for hint in _FUSED_KERNEL_HINTS)})
         raise OrthoHydraError(
             f"no adapter layer matches this model: adapter targets {summarize(list(layers))}, "
-            f"model is {model_architecture(model)} {model_side}.", path=adapter.path, key=next(iter(layers)),
-            fix="load the base model this adapter was trained on")
+            f"model is {model_architecture(model)} {model_side}"
+            + (f"; it runs fused kernels ({', '.join(fused[:3])}) whose Linears cannot be hooked or patched" if fused
+               else "") + ".", path=adapter.path, key=next(iter(layers)),
+            fix="load an unfused version of the model (not Nunchaku / SVDQuant)" if fused
+            else "load the base model this adapter was trained on")
     return patch_plan
 
 
@@ -220,6 +238,7 @@ def apply_adapter(model, adapter: Adapter, strength: float = 1.0, fold: bool = T
         if gates is not None:
             folded.append((target, gates))
             continue
+        _check_hookable(patched, target, adapter)
         weights = TargetWeights(merge_shared_legs(target), compute_dtype(patched))
         holder[str(index)] = weights
         install_forward_hook(patched, target.module,

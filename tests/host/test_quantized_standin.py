@@ -1,6 +1,7 @@
 """A Linear that stores packed weights, as city96's GGUF Linear does: planned from its logical shape, hooked."""
 
 import comfy.model_management as mm
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -49,3 +50,39 @@ def test_packed_linear_is_planned_from_its_logical_shape_and_routes_exactly(patc
         torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
     finally:
         mm.unload_all_models()
+
+
+class _BypassLinear(torch.nn.Linear):
+    """Stands in for a fused / quantised kernel module that is called without nn.Module's hook machinery."""
+
+    def __call__(self, x):
+        return torch.nn.functional.linear(x, self.weight, self.bias)
+
+
+def test_linears_that_bypass_hooks_are_refused_for_router_live_and_fine_when_folded(patcher):
+    from devkit.adapters import library
+    from ortho_hydra.overrides import GateRule, Keyframe, Override
+
+    model = tiny_dit.load_mmdit(depth=2, seed=0)
+    module = model.model.get_submodule("diffusion_model.joint_blocks.0.x_block.mlp.fc1")
+    module.__class__ = _BypassLinear
+    adapter = randomized_adapter(lora_weights(model, pattern=r"joint_blocks_0_x_block_mlp_fc1$"), experts=2, seed=1)
+    with pytest.raises(library().OrthoHydraError, match="_BypassLinear, which bypasses PyTorch's forward hooks") as err:
+        patcher.apply_adapter(model, adapter)
+    assert "SD3" in str(err.value) and "bake" in err.value.fix
+    pinned = adapter.with_override(Override((Keyframe(0.0, GateRule("pin", 0)),)))
+    folded, _ = patcher.apply_adapter(model, pinned)  # a weight patch needs no hook: allowed
+    assert folded.patches
+
+
+def test_a_model_of_fused_kernel_blocks_is_named_in_the_refusal(patcher):
+    from devkit.adapters import library
+
+    model = tiny_dit.load_mmdit(depth=2, seed=0)
+    for block in model.model.diffusion_model.joint_blocks:  # as a Nunchaku model: blocks of fused kernels
+        block.__class__ = type("NunchakuJointBlock", (type(block),), {})
+    cosmos_names = {"lora_unet_blocks_0_mlp_layer1": torch.randn(64, 32)}
+    adapter = randomized_adapter(cosmos_names, rank=2, experts=2)
+    with pytest.raises(library().OrthoHydraError, match="fused kernels \\(NunchakuJointBlock\\)") as err:
+        patcher.apply_adapter(model, adapter)
+    assert "Nunchaku" in err.value.fix
