@@ -74,8 +74,9 @@ COSMOS_CONFIG = {
 }
 
 
-def load_cosmos(num_blocks: int = 2, seed: int = 0):
-    """A tiny Cosmos-Predict2 MiniTrainDIT (the Anima family) as a ComfyUI ModelPatcher.
+def load_cosmos(num_blocks: int = 2, seed: int = 0, channels: int = 256, dtype: torch.dtype = torch.float32):
+    """A Cosmos-Predict2 MiniTrainDIT (the Anima family) as a ComfyUI ModelPatcher: tiny by default; the 2B model's
+    real size is ``num_blocks=28, channels=2048`` (random weights, ``dtype``).
 
     Built from ComfyUI's own model config: detection only knows the 2B/14B block counts.
     """
@@ -85,14 +86,16 @@ def load_cosmos(num_blocks: int = 2, seed: int = 0):
     import comfy.supported_models
     from comfy.ldm.cosmos.predict2 import MiniTrainDIT
 
-    config = {**COSMOS_CONFIG, "num_blocks": num_blocks}
+    config = {**COSMOS_CONFIG, "num_blocks": num_blocks, "model_channels": channels}
     torch.manual_seed(seed)
     kwargs = {k: v for k, v in config.items() if k not in ("image_model", "min_fps", "max_fps")}
-    raw = MiniTrainDIT(**kwargs, dtype=torch.float32, device="cpu", operations=torch.nn)
+    raw = MiniTrainDIT(**kwargs, dtype=dtype, device="cpu", operations=torch.nn)
     model_config = comfy.supported_models.CosmosT2IPredict2(dict(config))
-    model_config.set_inference_dtype(torch.float32, None)
+    model_config.set_inference_dtype(dtype, None)
     model = model_config.get_model({}, "", device=None)
-    model.load_model_weights({k: v.clone() for k, v in raw.state_dict().items()}, "")
+    state = raw.state_dict()
+    del raw  # at 2B a third copy would not fit comfortably
+    model.load_model_weights({k: v.clone() for k, v in state.items()} if channels <= 256 else state, "")
     return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
                                             offload_device=mm.unet_offload_device())
 
