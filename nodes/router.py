@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from comfy_api.latest import io
 
 from ortho_hydra import Adapter, OrthoHydraError
+from ortho_hydra.blend_norm import global_norm_factor, scaled_gate
 from ortho_hydra.mc_blend import STOCHASTIC_MODES
 from ortho_hydra.overrides import (
     GROUPS,
@@ -104,6 +107,27 @@ def build_override(adapter: Adapter, *, mode: str, expert: int, weights: str, re
     return override
 
 
+def norm_controlled(adapter: Adapter, override: Override) -> tuple[Override, str]:
+    """The blend rescaled by one global factor (``ortho_hydra.blend_norm``) over the layers in its scope."""
+    rules = [frame.rule for frame in override.keyframes]
+    if len(rules) != 1 or rules[0].mode != "blend":
+        raise OrthoHydraError("norm_control applies to one constant blend (mode blend, no keyframes, no window).",
+                              path=adapter.path, key="norm_control", fix="turn it off, or use mode blend alone")
+    rule = rules[0]
+    gate = rule.constant("", adapter.num_experts)
+    layers = [layer for name, layer in adapter.layers.items()
+              if override.scope.matches(name, adapter.override.num_blocks)]
+    centered = {layer.router.centered for layer in layers}
+    if len(centered) > 1:
+        raise OrthoHydraError("the layers in scope disagree on centered gates.", path=adapter.path,
+                              key="norm_control", fix="narrow the scope")
+    factor = global_norm_factor(layers, gate)
+    scaled = scaled_gate(gate, factor, centered.pop())
+    frame = replace(override.keyframes[0], rule=GateRule("blend", weights=tuple(scaled.tolist()), renormalize=False))
+    note = f"\nnorm_control: blend scaled by {factor:.3f} over {len(layers)} layers"
+    return replace(override, keyframes=(frame,)), note
+
+
 class OrthoHydraRouter(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -159,6 +183,11 @@ class OrthoHydraRouter(io.ComfyNode):
                 io.Int.Input("mc_seed", default=0, min=0, max=2**31 - 1,
                              tooltip="omcd / mc_dropout: seeds the masks (with the layer and the step's σ), so "
                                      "the same seed gives the same image."),
+                io.Boolean.Input("norm_control", default=False,
+                                 tooltip="blend: scale the whole blend (one factor over every layer in scope) so "
+                                         "its strength equals its strongest part's. Blending several nearly "
+                                         "orthogonal styles at full weight otherwise grows the adapter's energy "
+                                         "like the square root of their number (overdrive)."),
                 StyleProfileType.Input("profile", optional=True,
                                        tooltip="A style profile (mode 'profile' or keyframe 'profile')."),
             ],
@@ -170,7 +199,7 @@ class OrthoHydraRouter(io.ComfyNode):
     def execute(cls, adapter: Adapter, mode: str, expert: int, weights: str, renormalize: bool,
                 temperature: float, top_k: int, group: str, block_start: int, block_end: int, layer_regex: str,
                 start_percent: float, end_percent: float, keyframes: str, interpolation: str, side: str,
-                keep: str = "", mc_seed: int = 0, profile=None) -> io.NodeOutput:
+                keep: str = "", mc_seed: int = 0, norm_control: bool = False, profile=None) -> io.NodeOutput:
         if profile is not None:
             check_matches(profile, adapter, path=profile.source or profile.name)
         try:
@@ -182,9 +211,12 @@ class OrthoHydraRouter(io.ComfyNode):
         except ValueError as exc:
             raise OrthoHydraError(f"{exc}.", path=adapter.path, key="OrthoHydraRouter",
                                   fix="fix the router node's settings") from exc
+        note = ""
+        if norm_control:
+            override, note = norm_controlled(adapter, override)
         routed = adapter.with_override(override)
         stack = routed.override
         constant = sum(stack.constant_gate(n, adapter.num_experts) is not None for n in adapter.layers)
         summary = (f"{stack.describe()}\n{constant} of {len(adapter.layers)} routed layers have a constant gate "
-                   "(folded into the weights at apply time).")
+                   "(folded into the weights at apply time)." + note)
         return io.NodeOutput(routed, summary)

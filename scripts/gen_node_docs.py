@@ -31,7 +31,9 @@ TIPS = {
                          "Monte Carlo Dropout, Zhang et al. 2025) gives every output element to at most one expert "
                          "per call, so the experts' contributions are exactly orthogonal and unbiased for the direct "
                          "blend; the paper itself reports that this orthogonality does not improve semantic "
-                         "composition, and we have not measured it here. The direct blend stays the default."),
+                         "composition, and our toy-world measurement agrees (README). The direct blend stays the "
+                         "default; norm_control scales a blend so its strength is its strongest part's, the fix "
+                         "for the overdrive of summing several nearly orthogonal styles at full weight."),
     "OrthoHydraMergeSlots": ("Stacks adapters trained on orthogonal slots (OrthoHydraTrain's slots/slot inputs) into "
                              "one adapter whose expert i is adapter i, exactly, and reports their output-subspace "
                              "overlap.",

@@ -351,3 +351,22 @@ def test_gallery_gives_one_row_per_conditioning_entry_and_returns_every_tile(pac
     mm.unload_all_models()
     assert torch.allclose(tiles["samples"][1 * 4 + 2], expected[0], atol=1e-5)
     assert not torch.allclose(tiles["samples"][2], tiles["samples"][4 + 2], atol=1e-3)  # rows differ
+
+
+def test_norm_control_scales_the_whole_blend_to_its_strongest_part(pack, base, adapter):
+    """One factor over every layer in scope: the folded ΔW's global norm equals the strongest part's (fp64)."""
+    routed, summary = route(pack, adapter, mode="blend", weights="1, 1, 1", renormalize=False, norm_control=True)
+    factor = float(summary.rsplit("blend scaled by ", 1)[1].split()[0])
+    assert factor < 1.0  # three nearly orthogonal experts at full weight: the raw sum overdrives
+
+    def global_norm(gate_of) -> float:
+        return sum(float(layer.static_delta_weight(gate_of(layer)).double().pow(2).sum())
+                   for layer in adapter.layers.values()) ** 0.5
+
+    scaled = global_norm(lambda layer: routed.override.constant_gate(layer.name, 3))
+    parts = [global_norm(lambda layer, e=e: F.one_hot(torch.tensor(e), 3).float()) for e in range(3)]
+    assert scaled == pytest.approx(max(parts), rel=1e-4)
+    raw = global_norm(lambda layer: torch.ones(3))
+    assert raw / scaled == pytest.approx(1 / factor, rel=1e-3)
+    with pytest.raises(library().OrthoHydraError, match="norm_control applies to one constant blend"):
+        route(pack, adapter, mode="pin", expert=1, norm_control=True)
