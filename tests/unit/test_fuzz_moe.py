@@ -2,11 +2,13 @@
 
 1,200 deterministic mutations of one valid file: header-length bytes, header JSON bytes, dtypes, shapes, data
 offsets, metadata values, truncations and appended garbage.  A hang would time the test out; the whole corpus
-runs in a few seconds.
+runs in a few seconds.  Allocations are bounded too: what a file loads is at most a few times its size, and the
+process's peak memory does not grow across the corpus (shapes claim up to 2**40 elements).
 """
 
 import json
 import random
+import resource
 import struct
 import time
 
@@ -86,15 +88,23 @@ def valid_bytes(tmp_path_factory):
     return path.read_bytes()
 
 
+def _tensor_bytes(adapter) -> int:
+    layers = [*adapter.layers.values(), *adapter.plain_layers.values()]
+    return sum(t.numel() * t.element_size() for layer in layers for t in layer.tensors().values())
+
+
 def test_every_mutated_file_loads_or_is_refused_with_a_clear_error(valid_bytes, tmp_path):
     rng = random.Random(1234)
     outcomes = {"loaded": 0, "refused": 0}
     started = time.perf_counter()
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     for i in range(CORPUS):
         path = tmp_path / f"case_{i:04d}_moe.safetensors"
         path.write_bytes(_mutate(valid_bytes, rng))
         try:
-            load(path)
+            adapter = load(path)
+            # what a file loads is bounded by what it holds (fp16 files are widened to fp32 for the router: x2)
+            assert _tensor_bytes(adapter) <= 4 * path.stat().st_size, i
             outcomes["loaded"] += 1
         except OrthoHydraError as err:
             assert err.path and str(path) in err.path, (i, str(err))
@@ -104,3 +114,6 @@ def test_every_mutated_file_loads_or_is_refused_with_a_clear_error(valid_bytes, 
     assert outcomes["loaded"] + outcomes["refused"] == CORPUS
     assert outcomes["refused"] > CORPUS // 2 and outcomes["loaded"] > 0, outcomes  # the corpus does both
     assert time.perf_counter() - started < 60
+    # shapes up to 2**40 elements are in the corpus: none may be allocated before the file is refused
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before) / 1024
+    assert grown_mib < 64, f"peak memory grew {grown_mib:.0f} MiB over a corpus of {len(valid_bytes)}-byte files"
