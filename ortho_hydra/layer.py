@@ -80,6 +80,11 @@ class AdapterLayer:
         """The ``index``-th of ``parts`` equal output chunks (a fused file on a split model)."""
         raise NotImplementedError
 
+    def output_mapped(self, transform) -> AdapterLayer:
+        """A copy whose output rows go through ``transform`` (a row map of an (out, ·) tensor, e.g. ComfyUI's
+        ``swap_scale_shift``), so ΔW becomes ``transform(ΔW)``."""
+        raise NotImplementedError
+
     def joined(self, other: AdapterLayer) -> AdapterLayer | None:
         """One layer writing self's outputs then other's, when both share their input side; else None."""
         return None

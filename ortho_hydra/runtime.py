@@ -120,6 +120,9 @@ class ExpertLayer(AdapterLayer):
         """Exact ΔW (out, in) in fp32 for a constant gate (E,), e.g. a pinned expert."""
         return self.delta_weight(gate)
 
+    def output_mapped(self, transform) -> ExpertLayer:
+        return replace(self, ups=torch.stack([transform(up) for up in self.ups]))
+
     def chunk(self, index: int, parts: int, name: str) -> ExpertLayer:
         size = self.out_features // parts
         return replace(self, name=name, ups=self.ups[:, index * size:(index + 1) * size])
@@ -166,6 +169,9 @@ class PlainLoRA(AdapterLayer):
               sink: GateSink | None = None) -> torch.Tensor:
         lx = project_down(x, self.down, self.inv_scale)
         return (lx @ self.up.to(device=x.device, dtype=x.dtype).T) * self.scale
+
+    def output_mapped(self, transform) -> PlainLoRA:
+        return replace(self, up=transform(self.up))
 
     def chunk(self, index: int, parts: int, name: str) -> PlainLoRA:
         size = self.out_features // parts

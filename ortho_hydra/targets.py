@@ -14,12 +14,12 @@ that we resolve the two fusion mismatches ourselves:
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from .layer import AdapterLayer
 
-KeyMapValue = str | tuple[str, tuple[int, int, int]]
+KeyMapValue = str | tuple
 _SPLIT = re.compile(r"^(?P<stem>.*[_.])(?P<part>q|k|v)(?P<tail>(?:_proj)?)$")
 _FUSED = re.compile(r"^(?P<stem>.*[_.])(?P<group>qkv|kv)(?P<tail>(?:_proj)?)$")
 _GROUPS = {"qkv": ("q", "k", "v"), "kv": ("k", "v")}
@@ -56,10 +56,17 @@ class PatchPlan:
         return line
 
 
-def _weight_key(value: KeyMapValue) -> tuple[str, tuple[int, int, int] | None]:
+def _weight_key(value: KeyMapValue) -> tuple[str, tuple[int, int, int] | None, Callable | None]:
+    """(weight key, output slice or None, a map of the output rows or None).
+
+    ComfyUI writes ``(key, None, fn)`` where a diffusers name's output rows are ordered differently from the
+    model's (``swap_scale_shift`` on Flux's and SD3's final adaLN): the adapter's rows go through ``fn``.
+    """
     if isinstance(value, tuple):
-        return value[0], tuple(value[1])
-    return value, None
+        part = tuple(value[1]) if len(value) > 1 and value[1] is not None else None
+        transform = value[2] if len(value) > 2 and callable(value[2]) else None
+        return value[0], part, transform
+    return value, None, None
 
 
 def _module_of(weight_key: str) -> str:
@@ -120,7 +127,9 @@ def _resolve(name: str, layer, key_map: Mapping[str, KeyMapValue], weight_shapes
     candidates = [name] + [pattern.sub(repl, name) for pattern, repl in _ALIASES if pattern.search(name)]
     for candidate in candidates:
         if candidate in key_map:
-            key, slice_ = _weight_key(key_map[candidate])
+            key, slice_, transform = _weight_key(key_map[candidate])
+            if transform is not None:
+                layer = layer.output_mapped(transform)
             if slice_ is None:
                 add(key, layer)
             elif slice_[0] == 0:
@@ -133,7 +142,7 @@ def _resolve(name: str, layer, key_map: Mapping[str, KeyMapValue], weight_shapes
         for group, parts in _GROUPS.items():
             fused_name = f"{split['stem']}{group}{split['tail']}"
             if split["part"] in parts and fused_name in key_map:
-                key, _ = _weight_key(key_map[fused_name])
+                key = _weight_key(key_map[fused_name])[0]
                 size = int(weight_shapes[key][0]) // len(parts)
                 add(key, layer, parts.index(split["part"]) * size, size)
                 return True
@@ -143,7 +152,7 @@ def _resolve(name: str, layer, key_map: Mapping[str, KeyMapValue], weight_shapes
         split_names = [f"{fused['stem']}{p}{fused['tail']}" for p in parts]
         if all(n in key_map for n in split_names):
             for i, split_name in enumerate(split_names):
-                key, _ = _weight_key(key_map[split_name])
+                key = _weight_key(key_map[split_name])[0]
                 add(key, layer.chunk(i, len(parts), split_name))
             return True
     return False
