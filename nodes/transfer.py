@@ -7,6 +7,7 @@ models/loras and measures how far the routers' gates moved on the user's own lat
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -234,9 +235,7 @@ class OrthoHydraTransfer(io.ComfyNode):
         stamp = {**json.loads(result.adapter.metadata["oh_transfer"]),
                  "source": os.path.basename(source.path or "adapter"), "source_model": arch_s}
         write_result(result, path, stamp)
-        moved = Adapter(layers=result.adapter.layers, plain_layers=result.adapter.plain_layers,
-                        metadata=result.adapter.metadata, expert_names=result.adapter.expert_names, path=path,
-                        override=result.adapter.override)
+        moved = dataclasses.replace(result.adapter, path=path)
         report = result.table(drift)
         if source.reft:
             report += (f"\n{len(source.reft)} ReFT block edits copied unchanged (they edit activations, not a "

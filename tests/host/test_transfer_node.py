@@ -1,5 +1,7 @@
 """The transfer node on the real host: two versions of a tiny MMDiT, an Ortho-Hydra adapter and a LoRA file."""
 
+import dataclasses
+
 import comfy.lora
 import comfy.model_management as mm
 import comfy.sd
@@ -54,6 +56,7 @@ def test_ortho_hydra_transfer_matches_the_fp64_projection_and_round_trips(versio
     moved, report, path = out.args
     target = _weights(v2)
     assert set(moved.layers) == set(adapter.layers)
+    assert moved.expert_names == adapter.expert_names and moved.path == path
     for name, layer in adapter.layers.items():
         p_u, p_v = _projector(target[name], R)
         for e in range(3):
@@ -147,3 +150,16 @@ def test_refusals_name_the_key_and_the_fix(versions, loras):
     with pytest.raises(error, match="adapter writes 64x256 but the model weight is"):
         _node().execute(v1, v2, adapter=mixed, **args)
     assert not list(loras.glob("x*.safetensors"))  # a refused transfer writes nothing
+
+
+def test_reft_edits_are_carried_unchanged_in_the_returned_adapter_and_the_file(versions, loras):
+    v1, v2 = versions
+    reft = library().reft
+    adapter = randomized_adapter(lora_weights(v1, pattern=PATTERN), rank=4, experts=3, seed=2)
+    edit = reft.ReFTEdit("reft_unet_blocks_0", torch.eye(4, 128), torch.randn(4, 128), torch.randn(4), 2.0)
+    with_reft = dataclasses.replace(adapter, reft={edit.name: edit})
+    moved, report, path = _node().execute(v1, v2, rank=R, energy=0.9, threshold=0.0, mode="subspace",
+                                          output_name="with_reft", seed=0, adapter=with_reft).args
+    assert "1 ReFT block edits copied unchanged" in report
+    for carried in (moved.reft[edit.name], library().load(path).reft[edit.name]):
+        assert all(torch.equal(carried.tensors()[k], v) for k, v in edit.tensors().items())
