@@ -74,3 +74,10 @@ def checked_file_name(name: str, key: str) -> str:
         raise OrthoHydraError(f"'{name}' is not a safe file name.", key=key,
                               fix="use letters, digits, '-', '_', '.' and spaces")
     return name
+
+
+def lora_output_path(name: str, key: str) -> str:
+    """Where a node writes a file named by the user: ``models/loras/<name>[.safetensors]``, the name checked."""
+    checked_file_name(name, key)
+    return os.path.join(folder_paths.get_folder_paths("loras")[0],
+                        name if name.endswith(".safetensors") else f"{name}.safetensors")

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 
-import folder_paths
 from comfy_api.latest import io
 
 from ortho_hydra.bake import baked_lora
 from ortho_hydra.safetensors_io import write_safetensors
 
-from .adapter_files import checked_file_name
+from .adapter_files import lora_output_path
 from .patcher import make_plan
 from .types import OrthoHydraAdapterType
 
@@ -40,10 +39,8 @@ class OrthoHydraBakeLoRA(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, adapter, filename: str) -> io.NodeOutput:
-        checked_file_name(filename, "filename")
+        path = lora_output_path(filename, "filename")
         tensors = baked_lora(make_plan(model, adapter), constant_gates(adapter))
-        name = filename if filename.endswith(".safetensors") else f"{filename}.safetensors"
-        path = os.path.join(folder_paths.get_folder_paths("loras")[0], name)
         override = adapter.override.describe()
         write_safetensors(path, tensors, {"ss_network_module": "networks.lora", "oh_baked_from":
                                           os.path.basename(adapter.path or "adapter"), "oh_override": override})

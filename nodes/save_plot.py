@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
-import folder_paths
 import numpy as np
 import torch
 from comfy_api.latest import io
@@ -12,7 +9,7 @@ from comfy_api.latest import io
 from ortho_hydra import OrthoHydraError, save
 from ortho_hydra.training import RouterTrace
 
-from .adapter_files import checked_file_name
+from .adapter_files import lora_output_path
 from .types import OrthoHydraAdapterType, RouterTraceType
 from .widgets import figure_to_image, pyplot, split_list
 
@@ -36,13 +33,11 @@ class OrthoHydraSave(io.ComfyNode):
 
     @classmethod
     def execute(cls, adapter, filename: str, expert_names: str) -> io.NodeOutput:
-        checked_file_name(filename, "filename")
+        path = lora_output_path(filename, "filename")
         names = split_list(expert_names) or adapter.expert_names
         if names is not None and len(names) != adapter.num_experts:
             raise OrthoHydraError(f"{len(names)} expert names for {adapter.num_experts} experts.", key="expert_names",
                                   fix=f"give exactly {adapter.num_experts} names, or none")
-        name = filename if filename.endswith(".safetensors") else f"{filename}.safetensors"
-        path = os.path.join(folder_paths.get_folder_paths("loras")[0], name)
         save(adapter.with_expert_names(names), path)  # never mutate the input: it is often the loader's cache
         return io.NodeOutput(path)
 
