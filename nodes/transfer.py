@@ -19,12 +19,13 @@ import torch
 from comfy_api.latest import io
 
 from ortho_hydra import Adapter, OrthoHydraError, PlainLoRA, save
+from ortho_hydra.expert_stack import lora_expert
 from ortho_hydra.lora_dict import lora_state_dict
 from ortho_hydra.safetensors_io import write_safetensors
 from ortho_hydra.targets import plan
 from ortho_hydra.transfer import MODES, TransferOptions, TransferResult, transfer
 
-from .adapter_files import checked_file_name
+from .adapter_files import lora_output_path
 from .expert_bank import NONE, lora_choices, lora_pieces, read_lora
 from .gate_recording import recording
 from .level_sampling import predict_at_levels
@@ -84,16 +85,8 @@ def lora_file_adapter(model, name: str) -> Adapter:
     key_map = comfy.lora.model_lora_keys_unet(model.model, {})
     layers = {}
     for prefix, pieces in lora_pieces(model, name, read_lora(name)).items():
-        out_features, in_features = shapes[key_map[prefix]]
-        total = sum(p.down.shape[0] for p in pieces)
-        down, up = torch.zeros(total, in_features), torch.zeros(out_features, total)
-        start = 0
-        for p in pieces:
-            rank = p.down.shape[0]
-            down[start:start + rank] = p.down
-            up[p.row_offset:p.row_offset + p.up.shape[0], start:start + rank] = p.up * p.scale
-            start += rank
-        layers[prefix] = PlainLoRA(prefix, down, up, alpha=float(total))
+        one = lora_expert(prefix, pieces, *shapes[key_map[prefix]])  # the bank's own stacking, scale folded
+        layers[prefix] = PlainLoRA(prefix, one.down, one.ups[0], alpha=one.alpha)
     return Adapter(layers={}, plain_layers=layers, path=name, metadata={"ss_network_module": "networks.lora"})
 
 
@@ -121,11 +114,10 @@ def gate_drift(source_model, source: Adapter, target_model, moved: Adapter, late
 
 
 def _output_path(output_name: str, protected: list[str | None]) -> str:
-    checked_file_name(output_name, "output_name")
-    name = output_name if output_name.endswith(".safetensors") else f"{output_name}.safetensors"
-    path = os.path.join(folder_paths.get_folder_paths("loras")[0], name)
+    path = lora_output_path(output_name, "output_name")
     if any(p and os.path.abspath(p) == os.path.abspath(path) for p in protected):
-        raise OrthoHydraError(f"'{name}' is the adapter being transferred; writing there would replace it.",
+        raise OrthoHydraError(f"'{os.path.basename(path)}' is the adapter being transferred; writing there would "
+                              "replace it.",
                               path=path, key="output_name", fix="give the transferred file its own name")
     return path
 
@@ -137,8 +129,7 @@ def write_result(result: TransferResult, path: str, stamp: dict) -> None:
     if adapter.layers:
         save(adapter, path, metadata)
     elif adapter.plain_layers:
-        factors = {name: (layer.up.float() * layer.scale, layer.down.float())
-                   for name, layer in adapter.plain_layers.items()}
+        factors = {name: layer.factors() for name, layer in adapter.plain_layers.items()}
         write_safetensors(path, lora_state_dict(factors), {"ss_network_module": "networks.lora", **metadata})
     else:
         raise OrthoHydraError("every layer was dropped or skipped; there is nothing to write.", key="threshold",
