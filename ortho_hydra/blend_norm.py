@@ -18,7 +18,7 @@ from .runtime import ExpertLayer
 def _gram(layer: ExpertLayer) -> tuple[torch.Tensor, torch.Tensor]:
     """(E, r, r) ``s² up_eᵀ up_f`` blocks stacked as (E, E, r, r), and ``D Dᵀ`` (r, r), in fp64."""
     ups = layer.ups.double() * layer.scale  # (E, out, r)
-    down = layer.down.double() if layer.inv_scale is None else layer.down.double() * layer.inv_scale.double()
+    down = layer.folded_down(torch.float64)
     return torch.einsum("eor,fos->efrs", ups, ups), down @ down.T
 
 

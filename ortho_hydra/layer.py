@@ -61,10 +61,20 @@ class AdapterLayer:
         """fp32 ``(up (out, r), down (r, in))`` with scale, the constant gate (E,) and inv_scale folded in."""
         raise NotImplementedError
 
+    def folded_down(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The down projection with ``inv_scale`` folded into its columns (what multiplies x), in ``dtype``."""
+        down = self.down.to(dtype)
+        return down if self.inv_scale is None else down * self.inv_scale.to(dtype=dtype, device=down.device)
+
     def delta_weight(self, gate: torch.Tensor | None = None) -> torch.Tensor:
         """Exact fp32 ΔW (out, in) for a constant gate (ignored by plain layers)."""
         up, down = self.factors(gate)
         return up @ down
+
+    def delta_weight_norm(self, gate: torch.Tensor | None = None) -> float:
+        """‖ΔW‖_F for a constant gate from r x r Gram matrices, without forming the (out, in) ΔW (fp64)."""
+        up, down = (t.double() for t in self.factors(gate))
+        return float(torch.trace((up.T @ up) @ (down @ down.T)).clamp_min(0.0).sqrt())
 
     def delta(self, x: torch.Tensor, sigma: torch.Tensor | None = None, override: GateOverride | None = None,
               context: GateContext | None = None, fei: torch.Tensor | None = None,

@@ -114,7 +114,7 @@ class ExpertLayer(AdapterLayer):
         if g.numel() != self.num_experts:
             raise ValueError(f"gate has {g.numel()} weights for {self.num_experts} experts")
         up = self.scale * torch.einsum("e,eor->or", self.router.mixing_weights(g), self.ups.float())
-        return up, _folded_down(self.down, self.inv_scale)
+        return up, self.folded_down()
 
     def static_delta_weight(self, gate: torch.Tensor) -> torch.Tensor:
         """Exact ΔW (out, in) in fp32 for a constant gate (E,), e.g. a pinned expert."""
@@ -162,7 +162,7 @@ class PlainLoRA(AdapterLayer):
         return out
 
     def factors(self, gate: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.scale * self.up.float(), _folded_down(self.down, self.inv_scale)
+        return self.scale * self.up.float(), self.folded_down()
 
     def delta(self, x: torch.Tensor, sigma: torch.Tensor | None = None, override: GateOverride | None = None,
               context: GateContext | None = None, fei: torch.Tensor | None = None,
@@ -176,8 +176,3 @@ class PlainLoRA(AdapterLayer):
     def chunk(self, index: int, parts: int, name: str) -> PlainLoRA:
         size = self.out_features // parts
         return replace(self, name=name, up=self.up[index * size:(index + 1) * size])
-
-
-def _folded_down(down: torch.Tensor, inv_scale: torch.Tensor | None) -> torch.Tensor:
-    down = down.float()
-    return down if inv_scale is None else down * inv_scale.float().to(down.device)

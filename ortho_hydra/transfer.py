@@ -120,7 +120,7 @@ def _both_sides(x: torch.Tensor, source: torch.Tensor | None, target: torch.Tens
 
 
 def _moved_factors(layer: AdapterLayer, src: Subspace | None, tgt: Subspace, mode: str) -> AdapterLayer:
-    down = layer.down.float() if layer.inv_scale is None else layer.down.float() * layer.inv_scale.float()
+    down = layer.folded_down()
     src_u, src_v = (src.u, src.v) if src is not None else (None, None)
     new_down = _both_sides(down.T, src_v, tgt.v, mode).T.contiguous()
     if isinstance(layer, ExpertLayer):
@@ -133,9 +133,9 @@ def _moved_factors(layer: AdapterLayer, src: Subspace | None, tgt: Subspace, mod
                           fix="transfer LoRA or Ortho-Hydra layers only")
 
 
-def _uniform_delta(layer: AdapterLayer) -> torch.Tensor:
+def _uniform_delta_norm(layer: AdapterLayer) -> float:
     gate = torch.full((layer.num_experts,), 1.0 / layer.num_experts) if layer.routed else None
-    return layer.delta_weight(gate)
+    return layer.delta_weight_norm(gate)
 
 
 def transfer_layer(layer: AdapterLayer, source: torch.Tensor, target: torch.Tensor, options: TransferOptions,
@@ -166,8 +166,7 @@ def transfer_layer(layer: AdapterLayer, source: torch.Tensor, target: torch.Tens
     if min(sim_out, sim_in) < options.threshold:
         return None, replace(row, status="dropped", retained=0.0, reason=f"similarity < τ = {options.threshold:g}")
     moved = layer if options.mode == "copy" else _moved_factors(layer, src, tgt, options.mode)
-    before = float(_uniform_delta(layer).norm())
-    after = float(_uniform_delta(moved).norm())
+    before, after = _uniform_delta_norm(layer), _uniform_delta_norm(moved)
     return moved, replace(row, retained=after / before if before > 0 else 1.0)
 
 
@@ -202,7 +201,7 @@ def transfer(adapter: Adapter, source_weights: Mapping[str, WeightSource], targe
                               fix="pick the base model the adapter was trained on as the source, and a version of "
                                   "the same architecture as the target")
     stamp = {"mode": options.mode, "rank": options.rank, "energy": options.energy, "threshold": options.threshold,
-             "seed": options.seed, **{k: v for k, v in TransferResult(adapter, rows).counts().items()}}
+             "seed": options.seed, **TransferResult(adapter, rows).counts()}
     metadata = {**adapter.metadata, "oh_transfer": json.dumps(stamp)}
     result = replace(adapter, layers=routed, plain_layers=plain, metadata=metadata)
     return TransferResult(result, rows)

@@ -133,6 +133,11 @@ def test_transfer_matches_fp64_projection_of_every_expert(mode, sketch):
     assert (got - expected).norm() / expected.norm() < 1e-4
     sim = float((u_s[:, :R].T @ ut[:, :R]).pow(2).sum()) / R
     assert result.layers[0].similarity_out == pytest.approx(sim, abs=1e-4)
+    # '|dW| kept' (from Gram matrices) is the dense ratio at a uniform gate
+    uniform = torch.full((E,), 1.0 / E)
+    dense = (result.adapter.layers["a"].delta_weight(uniform).double().norm()
+             / layer.delta_weight(uniform).double().norm())
+    assert result.layers[0].retained == pytest.approx(float(dense), rel=1e-5)
     # the router is kept as it was
     assert torch.equal(result.adapter.layers["a"].router_weight, layer.router_weight)
 
