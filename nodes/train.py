@@ -185,6 +185,7 @@ class OrthoHydraTrainSampler(comfy.samplers.Sampler):
         if batch_size < 1:
             raise OrthoHydraError(f"{dataset} images cannot fill one image per process on {replicas.world} "
                                   "processes.", key="batch_size", fix="use fewer processes or more images")
+        rows = replicas.rows(batch_size)  # this process's share of every global batch
         balance_from = balance_starts_at(cfg.balance_start, cfg.steps)
         pbar = comfy.utils.ProgressBar(cfg.steps)
         pbar.update_absolute(run.step, cfg.steps)
@@ -199,9 +200,9 @@ class OrthoHydraTrainSampler(comfy.samplers.Sampler):
                 idx_all = torch.randperm(dataset, generator=run.generator)[:batch_size * replicas.world].tolist()
                 last = micro == cfg.grad_accumulation - 1
                 with contextlib.nullcontext() if last else replicas.no_sync():  # all-reduce once per step
-                    step_loss += self.fwd_bwd(model_wrap, conds, extra_args, latent_image, idx_all, micro,
+                    step_loss += self.fwd_bwd(model_wrap, conds, extra_args, latent_image, idx_all, rows, micro,
                                               balance_on=run.step >= balance_from) / cfg.grad_accumulation
-            idx = idx_all[replicas.rows(batch_size)]
+            idx = idx_all[rows]
             step_loss = replicas.mean(step_loss)
             if not torch.isfinite(torch.tensor(step_loss)):
                 raise OrthoHydraError(f"the loss became {step_loss} at step {run.step + 1}.", key="learning_rate",
@@ -242,15 +243,14 @@ class OrthoHydraTrainSampler(comfy.samplers.Sampler):
                 layer.calibrate_router(torch.cat(inputs[prefix]))
 
     def fwd_bwd(self, model_wrap, conds: list, extra_args: dict, latents_all: torch.Tensor, idx_all: list[int],
-                micro: int, balance_on: bool) -> float:
+                rows: slice, micro: int, balance_on: bool) -> float:
         """One micro-batch: noise it, predict x0, backward the x0-space MSE plus the routing terms.
 
         ``idx_all`` is the global batch; levels and noise are drawn for all of it (the same on every process)
-        and this process keeps its rows, so N processes compute what one computes at N times the batch.
+        and this process keeps ``rows``, so N processes compute what one computes at N times the batch.
         """
         run, cfg = self.run, self.run.config
         sampling = model_wrap.inner_model.model_sampling
-        rows = run.replicas.rows(len(idx_all) // run.replicas.world)
         idx = idx_all[rows]
         latents = latents_all[idx]
         if cfg.fixed_noise:
