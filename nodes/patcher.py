@@ -131,10 +131,10 @@ def _check_hookable(model, target: Target, adapter: Adapter) -> None:
     module = model.model.get_submodule(target.module)
     if type(module).__call__ is not nn.Module.__call__:
         raise OrthoHydraError(f"{target.module} is a {type(module).__name__}, which bypasses PyTorch's forward "
-                                  f"hooks, so this {model_architecture(model)} model cannot run router-live "
-                                  "experts there.", path=adapter.path, key=target.module,
-                                  fix="load an unfused, unquantised version of the model, or pin / blend the "
-                                      "experts (folded into the weights) and bake them into a plain LoRA")
+                              f"hooks, so this {model_architecture(model)} model cannot run router-live experts "
+                              "there.", path=adapter.path, key=target.module,
+                              fix="load an unfused, unquantised version of the model, or pin / blend the experts "
+                                  "(folded into the weights) and bake them into a plain LoRA")
 
 
 def model_architecture(model) -> str:

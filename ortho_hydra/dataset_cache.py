@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,10 +99,6 @@ def write(folder: str | os.PathLike, latents: torch.Tensor, conditioning: list, 
     for start in range(0, latents.shape[0], shard_size):
         writer.add_shard(latents[start:start + shard_size], conditioning[start:start + shard_size])
     return writer.finish(labels, style_names, **info)
-
-
-def remove(folder: str | os.PathLike) -> None:
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 def read(folder: str | os.PathLike) -> CachedDataset:

@@ -19,6 +19,7 @@ from pathlib import Path
 import tomllib
 import torch
 
+from ortho_hydra import OrthoHydraError
 from ortho_hydra import dataset_cache as cached
 from ortho_hydra_train import host
 
@@ -123,15 +124,8 @@ def run(args: argparse.Namespace) -> int:
                   f"{losses['loss'][-1]:.4f}) and {plot}", flush=True)
             print(f"trained in {seconds:.2f} s on {replicas.world} process(es)", flush=True)
         return 0
-    except (CommandError, FileNotFoundError) as exc:
-        print(f"ortho_hydra_train (rank {rank}): {exc}", file=sys.stderr, flush=True)
-        return 2
-    except Exception as exc:  # one clear line per rank; the traceback only where it helps
-        from ortho_hydra import OrthoHydraError
-
-        if not isinstance(exc, OrthoHydraError):
-            raise
-        print(f"ortho_hydra_train (rank {rank}): {exc}", file=sys.stderr, flush=True)
+    except (CommandError, FileNotFoundError, OrthoHydraError) as exc:  # one clear line per rank; other errors
+        print(f"ortho_hydra_train (rank {rank}): {exc}", file=sys.stderr, flush=True)  # keep their traceback
         return 2
     finally:
         if dist is not None and dist.is_initialized():
