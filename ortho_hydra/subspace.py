@@ -114,8 +114,9 @@ class SubspaceCache:
         while len(self._items) > 1 and self._bytes() > self.max_bytes:
             self._items.popitem(last=False)
 
-    def get(self, weight: torch.Tensor, rank: int, *, seed: int = 0) -> Subspace:
-        key = (weight_digest(weight), seed)
+    def get(self, weight: torch.Tensor, rank: int, *, seed: int = 0, digest: str | None = None) -> Subspace:
+        """The top-``rank`` subspace; ``digest``: the weight's :func:`weight_digest`, when the caller has it."""
+        key = (digest or weight_digest(weight), seed)
         cached = self._items.get(key)
         if cached is not None and (cached.rank >= rank or cached.exact):
             self._items.move_to_end(key)
@@ -133,8 +134,9 @@ class SubspaceCache:
         """The smallest top-k subspace holding ``fraction`` of the weight's energy."""
         smallest = min(weight.shape)
         rank = min(start, smallest)
+        digest = weight_digest(weight)  # hashed once, however often the rank doubles
         while True:
-            subspace = self.get(weight, rank, seed=seed)
+            subspace = self.get(weight, rank, seed=seed, digest=digest)
             needed = subspace.rank_for_energy(fraction)
             if needed is not None:
                 return subspace.truncated(needed)
