@@ -26,11 +26,9 @@ DATASETS = "ortho_hydra_datasets"
 
 
 def dataset_folder(name: str) -> str:
-    """``output/ortho_hydra_datasets/<name>``; a name with a path in it is refused (it could leave the folder)."""
+    """``output/ortho_hydra_datasets/<name>``; the name check refuses separators and a leading dot, so it cannot
+    leave the folder."""
     checked_file_name(name, "dataset_name")
-    if os.sep in name or "/" in name or name in (".", ".."):
-        raise OrthoHydraError(f"'{name}' is not a plain folder name.", key="dataset_name",
-                              fix="use letters, digits, '-', '_' and spaces; no path")
     return os.path.join(folder_paths.get_output_directory(), DATASETS, name)
 
 

@@ -84,7 +84,7 @@ def test_bad_inputs_are_refused(vae, output):
     _node().execute(images, vae, "taken", "", 8, conditioning=one)
     with pytest.raises(error, match="already holds another dataset"):
         _node().execute(torch.rand(4, 64, 64, 3), vae, "taken", "", 8, conditioning=one)
-    with pytest.raises(error, match=r"not a plain folder name|not a safe file name"):
+    with pytest.raises(error, match="not a safe file name"):
         _node().execute(images, vae, "../escape", "", 8, conditioning=one)
     with pytest.raises(error, match="2 conditionings for 3 images"):
         _node().execute(images, vae, "other", "", 8, conditioning=one * 2)
