@@ -44,16 +44,18 @@ from bench.timing import environment  # noqa: E402
 
 # variant -> TrainConfig overrides on top of the node's defaults
 VARIANTS: dict[str, dict] = {
-    "old defaults (balance 1e-5, per batch)": {"balance_weight": 1e-5},
+    "old defaults (balance 1e-5, per batch)": {"balance_weight": 1e-5, "router_lr_scale": 10.0},
     "old defaults, router lr x1": {"balance_weight": 1e-5, "router_lr_scale": 1.0},
-    "old defaults, no calibration": {"balance_weight": 1e-5, "calibrate_router": False},
-    "defaults (balance 1e-2, per batch)": {},
-    "balance 1e-2, memory 32": {"balance_memory": 32},
-    "balance 1e-1, memory 32": {"balance_weight": 1e-1, "balance_memory": 32},
-    "balance 1e-2, memory 32, no calibration": {"balance_memory": 32, "calibrate_router": False},
+    "old defaults, no calibration": {"balance_weight": 1e-5, "router_lr_scale": 10.0, "calibrate_router": False},
+    "balance 1e-2, router lr x10 (previous defaults)": {"router_lr_scale": 10.0},
+    "defaults (balance 1e-2, router lr x1)": {},
+    "balance 1e-2, memory 32": {"balance_memory": 32, "router_lr_scale": 10.0},
+    "balance 1e-1, memory 32": {"balance_weight": 1e-1, "balance_memory": 32, "router_lr_scale": 10.0},
+    "balance 1e-2, memory 32, no calibration": {"balance_memory": 32, "router_lr_scale": 10.0,
+                                                "calibrate_router": False},
 }
 INITS = ("hydra_zero", "ortho", "ortho_init")
-QUICK_BEFORE, QUICK_AFTER = "old defaults (balance 1e-5, per batch)", "defaults (balance 1e-2, per batch)"
+QUICK_BEFORE, QUICK_AFTER = "old defaults (balance 1e-5, per batch)", "defaults (balance 1e-2, router lr x1)"
 
 
 def train_variant(pack, world, init: str, overrides: dict, steps: int, seed: int):

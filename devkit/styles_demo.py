@@ -69,7 +69,7 @@ def workflow() -> dict:
                        {"model": ("MODEL", (model, 0))}, [("conditioning", "CONDITIONING")], pos=(0, 300))
     t = TRAIN
     train = g.node("OrthoHydraTrain", [
-        t["steps"], t["learning_rate"], t["batch_size"], 1, t["rank"], t["experts"], 0.0, t["init"], 0.1, 1e-2, 10.0,
+        t["steps"], t["learning_rate"], t["batch_size"], 1, t["rank"], t["experts"], 0.0, t["init"], 0.1, 1e-2, 1.0,
         "attention+mlp", "", "logit_normal", 3.0, False, "fp32", 0, "fixed", 0, "ortho_hydra_toy_styles", False,
         _csv(labels.tolist()), "none", ", ".join(toy_world.STYLES), t["label_guidance"], t["label_guidance_steps"],
         0.0, 1],
