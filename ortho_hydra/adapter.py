@@ -6,6 +6,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
+from .chimera import describe as describe_chimera
 from .components import summary_lines
 from .overrides import Override, OverrideStack, count_blocks
 from .reft import ReFTEdit
@@ -88,6 +89,7 @@ class Adapter:
             first_edit = next(iter(self.reft.values()))
             lines.append(f"ReFT block edits on {len(self.reft)} blocks (rank {first_edit.rank}), applied to the "
                          f"block outputs")
+        lines += describe_chimera(self.layers)
         if provenance:
             lines.append(f"provenance: {provenance}")
         lines += summary_lines(self.metadata)

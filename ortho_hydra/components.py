@@ -1,9 +1,10 @@
 """What a file holds besides the LoRA / Hydra layers this pack applies, so that nothing is dropped silently.
 
 The reference trainer writes more than LoRA and Hydra layers into one file: ReFT block edits
-(``reft_unet_blocks_<i>.*``, applied: :mod:`.reft`), a ChimeraHydra network-level frequency router
-(``freq_router.*``) and soft tokens.  The loader applies the LoRA legs, routed layers and ReFT edits; every other
-key is classified here, named in the summary as *not applied*, with the reason, and refused under ``strict``.
+(``reft_unet_blocks_<i>.*``, applied: :mod:`.reft`), ChimeraHydra pools and network routers (applied:
+:mod:`.chimera`) and soft tokens.  The loader applies the LoRA legs, routed layers, ReFT edits and Chimera pools;
+every other key is classified here, named in the summary as *not applied*, with the reason, and refused under
+``strict``.
 """
 
 from __future__ import annotations
@@ -18,11 +19,14 @@ from .reft import is_reft_key
 UNAPPLIED_KEY = "oh_unapplied"  # metadata stamp: {component: number of keys}, per loaded file
 REFERENCE_NODE = "sorryhyun/ComfyUI-Anima_lora-Adapter"
 
+_STRAY_ROUTER = ("a ChimeraHydra router the file's metadata does not declare (no ss_use_chimera_hydra=true, or a "
+                 "router mode that does not use it)")
 # (component, key pattern, why it is not applied)
 KINDS: tuple[tuple[str, re.Pattern, str], ...] = (
-    ("ChimeraHydra frequency router", re.compile(r"^freq_router\."),
-     "the network-level ChimeraHydra router is not implemented in this pack yet"),
-    ("soft tokens", re.compile(r"soft_token|^prompt_tokens?\."), "soft tokens are not supported"),
+    ("ChimeraHydra frequency router", re.compile(r"^freq_router\."), _STRAY_ROUTER),
+    ("ChimeraHydra content router", re.compile(r"^content_router\."), _STRAY_ROUTER),
+    ("soft tokens", re.compile(r"soft_token|^prompt_tokens?\."),
+     f"soft tokens are not supported; the reference node ({REFERENCE_NODE}) applies them"),
 )
 UNKNOWN = ("unknown keys", "no component this pack or the reference node knows")
 

@@ -15,7 +15,7 @@ from collections import defaultdict
 
 import torch
 
-from . import components, reft
+from . import chimera, components, reft
 from .adapter import Adapter
 from .errors import OrthoHydraError
 from .routing import ROUTER_SOURCES, RouterSpec
@@ -186,12 +186,16 @@ def load(path: str | os.PathLike, *, router_correction: str = "training") -> Ada
     tensors, metadata = read_safetensors(path)
     check_finite(tensors, path, "the adapter diverged or was damaged; use an earlier checkpoint")
     reft_edits = reft.parse({k: v for k, v in tensors.items() if reft.is_reft_key(k)}, path)
+    layers: dict = {}
+    if chimera.is_chimera(tensors, metadata):  # its own routers and layouts; plain legs go on below
+        layers, consumed = chimera.parse(tensors, metadata, path)
+        tensors = {k: v for k, v in tensors.items() if k not in consumed}
+    elif any(k.startswith("global_router.") for k in tensors) or metadata.get("ss_route_per_layer") == "false":
+        raise OrthoHydraError("this adapter routes through one network-level GlobalRouter (FeRA / stacked experts), "
+                              "which this pack does not apply.", path=path, key="global_router",
+                              fix=f"load it with the reference node's FeRA loader ({components.REFERENCE_NODE})")
     groups, ignored = _group({k: v for k, v in tensors.items() if not reft.is_reft_key(k)})
-    if any(k.startswith("global_router.") for k in tensors) or metadata.get("ss_route_per_layer") == "false":
-        raise OrthoHydraError("this adapter routes through one network-level GlobalRouter, which is not supported.",
-                              path=path, key="global_router", fix="train with per-layer routers (route_per_layer)")
     fei_dim = _fei_width(metadata)
-    layers: dict[str, ExpertLayer] = {}
     plain: dict[str, PlainLoRA] = {}
     for prefix, group in sorted(groups.items()):
         if any(k.startswith("lora_ups.") for k in group):
@@ -226,8 +230,12 @@ def load(path: str | os.PathLike, *, router_correction: str = "training") -> Ada
                           and metadata.get("oh_lambda_placement") != "up")
     if is_reference_split and router_correction == "training":
         for layer in layers.values():
-            _correct_router(layer)
+            if isinstance(layer, ExpertLayer):
+                _correct_router(layer)
     names = _expert_names(metadata)
+    pools = chimera.chimera_layers(layers)
+    if pools and names is None:
+        names = chimera.expert_names(pools[0].num_content, pools[0].num_freq)
     metadata = dict(metadata)
     if ignored:  # never silently: the summary names each component, strict loading refuses them
         metadata["oh_ignored_keys"] = str(len(ignored))
@@ -240,6 +248,8 @@ def describe(path: str | os.PathLike) -> dict:
     """What a UI needs before loading: expert count, names and rank, from the header alone."""
     path = os.fspath(path)
     entries, metadata = read_header(path)
+    if chimera.is_chimera(entries, metadata):
+        return _describe_chimera(path, entries, metadata)
     experts: dict[str, int] = {}
     ranks: set[int] = set()
     for key, entry in entries.items():
@@ -264,11 +274,33 @@ def describe(path: str | os.PathLike) -> dict:
             "router_source": metadata.get("ss_router_source", "input"), "consistent": len(counts) == 1}
 
 
+def _describe_chimera(path: str, entries: dict, metadata: dict[str, str]) -> dict:
+    try:
+        k_c, k_f = int(metadata["ss_num_experts_content"]), int(metadata["ss_num_experts_freq"])
+    except (KeyError, ValueError):
+        raise OrthoHydraError("ChimeraHydra file without integer ss_num_experts_content / ss_num_experts_freq.",
+                              path=path, key="ss_num_experts_content",
+                              fix="re-export it with the reference trainer") from None
+    downs = [e for k, e in entries.items() if k.endswith((".lora_down.weight", ".lora_down_c.weight"))
+             and isinstance(e, dict)]
+    names = _expert_names(metadata)
+    return {"num_experts": k_c + k_f,
+            "expert_names": names if names and len(names) == k_c + k_f else chimera.expert_names(k_c, k_f),
+            "rank": max((int(e["shape"][0]) for e in downs), default=0),
+            "routed_layers": sum(1 for k in entries if k.endswith((".lora_down_c.weight", ".lora_ups.0.weight"))),
+            "spec": metadata.get("ss_network_spec", "chimera_hydra"), "router_source": "chimera",
+            "consistent": True}
+
+
 def adapter_tensors(adapter: Adapter, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """The tensors of the ``_moe`` layout; routers and alphas stay fp32."""
     def cast(t: torch.Tensor) -> torch.Tensor:
         return t.detach().to("cpu", dtype=dtype or t.dtype).contiguous()
 
+    if chimera.chimera_layers(adapter.layers):
+        raise OrthoHydraError("writing ChimeraHydra layers is not supported; keep the file they were loaded from.",
+                              path=adapter.path, key=next(iter(adapter.layers)),
+                              fix="pin or blend the experts and bake them into a plain LoRA to get a new file")
     tensors: dict[str, torch.Tensor] = {}
     for prefix, layer in adapter.layers.items():
         tensors[f"{prefix}.lora_down.weight"] = cast(layer.down)
