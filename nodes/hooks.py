@@ -17,6 +17,7 @@ import comfy.model_sampling
 import comfy.patcher_extension
 import torch
 
+from ortho_hydra.chimera import CONTENT_GATE_KEY
 from ortho_hydra.fei import frequency_energy_index
 from ortho_hydra.routing import GateContext
 
@@ -95,6 +96,7 @@ def _apply_model_wrapper(state: SamplingState, to_router_sigma):
         finally:
             state.sigma, state.cond_or_uncond, state.fei = None, None, None
             state.extra.pop("sampler_sigma", None)
+            state.extra.pop(CONTENT_GATE_KEY, None)  # a Chimera content gate belongs to one model call
 
     return wrapper
 

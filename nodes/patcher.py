@@ -18,7 +18,7 @@ import comfy.model_patcher
 import torch
 from torch import nn
 
-from ortho_hydra import Adapter, OrthoHydraError
+from ortho_hydra import Adapter, OrthoHydraError, chimera
 from ortho_hydra.bake import plan_factors
 from ortho_hydra.lora_dict import kohya_name, lora_state_dict
 from ortho_hydra.overrides import OverrideStack
@@ -123,6 +123,34 @@ def reft_module(model, edit: ReFTEdit, adapter: Adapter) -> str:
                               fix="this adapter was trained for a different model size; pick the matching base "
                                   "model")
     return path
+
+
+class ContentRouterHook:
+    """Forward hook on the text adapter: one π_c per sample for every Chimera layer of this call."""
+
+    def __init__(self, router: chimera.ContentRouter, state: SamplingState) -> None:
+        self.router, self.state = router, state
+
+    def __call__(self, module: nn.Module, args: tuple, output):
+        context = output if isinstance(output, torch.Tensor) else output[0]
+        self.state.extra[chimera.CONTENT_GATE_KEY] = self.router.gate(context.detach())
+
+
+def _install_content_router(model, adapter: Adapter, state: SamplingState) -> None:
+    """The cross-attention content router reads the ``llm_adapter`` output, which only Anima-style models have."""
+    routers = {id(layer.content_router): layer.content_router for layer in chimera.chimera_layers(adapter.layers)
+               if layer.content_router is not None}
+    if not routers:
+        return
+    try:
+        model.model.get_submodule(chimera.CONTENT_ROUTER_MODULE)
+    except AttributeError:
+        raise OrthoHydraError(f"this ChimeraHydra adapter routes its content pool on the text context of "
+                              f"{chimera.CONTENT_ROUTER_MODULE}, which this {model_architecture(model)} model does "
+                              "not have.", path=adapter.path, key="content_router.net.0.weight",
+                              fix="load the Anima model it was trained on") from None
+    for router in routers.values():
+        install_forward_hook(model, chimera.CONTENT_ROUTER_MODULE, ContentRouterHook(router, state))
 
 
 def _check_hookable(model, target: Target, adapter: Adapter) -> None:
@@ -244,6 +272,8 @@ def apply_adapter(model, adapter: Adapter, strength: float = 1.0, fold: bool = T
         install_forward_hook(patched, target.module,
                              RoutedHook(weights, state, strength, override, target.out_features))
     routed_hooks = len(holder)
+    if routed_hooks:
+        _install_content_router(patched, adapter, state)
     for edit in adapter.reft.values():
         module = reft_module(patched, edit, adapter)
         weights = ReFTWeights(edit, compute_dtype(patched))
