@@ -59,7 +59,7 @@ def write(path, tensors, meta):
     return path
 
 
-def _expected(t, meta, prefix, x, sigma, fei, dual):
+def _expected(t, meta, prefix, x, sigma, fei, dual, pi_c=None):
     """Δy in fp64 from the documented formulas (see ortho_hydra.chimera), for one hooked call."""
     t = {k: v.double() for k, v in t.items()}
     x = x.double()
@@ -74,7 +74,9 @@ def _expected(t, meta, prefix, x, sigma, fei, dual):
     lx_c, lx_f = x @ d_c.T, x @ d_f.T
     batch = x.shape[0]
     pooled = lx_c.reshape(batch, -1, R).square().mean(1).sqrt()
-    pi_c = torch.softmax(pooled @ t[f"{prefix}.router.weight"].T + t[f"{prefix}.router.bias"], -1)
+    if pi_c is None:
+        pi_c = torch.softmax(pooled @ t[f"{prefix}.router.weight"].T + t[f"{prefix}.router.bias"], -1)
+    pi_c = pi_c.double()
     fei = fei.double().expand(batch, -1)
     if meta["ss_chimera_freq_router_mode"] == "fei":
         pi_f = fei[:, :KF]
@@ -92,14 +94,16 @@ def _expected(t, meta, prefix, x, sigma, fei, dual):
     return scale * out
 
 
-def _captured(pack, patched, module):
-    """(input, output, router σ, FEI) of ``module`` in one sampling step, seen after the adapter's hook."""
+def _captured(pack, patched, module, extra=None):
+    """(input, output, router σ, FEI[, state.extra[extra]]) of ``module`` in one sampling step, seen after the
+    adapter's hook."""
     seen = []
     state = pack.nodes.patcher.applied_adapters(patched)[0].state
     clone = patched.clone()
     pack.nodes.hooks.install_forward_hook(
         clone, module, lambda m, args, out: seen.append((args[0].detach().clone(), out.detach().clone(),
-                                                         state.sigma.clone(), state.fei.clone())))
+                                                         state.sigma.clone(), state.fei.clone())
+                                                        + ((state.extra[extra].clone(),) if extra else ())))
     tiny_dit.sample(clone, torch.zeros(1, 16, 1, 8, 8), tiny_dit.cosmos_conditioning(seed=1),
                     tiny_dit.cosmos_conditioning(seed=2), steps=1, cfg=1.0)
     mm.unload_all_models()
@@ -168,3 +172,45 @@ def test_cross_attention_content_router_needs_the_llm_adapter(cosmos, tmp_path):
     with pytest.raises(lib.OrthoHydraError, match="llm_adapter") as err:
         pack.nodes.patcher.apply_adapter(cosmos, adapter)
     assert err.value.key == "content_router.net.0.weight"
+
+
+def test_cross_attention_content_router_on_a_model_with_an_llm_adapter(tmp_path):
+    """A stand-in text adapter the DiT calls on its context before the blocks, as Anima's does."""
+    pack = import_pack()
+    lib = library()
+    model = tiny_dit.load_cosmos(num_blocks=2, seed=5)
+    dm = model.model.diffusion_model
+    dm.llm_adapter = torch.nn.Linear(1024, 1024)
+    torch.nn.init.normal_(dm.llm_adapter.weight, std=0.05)
+    text = []
+    dm.llm_adapter.register_forward_hook(lambda m, a, out: text.append(out.detach().clone()))
+    dm.register_forward_pre_hook(lambda m, args, kwargs: (m.llm_adapter(kwargs["context"]), None)[1],
+                                 with_kwargs=True)
+    t, meta = chimera_tensors(model, dual=True)
+    for k in [k for k in t if ".router." in k]:
+        del t[k]
+    g = torch.Generator().manual_seed(3)
+    net = {"content_router.net.0.weight": 3 * torch.randn(HID, 1024, generator=g),
+           "content_router.net.0.bias": torch.randn(HID, generator=g),
+           "content_router.net.2.weight": 2 * torch.randn(KC, HID, generator=g),
+           "content_router.net.2.bias": torch.randn(KC, generator=g)}
+    t.update(net)
+    meta.update({"ss_chimera_content_router_source": "crossattn_emb", "ss_chimera_content_router_layer_norm": "true"})
+    adapter = lib.load(write(tmp_path / "x_chimera.safetensors", t, meta))
+    patched, _ = pack.nodes.patcher.apply_adapter(model, adapter, strength=1.0)
+    prefix, module = "lora_unet_blocks_0_mlp_layer1", "blocks.0.mlp.layer1"
+    x, y, sigma, fei, pi_c = _captured(pack, patched, f"diffusion_model.{module}",
+                                       extra=lib.chimera.CONTENT_GATE_KEY)
+    ctx = text[-1].double()
+    pooled = (ctx.square().sum(1) / 512).sqrt()  # RMS over the context zero-padded to 512 tokens
+    pooled = (pooled - pooled.mean(-1, keepdim=True)) / (pooled.var(-1, unbiased=False, keepdim=True) + 1e-5).sqrt()
+    n = {k: v.double() for k, v in net.items()}
+    hidden = F.silu(pooled @ n["content_router.net.0.weight"].T + n["content_router.net.0.bias"])
+    expected_pi = torch.softmax(hidden @ n["content_router.net.2.weight"].T + n["content_router.net.2.bias"], -1)
+    torch.testing.assert_close(pi_c.double(), expected_pi, rtol=1e-5, atol=1e-6)
+    assert float(expected_pi.max() - expected_pi.min()) > 0.05  # not the uniform fallback
+    linear = dm.get_submodule(module)
+    base = F.linear(x.double(), linear.weight.double())
+    torch.testing.assert_close(y.double(), base + _expected(t, meta, prefix, x, sigma, fei, True, pi_c=expected_pi),
+                               rtol=1e-4, atol=1e-4)
+    assert len(dm.llm_adapter._forward_hooks) == 1  # unpatched: only the test's own recorder is left
