@@ -19,15 +19,16 @@ _CORRECTION_TIP = ("'training' restores the gates the router was trained with on
 
 def _lora_input() -> io.Combo.Input:
     return io.Combo.Input("lora_name", options=adapter_choices(),
-                          tooltip="A Hydra / Ortho-Hydra *_moe.safetensors file from models/loras.")
+                          tooltip="A Hydra / Ortho-Hydra *_moe.safetensors or ChimeraHydra *_chimera.safetensors "
+                                  "file from models/loras.")
 
 
 def _strict_input() -> io.Boolean.Input:
     return io.Boolean.Input("strict", default=True,
-                            tooltip="Refuse a file that holds components this pack does not apply (the "
-                                    "ChimeraHydra frequency router, soft tokens, unknown keys). Off: apply the "
-                                    "LoRA / Hydra layers and ReFT edits, and list what was left out in the "
-                                    "summary.")
+                            tooltip="Refuse a file that holds components this pack does not apply (soft tokens, "
+                                    "unknown keys, stray ChimeraHydra routers its metadata does not declare). Off: "
+                                    "apply the LoRA / Hydra / ChimeraHydra layers and ReFT edits, and list what was "
+                                    "left out in the summary.")
 
 
 def _loaded(lora_name: str, router_correction: str, strict: bool):

@@ -16,7 +16,10 @@ from devkit.host import import_pack  # noqa: E402
 
 TIPS = {
     "OrthoHydraLoader": ("Reads an Ortho-Hydra or HydraLoRA `*_moe.safetensors` (ours or the reference trainer's) "
-                         "and summarises it.",
+                         "and summarises it. Reference-trainer ChimeraHydra files (`*_chimera.safetensors`, single-A "
+                         "and dual-A) load too: a content pool (per-Linear or cross-attention router) and a frequency "
+                         "pool (learned router on FEI and σ, or the FEI itself) on one expert axis, content experts "
+                         "first.",
                          "A retrained file is picked up on the next run: the cache is keyed by size and mtime."),
     "OrthoHydraApply": ("Patches a clone of the model so every adapted Linear routes each sample through its experts, "
                         "as in training. Pinned or blended layers are folded into the weights.",
@@ -27,7 +30,12 @@ TIPS = {
                          "stochastic blend (omcd, mc_dropout), for a scope of layers and a window of the denoise. "
                          "Chain several; later nodes win.",
                          "The mixer under the widgets has one slider and one pin button per expert, read from the "
-                         "selected file's header. Constant overrides cost nothing at sampling time. omcd (Orthogonal "
+                         "selected file's header. Constant overrides cost nothing at sampling time. On a ChimeraHydra "
+                         "adapter the experts are one axis of K_c content then K_f frequency experts: pin i runs "
+                         "expert i alone in its pool and turns the other pool off; a blend sets each pool's mixture "
+                         "(its weights normalised to sum 1 within the pool; all zero: that pool off), so weights on "
+                         "both pools pin or mix one expert per pool; norm_control and omcd / mc_dropout are refused "
+                         "there. omcd (Orthogonal "
                          "Monte Carlo Dropout, Zhang et al. 2025) gives every output element to at most one expert "
                          "per call, so the experts' contributions are exactly orthogonal and unbiased for the direct "
                          "blend; the paper itself reports that this orthogonality does not improve semantic "

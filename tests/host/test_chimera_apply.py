@@ -214,3 +214,15 @@ def test_cross_attention_content_router_on_a_model_with_an_llm_adapter(tmp_path)
     torch.testing.assert_close(y.double(), base + _expected(t, meta, prefix, x, sigma, fei, True, pi_c=expected_pi),
                                rtol=1e-4, atol=1e-4)
     assert len(dm.llm_adapter._forward_hooks) == 1  # unpatched: only the test's own recorder is left
+
+
+def test_router_node_refuses_norm_control_on_chimera_pools(cosmos, tmp_path):
+    pack = import_pack()
+    lib = library()
+    t, meta = chimera_tensors(cosmos, dual=False)
+    adapter = lib.load(write(tmp_path / "n_chimera.safetensors", t, meta))
+    ov = lib.overrides
+    blend = ov.Override((ov.Keyframe(0.0, ov.GateRule("blend", weights=(1, 0, 0, 1, 0))),))
+    with pytest.raises(lib.OrthoHydraError, match="norm_control does not apply to ChimeraHydra") as err:
+        pack.nodes.router.norm_controlled(adapter, blend)
+    assert err.value.key == "norm_control"

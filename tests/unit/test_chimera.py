@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from ortho_hydra import OrthoHydraError, load
+from ortho_hydra import OrthoHydraError, load, save
 from ortho_hydra.chimera import CONTENT_GATE_KEY, ChimeraLayer
 from ortho_hydra.components import require_all_applied
 from ortho_hydra.fei import frequency_energy_index
@@ -271,3 +271,15 @@ def test_bad_files_are_refused_naming_the_key(tmp_path):
     save_file({k: v.float() for k, v in t.items()}, str(path), metadata={**meta, "ss_num_experts_freq": "1"})
     with pytest.raises(OrthoHydraError, match="K_f = FEI width"):
         load(path)
+
+
+def test_stochastic_blends_are_refused_and_saving_is_refused(tmp_path):
+    chimera_file(tmp_path / "m_chimera.safetensors", dual=True)
+    adapter = load(tmp_path / "m_chimera.safetensors")
+    layer = adapter.layers[PREFIXES[0]]
+    x, sigma, latent = _inputs()
+    omcd = _stack(GateRule("omcd", weights=(1, 0, 0, 1, 0), keep=(0.2, 0.2, 0.2, 0.2, 0.2)))
+    with pytest.raises(OrthoHydraError, match="omcd / mc_dropout"):
+        layer.delta(x, sigma=sigma, fei=frequency_energy_index(latent), override=omcd)
+    with pytest.raises(OrthoHydraError, match="writing ChimeraHydra layers is not supported"):
+        save(adapter, tmp_path / "again_moe.safetensors")
