@@ -40,6 +40,8 @@ def adapter_fingerprint(adapter: Adapter) -> str:
         layer = adapter.layers[name]
         digest.update(name.encode())
         for t in (layer.down, layer.ups, layer.router_weight, layer.router_bias):
+            if t is None:  # a ChimeraHydra layer under the cross-attention content router has no per-layer router
+                continue
             digest.update(t.detach().float().cpu().contiguous().numpy().tobytes())
     value = digest.hexdigest()
     _fingerprints[adapter] = value

@@ -283,3 +283,12 @@ def test_stochastic_blends_are_refused_and_saving_is_refused(tmp_path):
         layer.delta(x, sigma=sigma, fei=frequency_energy_index(latent), override=omcd)
     with pytest.raises(OrthoHydraError, match="writing ChimeraHydra layers is not supported"):
         save(adapter, tmp_path / "again_moe.safetensors")
+
+
+def test_style_profile_fingerprint_covers_chimera_layers_without_a_layer_router(tmp_path):
+    from ortho_hydra.profiles import adapter_fingerprint
+
+    chimera_file(tmp_path / "a_chimera.safetensors", dual=True, content="crossattn_emb")
+    chimera_file(tmp_path / "b_chimera.safetensors", dual=True, content="crossattn_emb", seed=1)
+    a, b = load(tmp_path / "a_chimera.safetensors"), load(tmp_path / "b_chimera.safetensors")
+    assert adapter_fingerprint(a) != adapter_fingerprint(b)
