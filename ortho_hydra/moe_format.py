@@ -190,7 +190,8 @@ def load(path: str | os.PathLike, *, router_correction: str = "training") -> Ada
     if chimera.is_chimera(tensors, metadata):  # its own routers and layouts; plain legs go on below
         layers, consumed = chimera.parse(tensors, metadata, path)
         tensors = {k: v for k, v in tensors.items() if k not in consumed}
-    elif any(k.startswith("global_router.") for k in tensors) or metadata.get("ss_route_per_layer") == "false":
+    elif (any(k.startswith("global_router.") for k in tensors) or metadata.get("ss_route_per_layer") == "false"
+          or metadata.get("ss_network_spec") == "stacked_experts_global_fei"):
         raise OrthoHydraError("this adapter routes through one network-level GlobalRouter (FeRA / stacked experts), "
                               "which this pack does not apply.", path=path, key="global_router",
                               fix=f"load it with the reference node's FeRA loader ({components.REFERENCE_NODE})")

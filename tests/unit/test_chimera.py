@@ -292,3 +292,14 @@ def test_style_profile_fingerprint_covers_chimera_layers_without_a_layer_router(
     chimera_file(tmp_path / "b_chimera.safetensors", dual=True, content="crossattn_emb", seed=1)
     a, b = load(tmp_path / "a_chimera.safetensors"), load(tmp_path / "b_chimera.safetensors")
     assert adapter_fingerprint(a) != adapter_fingerprint(b)
+
+
+def test_fera_files_stay_refused_naming_the_reference_node(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    tensors = {"global_router.net.0.weight": torch.randn(8, 4, generator=g),
+               "lora_unet_blocks_0_mlp_layer1.lora_downs.0.weight": torch.randn(R, IN, generator=g),
+               "lora_unet_blocks_0_mlp_layer1.lora_ups.0.weight": torch.randn(OUT, R, generator=g)}
+    save_file(tensors, str(tmp_path / "fera.safetensors"), metadata={"ss_network_spec": "stacked_experts_global_fei"})
+    with pytest.raises(OrthoHydraError, match="FeRA") as err:
+        load(tmp_path / "fera.safetensors")
+    assert "ComfyUI-Anima_lora-Adapter" in str(err.value) and err.value.key == "global_router"
