@@ -303,3 +303,13 @@ def test_fera_files_stay_refused_naming_the_reference_node(tmp_path):
     with pytest.raises(OrthoHydraError, match="FeRA") as err:
         load(tmp_path / "fera.safetensors")
     assert "ComfyUI-Anima_lora-Adapter" in str(err.value) and err.value.key == "global_router"
+
+
+@pytest.mark.parametrize("dual", [False, True])
+def test_header_description_gives_the_combined_axis(tmp_path, dual):
+    from ortho_hydra.moe_format import describe
+
+    chimera_file(tmp_path / "d_chimera.safetensors", dual=dual)
+    info = describe(tmp_path / "d_chimera.safetensors")
+    assert info["num_experts"] == KC + KF and info["rank"] == R and info["routed_layers"] == len(PREFIXES)
+    assert info["expert_names"] == ["content 0", "content 1", "content 2", "freq 0", "freq 1"]
