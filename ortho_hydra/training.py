@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -11,6 +12,7 @@ from torch import nn
 from . import metrics
 
 TIMESTEP_SAMPLING = ("uniform", "logit_normal", "shift")
+LR_SCHEDULES = ("constant", "cosine", "linear")
 
 
 def draw_noise_levels(count: int, mode: str, generator: torch.Generator, shift: float = 3.0) -> torch.Tensor:
@@ -28,6 +30,27 @@ def draw_noise_levels(count: int, mode: str, generator: torch.Generator, shift: 
         if mode == "shift":
             u = shift * u / (1 + (shift - 1) * u)
     return u.clamp(1e-4, 1 - 1e-4)
+
+
+def lr_factor(step: int, total_steps: int, schedule: str) -> float:
+    """The learning-rate multiplier for update ``step`` (0-based) of ``total_steps``: 1, or a decay towards 0.
+
+    A function of the step alone, so a resumed run (any world size) continues the same curve.
+    """
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"unknown lr schedule {schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
+    if schedule == "constant" or total_steps <= 0:
+        return 1.0
+    progress = min(max(step, 0), total_steps) / total_steps
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 1.0 - progress
+
+
+def set_learning_rates(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    """Scale every parameter group's own base lr (kept in the group, so it survives a state-dict round trip)."""
+    for group in optimizer.param_groups:
+        group["lr"] = group.setdefault("base_lr", group["lr"]) * factor
 
 
 def mean_balance_loss(gates: Mapping[str, torch.Tensor]) -> torch.Tensor | None:

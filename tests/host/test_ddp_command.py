@@ -26,6 +26,7 @@ label_guidance_steps = 10
 seed = 3
 output_name = "ddp_adapter"
 targets = "mlp"
+lr_schedule = "constant"  # the resume test extends a 5-step run to 10, which a decaying schedule would bend
 """
 
 

@@ -1,6 +1,7 @@
 """The in-graph trainer on the real host (CPU): fitting, de-uniformisation, resume, interrupt, reload, errors."""
 
 import itertools
+import math
 import warnings
 
 import comfy.model_management as mm
@@ -32,7 +33,8 @@ def config(T, **kw):
     values = dict(steps=20, learning_rate=1e-2, batch_size=4, grad_accumulation=1, rank=4, experts=4, alpha=0.0,
                   init="ortho", jitter_std=0.1, balance_weight=1e-5, router_lr_scale=10.0, targets="attention+mlp",
                   target_regex="", timestep_sampling="logit_normal", shift=3.0, gradient_checkpointing=False,
-                  training_dtype="fp32", seed=0, save_every=0, output_name="run", fixed_noise=False)
+                  training_dtype="fp32", seed=0, save_every=0, output_name="run", fixed_noise=False,
+                  lr_schedule="constant")
     values.update(kw)
     return T.TrainConfig(**values)
 
@@ -64,6 +66,38 @@ def test_resume_is_exact(T, base, loras):
             assert torch.allclose(getattr(layer, attr), getattr(other, attr), atol=1e-6, rtol=1e-5), (name, attr)
     assert not torch.equal(full.layers[name].ups, T.train(base, LATENTS, POSITIVE, config(
         T, steps=4, output_name="short"))[1].layers[name].ups)  # and 4 steps really differ from 8
+
+
+def test_a_decaying_lr_follows_its_curve_and_resumes_exactly(T, base, loras):
+    """Cosine over 6 steps: the saved optimizer's lr is base x the closed form at the last update, and a run
+    resumed from its step-3 checkpoint (same total) ends where the uninterrupted one does."""
+    lib = library()
+    cosine = dict(steps=6, lr_schedule="cosine", save_every=3)
+    full = T.train(base, LATENTS, POSITIVE, config(T, output_name="cos_full", **cosine))[1]
+    groups = lib.training_state.load_training_state(loras / "cos_full.resume.safetensors").info["param_groups"]
+    expected = 0.5 * (1 + math.cos(math.pi * 5 / 6))  # the 6th update has index 5
+    assert [g["lr"] for g in groups] == pytest.approx([1e-2 * expected, 1e-1 * expected], rel=1e-12)
+    assert [g["base_lr"] for g in groups] == pytest.approx([1e-2, 1e-1])
+
+    stopped = []
+
+    def stop_after_checkpoint(self, *args, **kwargs):  # a cancel right after the step-3 save
+        path = original(self, *args, **kwargs)
+        if self.step == 3 and not stopped:
+            stopped.append(path)
+            raise mm.InterruptProcessingException()
+        return path
+
+    original = T.TrainingRun.checkpoint
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(mm.InterruptProcessingException):
+        mp.setattr(T.TrainingRun, "checkpoint", stop_after_checkpoint)
+        T.train(base, LATENTS, POSITIVE, config(T, output_name="cos_split", **cosine))
+    resumed = T.train(base, LATENTS, POSITIVE, config(T, output_name="cos_split", **cosine),
+                      resume=str(loras / "cos_split.resume.safetensors"))[1]
+    constant = T.train(base, LATENTS, POSITIVE, config(T, output_name="cos_const", steps=6))[1]
+    for name, layer in full.layers.items():
+        assert torch.allclose(layer.ups, resumed.layers[name].ups, atol=1e-6, rtol=1e-5), name
+    assert not torch.allclose(full.layers[name].ups, constant.layers[name].ups, atol=1e-6)  # the schedule acts
 
 
 def test_interrupt_saves_a_loadable_checkpoint_then_re_raises(T, base, loras, monkeypatch):
