@@ -4,6 +4,19 @@ import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
 const MIXER_PREFIX = "mix:";
+const SCHEDULE = "schedule (keyframes)";
+
+// The router widgets each mode reads (nodes/router.py rule_from); the rest stay hidden but keep their values.
+const MODE_WIDGETS = {
+  live: [], pin: ["expert"], blend: ["weights", "renormalize", "norm_control"], bias: ["weights"],
+  temperature: ["temperature"], top_k: ["top_k"], profile: [],
+  omcd: ["weights", "keep", "mc_seed"], mc_dropout: ["weights", "keep", "mc_seed"],
+};
+// Keyframe lines carry their own arguments; only these widgets are read as fallbacks (parse_keyframes).
+const KEYFRAME_WIDGETS = { blend: ["renormalize"], omcd: ["keep", "mc_seed"], mc_dropout: ["keep", "mc_seed"] };
+const ALWAYS = ["group", "block_start", "block_end", "layer_regex", "side"];
+const ROUTER_WIDGETS = new Set([...ALWAYS, "mode", "expert", "weights", "renormalize", "temperature", "top_k",
+  "start_percent", "end_percent", "keyframes", "interpolation", "keep", "mc_seed", "norm_control"]);
 
 function widget(node, name) {
   return node.widgets?.find((w) => w.name === name);
@@ -32,11 +45,136 @@ function clearMixer(node) {
   node.widgets = (node.widgets || []).filter((w) => !w.name.startsWith(MIXER_PREFIX));
 }
 
+// After widget changes. The canvas only needs a new size. Nodes 2.0 (front end 1.32) renders a copy of each
+// widget's value and options that its node manager takes when a node is added to the graph, so announce the
+// node again through the graph's onNodeAdded hook; that hook also re-wraps every widget callback, so the
+// callbacks are put back afterwards instead of nesting one wrapper deeper per change.
+function refresh(node) {
+  node.setSize([node.size[0], node.computeSize()[1]]);
+  const graph = node.graph;
+  // while a workflow loads, the manager takes its copy after the graph is configured anyway
+  const vue = globalThis.LiteGraph?.vueNodesMode && !app.configuringGraph;
+  if (vue && graph?.onNodeAdded && graph.getNodeById(node.id) === node) {
+    const callbacks = (node.widgets || []).map((w) => [w, w.callback]);
+    graph.onNodeAdded(node);
+    for (const [w, callback] of callbacks) w.callback = callback;
+  }
+  graph?.setDirtyCanvas(true, true);
+}
+
+function keyframeModes(text) {
+  const modes = new Set();
+  for (const raw of text.split("\n")) {
+    const parts = raw.split("#")[0].trim().split(/\s+/).filter(Boolean);
+    if (parts.length && Number.isFinite(Number(parts[0]))) parts.shift();
+    if (parts.length) modes.add(parts[0]);
+  }
+  return modes;
+}
+
+function scheduling(node) {
+  return String(widget(node, "keyframes")?.value ?? "").trim() !== "";
+}
+
+// The names of the router widgets that the current settings read (build_override: keyframes replace mode and
+// the window; interpolation matters between two frames, so with a window ending before 1 too).
+function usedWidgets(node) {
+  const value = (name) => widget(node, name)?.value;
+  const used = new Set(ALWAYS);
+  if (scheduling(node)) {
+    used.add("keyframes").add("interpolation");
+    for (const mode of keyframeModes(String(value("keyframes")))) (KEYFRAME_WIDGETS[mode] || []).forEach((n) => used.add(n));
+  } else {
+    used.add("mode").add("start_percent").add("end_percent");
+    (MODE_WIDGETS[value("mode")] || []).forEach((n) => used.add(n));
+    if (Number(value("end_percent")) < 1) used.add("interpolation");
+  }
+  if (value("norm_control")) used.add("norm_control"); // when on it refuses all but a plain blend: never hide it
+  return used;
+}
+
+// The canvas's widget layout (front end 1.32) still gives a hidden widget its row; a computeSize of zero height
+// takes it out (it wins over a DOM widget's computeLayoutSize too). The widget's own one comes back on show.
+const ZERO_SIZE = () => [0, -4];
+function collapse(w, hidden) {
+  if (hidden && !("ohComputeSize" in w)) {
+    w.ohComputeSize = Object.getOwnPropertyDescriptor(w, "computeSize");
+    w.computeSize = ZERO_SIZE;
+  } else if (!hidden && "ohComputeSize" in w) {
+    if (w.ohComputeSize) Object.defineProperty(w, "computeSize", w.ohComputeSize);
+    else delete w.computeSize;
+    delete w.ohComputeSize;
+  }
+}
+
+function updateVisibility(node) {
+  const used = usedWidgets(node);
+  for (const w of node.widgets || []) {
+    if (!ROUTER_WIDGETS.has(w.name)) continue;
+    const linked = node.inputs?.find((i) => i.widget?.name === w.name)?.link != null;
+    const hidden = !used.has(w.name) && !linked;
+    w.hidden = hidden; // the canvas (LGraphNode.isWidgetVisible) skips drawing and clicks
+    collapse(w, hidden);
+    w.options = w.options || {};
+    w.options.hidden = hidden; // Nodes 2.0 (NodeWidgets skips options.hidden)
+  }
+  const toggle = widget(node, SCHEDULE);
+  if (toggle) toggle.value = scheduling(node);
+  refresh(node);
+}
+
+// The current mode and window as keyframe text, so switching to a schedule starts from what the node did.
+function asKeyframes(node) {
+  const value = (name) => widget(node, name)?.value;
+  const mode = value("mode");
+  const args = { pin: value("expert"), blend: value("weights"), bias: value("weights"), temperature: value("temperature"),
+    top_k: value("top_k"), omcd: value("weights"), mc_dropout: value("weights") }[mode];
+  const lines = [`${Number(value("start_percent")).toFixed(2)} ${mode}${args === undefined ? "" : ` ${args}`}`.trim()];
+  if (Number(value("end_percent")) < 1) lines.push(`${Number(value("end_percent")).toFixed(2)} live`);
+  return lines.join("\n");
+}
+
+function setScheduling(node, on) {
+  const keyframes = widget(node, "keyframes");
+  if (!keyframes || on === scheduling(node)) return updateVisibility(node);
+  if (on) {
+    keyframes.value = node.ohStashedKeyframes || asKeyframes(node);
+  } else {
+    node.ohStashedKeyframes = keyframes.value; // hidden text would still replace the mode: clear it, keep a copy
+    keyframes.value = "";
+  }
+  updateVisibility(node);
+}
+
+function setupRouter(node) {
+  for (const name of ["mode", "end_percent", "keyframes", "norm_control"]) {
+    const w = widget(node, name);
+    if (!w) continue;
+    const original = w.callback;
+    w.callback = function (...args) {
+      const result = original?.apply(this, args);
+      updateVisibility(node);
+      return result;
+    };
+  }
+  // appended after the real widgets: widgets_values indexes every widget, so a transient one in between would
+  // leave a hole that shifts the values on load
+  transient(node.addWidget("toggle", SCHEDULE, scheduling(node), (v) => setScheduling(node, !!v)));
+  const configure = node.onConfigure;
+  node.onConfigure = function (...args) {
+    const result = configure?.apply(this, args);
+    updateVisibility(node);
+    return result;
+  };
+  updateVisibility(node);
+}
+
 function pushBlend(node) {
   const sliders = node.widgets.filter((w) => w.name.startsWith(`${MIXER_PREFIX} w `));
+  setScheduling(node, false); // a schedule would override the mixer's blend
   widget(node, "mode").value = "blend";
   widget(node, "weights").value = sliders.map((w) => Number(w.value).toFixed(3)).join(",");
-  app.graph.setDirtyCanvas(true, true);
+  updateVisibility(node);
 }
 
 async function buildMixer(node) {
@@ -52,29 +190,35 @@ async function buildMixer(node) {
   clearMixer(node);
   node.ohExperts = info;
   if (!info) {
-    node.setSize(node.computeSize());
+    refresh(node);
     return;
   }
   const text = (widget(node, "weights")?.value || "").trim();
   const current = text ? text.split(",").map(Number) : [];
   info.expert_names.forEach((label, e) => {
     const start = Number.isFinite(current[e]) ? current[e] : 1 / info.num_experts;
-    transient(node.addWidget("slider", `${MIXER_PREFIX} w ${e}: ${label}`, start, () => pushBlend(node),
-      { min: 0, max: 1, step: 0.01, precision: 2 }));
+    // the value is set here too: Nodes 2.0 only writes it back into widgets it saw when the node was added
+    const slider = transient(node.addWidget("slider", `${MIXER_PREFIX} w ${e}: ${label}`, start, (v) => {
+      slider.value = Number(v);
+      pushBlend(node);
+    }, { min: 0, max: 1, step: 0.01, precision: 2 }));
   });
   info.expert_names.forEach((label, e) => {
     transient(node.addWidget("button", `${MIXER_PREFIX} pin ${e}: ${label}`, null, () => {
+      setScheduling(node, false);
       widget(node, "mode").value = "pin";
       widget(node, "expert").value = e;
-      app.graph.setDirtyCanvas(true, true);
+      updateVisibility(node);
     }));
   });
   const renorm = widget(node, "renormalize");
-  transient(node.addWidget("toggle", `${MIXER_PREFIX} normalise`, renorm ? renorm.value : true, (v) => {
-    if (renorm) renorm.value = v;
+  const normalise = transient(node.addWidget("toggle", `${MIXER_PREFIX} normalise`, renorm ? renorm.value : true, (v) => {
+    normalise.value = !!v;
+    if (renorm) renorm.value = !!v;
+    refresh(node);
   }));
-  node.setSize([Math.max(node.size[0], 320), node.computeSize()[1]]);
-  app.graph.setDirtyCanvas(true, true);
+  node.setSize([Math.max(node.size[0], 320), node.size[1]]);
+  refresh(node);
 }
 
 function drawChart(node) {
@@ -122,6 +266,7 @@ app.registerExtension({
       };
     }
     if (node.comfyClass === "OrthoHydraRouter") {
+      setupRouter(node);
       transient(node.addWidget("button", "refresh experts", null, () => buildMixer(node)));
       const original = node.onConnectionsChange;
       node.onConnectionsChange = function (...args) {

@@ -1,6 +1,8 @@
-"""The real frontend in Debian's chromium: the expert mixer and the live training chart.
+"""The real frontend in Debian's chromium: router widgets per mode, the expert mixer, the live training chart
+and the trace heatmap, on the canvas and in Nodes 2.0 (Vue nodes, setting Comfy.VueNodes.Enabled).
 
-Screenshots are written to tests/artifacts/ (git-ignored); docs/ holds the committed copies.
+Screenshots are written to tests/artifacts/ (git-ignored; *_nodes2.png for Vue nodes); docs/ holds the
+committed copies.
 """
 
 import json
@@ -48,11 +50,31 @@ def page(server):
         browser.close()
 
 
+UIS = ["canvas", "nodes2"]
+
+
+@pytest.fixture(params=UIS)
+def ui(request, page):
+    """Switch the front end between the canvas and Vue nodes; each test then loads its own workflow."""
+    page.evaluate("on => window.app.extensionManager.setting.set('Comfy.VueNodes.Enabled', on)",
+                  request.param == "nodes2")
+    page.wait_for_timeout(500)
+    return request.param
+
+
+def _shot(name: str, ui: str) -> Path:
+    return ARTIFACTS / (f"{name}.png" if ui == "canvas" else f"{name}_nodes2.png")
+
+
 def _show(page, node_type: str, path: Path) -> None:
-    """Centre the canvas on a node, zoomed so its widgets are readable, and take the screenshot."""
+    """Centre the canvas on a node, zoomed so its widgets are readable, and take the screenshot (Vue nodes have
+    taller rows, so they are zoomed to fit; toasts such as the Nodes 2.0 banner are closed first)."""
     page.evaluate("""t => { const c = window.app.canvas;
+        document.querySelectorAll('.p-toast-close-button').forEach(b => b.click());
         const n = window.app.graph._nodes.find(n => n.comfyClass === t);
-        c.ds.scale = 1.3; c.centerOnNode(n); window.app.graph.setDirtyCanvas(true, true); }""", node_type)
+        const fit = Math.min(0.9 * innerHeight / (n.size[1] + 40), 0.6 * innerWidth / n.size[0]);
+        c.ds.scale = LiteGraph.vueNodesMode ? Math.min(1.3, fit) : 1.3; c.centerOnNode(n);
+        window.app.graph.setDirtyCanvas(true, true); }""", node_type)
     page.wait_for_timeout(800)
     page.screenshot(path=str(path))
 
@@ -62,11 +84,108 @@ def _load(page, name: str) -> None:
     page.evaluate("wf => window.app.loadGraphData(wf)", workflow)
 
 
+def _fresh_seed(page, node_type: str, ui: str) -> None:
+    """A seed per UI, so the second UI's run is not answered from the server's cache (no events, no preview)."""
+    page.evaluate("""([t, add]) => { const n = window.app.graph._nodes.find(n => n.comfyClass === t);
+        const w = n.widgets.find(w => w.name === 'seed'); w.value = w.value + add; }""", [node_type, UIS.index(ui)])
+
+
 ROUTER = "() => window.app.graph._nodes.find(n => n.comfyClass === 'OrthoHydraRouter')"
+NODE_EL = "n => document.querySelector(`[data-node-id='${n.id}']`)"
+
+# What nodes/router.py reads for each mode: the scope and side always, the window unless keyframes replace it.
+SCOPE = {"group", "block_start", "block_end", "layer_regex", "side"}
+PLAIN = SCOPE | {"mode", "start_percent", "end_percent"}
+PER_MODE = {"live": set(), "pin": {"expert"}, "blend": {"weights", "renormalize", "norm_control"},
+            "bias": {"weights"}, "temperature": {"temperature"}, "top_k": {"top_k"}, "profile": set(),
+            "omcd": {"weights", "keep", "mc_seed"}, "mc_dropout": {"weights", "keep", "mc_seed"}}
+ROUTER_WIDGETS = ["mode", "expert", "weights", "renormalize", "temperature", "top_k", "group", "block_start",
+                  "block_end", "layer_regex", "start_percent", "end_percent", "keyframes", "interpolation", "side",
+                  "keep", "mc_seed", "norm_control"]
 
 
-def test_mixer_shows_one_slider_per_expert_and_drives_the_prompt(server, page):
+def _set(page, name, value) -> None:
+    """Change a router widget the way the UI does: the value, then the widget's callback."""
+    page.evaluate(f"""([name, value]) => {{ const w = ({ROUTER})().widgets.find(w => w.name === name);
+        w.value = value; w.callback?.(value); }}""", [name, value])
+
+
+def _visible(page, ui: str) -> set[str]:
+    """The router widgets the user sees: the canvas asks the node; Nodes 2.0 reads the rendered widget rows
+    (a row's label, or a text box's aria-label)."""
+    if ui == "canvas":
+        page.wait_for_timeout(150)  # a frame lays the widgets out
+        names, gap = page.evaluate(f"""() => {{ const n = ({ROUTER})();
+            return [n.widgets.filter(w => n.isWidgetVisible(w)).map(w => w.name),
+                    n.widgets.filter(w => !n.isWidgetVisible(w)).reduce((h, w) => h + (w.computedHeight ?? 0), 0)];
+            }}""")
+        assert gap == 0  # hidden widgets leave no empty rows
+    else:
+        page.wait_for_timeout(150)  # Vue renders on the next tick
+        names = page.evaluate(f"""() => Array.from(({NODE_EL})(({ROUTER})()).querySelectorAll('.lg-node-widget'))
+            .map(e => e.querySelector('textarea')?.getAttribute('aria-label') || e.innerText.trim().split('\\n')[0])""")
+    return set(names) & set(ROUTER_WIDGETS)
+
+
+def test_router_shows_only_the_widgets_its_mode_reads(page, ui):
+    _load(page, "02_pin_blend_gallery.json")
+    page.wait_for_function(f"() => ({ROUTER})().widgets.some(w => w.name.startsWith('mix: w '))", timeout=30_000)
+    for mode, extra in PER_MODE.items():
+        _set(page, "mode", mode)
+        assert _visible(page, ui) == PLAIN | extra, mode
+    _set(page, "mode", "pin")
+    _set(page, "end_percent", 0.8)  # a window that ends early fades back to live: interpolation matters
+    assert _visible(page, ui) == PLAIN | {"expert", "interpolation"}
+    _set(page, "norm_control", True)  # on, it refuses anything but a plain blend, so it stays in sight
+    assert _visible(page, ui) == PLAIN | {"expert", "interpolation", "norm_control"}
+    _set(page, "norm_control", False)
+    # the schedule toggle writes the current mode and window as keyframes, which then replace them
+    _set(page, "schedule (keyframes)", True)
+    assert page.evaluate(f"() => ({ROUTER})().widgets.find(w => w.name === 'keyframes').value") == \
+        "0.00 pin 1\n0.80 live"
+    assert _visible(page, ui) == SCOPE | {"keyframes", "interpolation"}
+    _set(page, "keyframes", "0 blend 1,0\n0.5 omcd 0.5,0.5;0.5,0.5  # fallbacks: renormalize, keep, mc_seed")
+    assert _visible(page, ui) == SCOPE | {"keyframes", "interpolation", "renormalize", "keep", "mc_seed"}
+    _set(page, "schedule (keyframes)", False)
+    assert page.evaluate(f"() => ({ROUTER})().widgets.find(w => w.name === 'keyframes').value") == ""
+    assert _visible(page, ui) == PLAIN | {"expert", "interpolation"}
+
+
+def _router_values(page) -> list:
+    return page.evaluate(f"() => {{ const n = ({ROUTER})(); return {json.dumps(ROUTER_WIDGETS)}.map("
+                         "name => n.widgets.find(w => w.name === name).value); }")
+
+
+def test_router_values_survive_save_and_load(page, ui):
+    old = json.loads((ROOT / "example_workflows" / "02_pin_blend_gallery.json").read_text())
+    saved = next(n for n in old["nodes"] if n["type"] == "OrthoHydraRouter")["widgets_values"]
+    _load(page, "02_pin_blend_gallery.json")  # saved before keep / mc_seed / norm_control existed
+    page.wait_for_function(f"() => ({ROUTER})().widgets.some(w => w.name.startsWith('mix: w '))", timeout=30_000)
+    assert _router_values(page)[:len(saved)] == saved
+    assert _visible(page, ui) == PLAIN | {"expert"}
+    # every widget gets a value that is not its default, most of them hidden by mode temperature
+    values = ["temperature", 3, "0.2,0.8", False, 0.25, 2, "mlp", 1, 5, "x_block", 0.1, 0.9, "", "linear",
+              "both", "0.5,0.5", 1234, False]
+    for name, value in zip(ROUTER_WIDGETS, values, strict=True):
+        _set(page, name, value)
+    assert _visible(page, ui) == PLAIN | {"temperature", "interpolation"}
+    workflow = page.evaluate("() => JSON.parse(JSON.stringify(window.app.graph.serialize()))")  # as a file holds it
+    node = next(n for n in workflow["nodes"] if n["type"] == "OrthoHydraRouter")
+    assert node["widgets_values"] == values  # hidden widgets included, in order, no transient ones
+    prompt = page.evaluate("async () => (await window.app.graphToPrompt()).output")
+    inputs = next(v for v in prompt.values() if v["class_type"] == "OrthoHydraRouter")["inputs"]
+    assert {k: inputs[k] for k in ROUTER_WIDGETS} == dict(zip(ROUTER_WIDGETS, values, strict=True))
+    node["widgets_values"][12] = "0 pin 1\n0.5 live"  # and a scheduled one
+    page.evaluate("wf => window.app.loadGraphData(wf)", workflow)
+    page.wait_for_function(f"() => ({ROUTER})().widgets.some(w => w.name.startsWith('mix: w '))", timeout=30_000)
+    assert _router_values(page) == node["widgets_values"]
+    assert _visible(page, ui) == SCOPE | {"keyframes", "interpolation"}
+    assert page.evaluate(f"() => ({ROUTER})().widgets.find(w => w.name === 'schedule (keyframes)').value") is True
+
+
+def test_mixer_shows_one_slider_per_expert_and_drives_the_prompt(server, page, ui):
     srv, base = server
+    before = len(srv.get("/history"))
     _load(page, "02_pin_blend_gallery.json")
     page.wait_for_function(f"() => ({ROUTER})().widgets.filter(w => w.name.startsWith('mix: w ')).length === 2",
                            timeout=30_000)
@@ -75,6 +194,12 @@ def test_mixer_shows_one_slider_per_expert_and_drives_the_prompt(server, page):
     labels = page.evaluate(f"() => ({ROUTER})().widgets.filter(w => w.name.startsWith('mix: ')).map(w => w.name)")
     assert any(demo_assets.STYLE_NAMES[1] in label for label in labels)
     assert sum(label.startswith("mix: pin ") for label in labels) == 2
+    if ui == "nodes2":  # the pin buttons are real buttons in the Vue node
+        page.evaluate(f"""() => {{ const el = ({NODE_EL})(({ROUTER})());
+            const b = Array.from(el.querySelectorAll('button')).find(b => b.innerText.includes('mix: pin 0'));
+            b.click(); }}""")
+        page.wait_for_timeout(200)
+        assert page.evaluate(f"() => ({ROUTER})().widgets.find(w => w.name === 'expert').value") == 0
     # move the second expert's slider the way the canvas does: set the value, fire the widget callback
     page.evaluate(f"""() => {{
         const node = ({ROUTER})();
@@ -90,38 +215,51 @@ def test_mixer_shows_one_slider_per_expert_and_drives_the_prompt(server, page):
     router = next(v for v in prompt.values() if v["class_type"] == "OrthoHydraRouter")
     assert router["inputs"]["mode"] == "blend" and not any(k.startswith("mix:") for k in router["inputs"])
     page.evaluate("() => window.app.queuePrompt(0, 1)")
-    done = srv.wait_history(1)
+    done = srv.wait_history(before + 1)
     entry = done[-1]
     assert entry["status"]["status_str"] == "success", entry["status"]
     images = [i for out in entry["outputs"].values() for i in out.get("images", [])]
     assert images and all((base / "output" / i["filename"]).is_file() for i in images)
-    _show(page, "OrthoHydraRouter", ARTIFACTS / "mixer.png")
+    if ui == "nodes2":  # the sliders' rows are rendered and show the pushed weight
+        rows = page.evaluate(f"() => Array.from(({NODE_EL})(({ROUTER})()).querySelectorAll('.lg-node-widget'))"
+                             ".map(e => e.innerText)")
+        assert sum("mix: w" in r for r in rows) == 2
+    _show(page, "OrthoHydraRouter", _shot("mixer", ui))
 
 
-def test_training_chart_receives_points(server, page):
+def test_training_chart_receives_points(server, page, ui):
     srv, _ = server
     before = len(srv.get("/history"))
     _load(page, "04_train_then_apply.json")
+    _fresh_seed(page, "OrthoHydraTrain", ui)
     page.evaluate("() => window.app.queuePrompt(0, 1)")
     srv.wait_history(before + 1)
     points = page.evaluate("() => Number(window.app.graph._nodes.find(n => n.comfyClass === 'OrthoHydraTrain')"
                            ".ohChart.dataset.points || 0)")
     assert points >= 10
-    _show(page, "OrthoHydraTrain", ARTIFACTS / "training_chart.png")
+    box = page.locator("canvas.ortho-hydra-train-chart").bounding_box()  # on the page, not just in memory
+    assert box and box["width"] > 100 and box["height"] > 40
+    _show(page, "OrthoHydraTrain", _shot("training_chart", ui))
 
 
-def test_trace_node_previews_its_heatmap(server, page):
+def test_trace_node_previews_its_heatmap(server, page, ui):
     srv, _ = server
     before = len(srv.get("/history"))
     _load(page, "05_router_trace.json")
+    _fresh_seed(page, "OrthoHydraRouterTrace", ui)
     page.evaluate("() => window.app.queuePrompt(0, 1)")
     entry = srv.wait_history(before + 1)[-1]
     assert entry["status"]["status_str"] == "success", entry["status"]
     trace_id = next(k for k, v in entry["prompt"][2].items() if v["class_type"] == "OrthoHydraRouterTrace")
     assert entry["outputs"][trace_id]["images"]  # the heatmap preview the node shows
-    page.wait_for_function("() => { const n = window.app.graph._nodes.find(n => n.comfyClass === "
-                           "'OrthoHydraRouterTrace'); return n && n.imgs && n.imgs.length > 0; }", timeout=30_000)
-    _show(page, "OrthoHydraRouterTrace", ARTIFACTS / "trace_heatmap.png")
+    trace = "window.app.graph._nodes.find(n => n.comfyClass === 'OrthoHydraRouterTrace')"
+    if ui == "canvas":
+        page.wait_for_function(f"() => {{ const n = {trace}; return n && n.imgs && n.imgs.length > 0; }}",
+                               timeout=30_000)
+    else:  # Vue nodes draw the preview as an <img> inside the node
+        page.wait_for_function(f"() => {{ const el = ({NODE_EL})({trace}); const img = el && el.querySelector("
+                               "'img'); return img && img.complete && img.naturalWidth > 0; }", timeout=30_000)
+    _show(page, "OrthoHydraRouterTrace", _shot("trace_heatmap", ui))
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "example_workflows").glob("*.json")))
