@@ -27,6 +27,7 @@ from comfy_extras import nodes_custom_sampler, nodes_train
 from ortho_hydra import OrthoHydraError, save
 from ortho_hydra.network import OrthoHydraNetwork
 from ortho_hydra.replicas import Replicas
+from ortho_hydra.sampling import EpochBatches
 from ortho_hydra.slots import base_fingerprint, slot_metadata
 from ortho_hydra.training import (
     LR_SCHEDULES,
@@ -128,6 +129,9 @@ class TrainingRun:
     hooks: list = field(default_factory=list)
     balance: UsageBalance = field(default_factory=UsageBalance)
     replicas: Replicas = field(default_factory=Replicas)  # one process, or DDP ranks (the torchrun command)
+    batches: EpochBatches | None = None  # the data order, set when the loop starts
+    resumed_from: str | None = None
+    resumed_order: dict | None = None  # the resume file's data order; None if it predates epoch sampling
 
     @property
     def adapter_path(self) -> str:
@@ -149,9 +153,11 @@ class TrainingRun:
         if not self.replicas.is_main:
             return path
         save(self.adapter(), path)
+        order = self.batches.state(self.step * self.config.grad_accumulation) if self.batches else {}
         state = capture_training_state(self.network, self.optimizer, self.generator, self.step,
                                        {"config": self.config.identity(), "fingerprint": self.fingerprint,
-                                        "losses": self.losses, "balance_usage": self.balance.state()})
+                                        "losses": self.losses, "balance_usage": self.balance.state(),
+                                        "data_order": order})
         save_training_state(resume_path_for(path), state)
         return path
 
@@ -162,6 +168,22 @@ class TrainingRun:
         self.step = state.step
         self.losses = list(state.info.get("losses", []))
         self.balance.load_state(state.info.get("balance_usage", {}))
+        self.resumed_order, self.resumed_from = state.info.get("data_order"), path
+
+    def start_batches(self, dataset: int, per_rank: int) -> None:
+        """The epoch sampler; on resume, say when the data order cannot continue the saved one."""
+        self.batches = EpochBatches(dataset, per_rank, world=self.replicas.world, rank=self.replicas.rank,
+                                    seed=self.config.seed)
+        if self.resumed_from is None:
+            return
+        saved, now = self.resumed_order, self.batches.state(self.step * self.config.grad_accumulation)
+        if not saved:
+            log.warning("%s predates epoch sampling (no data_order); training continues, with the data order "
+                        "re-derived from step %d", self.resumed_from, self.step)
+        elif (saved.get("dataset"), saved.get("global_batch")) != (now["dataset"], now["global_batch"]):
+            log.warning("%s was written for %s images at global batch %s, this run has %d at %d; the data order is "
+                        "re-derived from step %d (epoch %d)", self.resumed_from, saved.get("dataset"),
+                        saved.get("global_batch"), now["dataset"], now["global_batch"], self.step, now["epoch"])
 
 
 def _expert_names(style_names: tuple[str, ...], experts: int) -> list[str] | None:
@@ -189,7 +211,8 @@ class OrthoHydraTrainSampler(comfy.samplers.Sampler):
         if batch_size < 1:
             raise OrthoHydraError(f"{dataset} images cannot fill one image per process on {replicas.world} "
                                   "processes.", key="batch_size", fix="use fewer processes or more images")
-        rows = replicas.rows(batch_size)  # this process's share of every global batch
+        run.start_batches(dataset, batch_size)
+        rows = run.batches.rows  # this process's positions in every global batch
         balance_from = balance_starts_at(cfg.balance_start, cfg.steps)
         pbar = comfy.utils.ProgressBar(cfg.steps)
         pbar.update_absolute(run.step, cfg.steps)
@@ -201,12 +224,11 @@ class OrthoHydraTrainSampler(comfy.samplers.Sampler):
             run.optimizer.zero_grad(set_to_none=True)
             step_loss = 0.0
             for micro in range(cfg.grad_accumulation):
-                idx_all = torch.randperm(dataset, generator=run.generator)[:batch_size * replicas.world].tolist()
+                idx = run.batches.batch(run.step * cfg.grad_accumulation + micro)
                 last = micro == cfg.grad_accumulation - 1
                 with contextlib.nullcontext() if last else replicas.no_sync():  # all-reduce once per step
-                    step_loss += self.fwd_bwd(model_wrap, conds, extra_args, latent_image, idx_all, rows, micro,
+                    step_loss += self.fwd_bwd(model_wrap, conds, extra_args, latent_image, idx, rows, micro,
                                               balance_on=run.step >= balance_from) / cfg.grad_accumulation
-            idx = idx_all[rows]
             step_loss = replicas.mean(step_loss)
             if not torch.isfinite(torch.tensor(step_loss)):
                 raise OrthoHydraError(f"the loss became {step_loss} at step {run.step + 1}.", key="learning_rate",
@@ -247,23 +269,24 @@ class OrthoHydraTrainSampler(comfy.samplers.Sampler):
             if prefix in inputs:
                 layer.calibrate_router(torch.cat(inputs[prefix]))
 
-    def fwd_bwd(self, model_wrap, conds: list, extra_args: dict, latents_all: torch.Tensor, idx_all: list[int],
+    def fwd_bwd(self, model_wrap, conds: list, extra_args: dict, latents_all: torch.Tensor, idx: list[int],
                 rows: slice, micro: int, balance_on: bool) -> float:
         """One micro-batch: noise it, predict x0, backward the x0-space MSE plus the routing terms.
 
-        ``idx_all`` is the global batch; levels and noise are drawn for all of it (the same on every process)
-        and this process keeps ``rows``, so N processes compute what one computes at N times the batch.
+        ``idx`` is this process's share of the global batch, at positions ``rows`` of it; levels and noise are
+        drawn for the whole global batch (the same on every process) and keyed to those positions, so N processes
+        compute what one computes at N times the batch.
         """
         run, cfg = self.run, self.run.config
         sampling = model_wrap.inner_model.model_sampling
-        idx = idx_all[rows]
         latents = latents_all[idx]
+        size = run.batches.global_batch
         if cfg.fixed_noise:
             levels, noise = fixed_noise_for(idx, latents, cfg)
         else:
-            levels = draw_noise_levels(len(idx_all), cfg.timestep_sampling, run.generator, cfg.shift)[rows]
+            levels = draw_noise_levels(size, cfg.timestep_sampling, run.generator, cfg.shift)[rows]
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + run.step * 97 + micro)
-            noise = torch.randn((len(idx_all), *latents.shape[1:]), generator=gen)[rows]
+            noise = torch.randn((size, *latents.shape[1:]), generator=gen)[rows]
         sigmas = torch.tensor([float(sampling.percent_to_sigma(1.0 - float(u))) for u in levels]).to(latents.device)
         x0 = sampling.noise_scaling(torch.zeros_like(sigmas), torch.zeros_like(latents), latents, False)
         autocast = torch.autocast(latents.device.type, dtype=torch.bfloat16) \

@@ -1,15 +1,16 @@
 """How one training step is shared between processes: one process, or DDP replicas over the adapter.
 
-The training loop asks a :class:`Replicas` for four things and never branches on the kind: which rows of the
-global batch are this process's, how to run the step's forward (DDP must see it to all-reduce the gradients), how
-to skip the all-reduce on accumulation micro-steps, and the mean of a number over processes (for the log).  With
-one process every method is the identity, so the single-process loop is unchanged bit for bit.
+The training loop asks a :class:`Replicas` for three things and never branches on the kind: how to run the
+step's forward (DDP must see it to all-reduce the gradients), how to skip the all-reduce on accumulation
+micro-steps, and the mean of a number over processes (for the log).  With one process every method is the identity.
+Which images a rank trains on, and at which positions of the global batch, is :mod:`.sampling`'s.
 
 The base model is frozen and replicated whole on every rank; only the adapter's parameters are DDP's.  Each rank
-draws the same global batch indices, noise levels and noise from the same seeded generators and keeps its slice,
-so world size N at per-rank batch b computes what one process computes at batch N·b (equal shards: the mean of
-the ranks' mean losses is the global mean loss, and DDP averages the gradients).  The balance term is the one
-exception: it is nonlinear in each micro-batch's expert usage, and each rank computes it on its own rows.
+takes its share of the global batch from the epoch sampler and draws the noise levels and noise of the whole global
+batch from the same seeded generators, keeping its positions, so world size N at per-rank batch b computes what one
+process computes at batch N·b (equal shards: the mean of the ranks' mean losses is the global mean loss, and DDP
+averages the gradients).  The balance term is the one exception: it is nonlinear in each micro-batch's expert
+usage, and each rank computes it on its own rows.
 """
 
 from __future__ import annotations
@@ -30,10 +31,6 @@ class Replicas:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-    def rows(self, per_rank: int) -> slice:
-        """This process's rows of a global batch of ``world · per_rank``."""
-        return slice(self.rank * per_rank, (self.rank + 1) * per_rank)
 
     def attach(self, network: nn.Module) -> None:
         """Called once the adapter's parameters exist (and sit on their device)."""

@@ -35,9 +35,11 @@ def files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ddp")
     save_file(tiny_dit.mmdit_state_dict(depth=2, seed=0), str(folder / "dit.safetensors"))
     g = torch.Generator().manual_seed(0)
-    latents = torch.randn(8, 16, 16, 16, generator=g)
-    conditioning = [tiny_dit.mmdit_conditioning(seed=i)[0] for i in range(8)]
-    dataset.write(folder / "data", latents, conditioning, labels=[i % 2 for i in range(8)],
+    # 9 images: not a multiple of the 2 ranks (DistributedSampler pads) nor of the global batch of 4 (the epoch
+    # tail is dropped), so 10 steps cross 4 epoch boundaries and the 5-step resume lands mid-epoch
+    latents = torch.randn(9, 16, 16, 16, generator=g)
+    conditioning = [tiny_dit.mmdit_conditioning(seed=i)[0] for i in range(9)]
+    dataset.write(folder / "data", latents, conditioning, labels=[i % 2 for i in range(9)],
                   style_names=["left", "right"])
     for name, batch in (("b2.toml", 2), ("b4.toml", 4)):
         (folder / name).write_text(CONFIG + f"batch_size = {batch}\n")
@@ -93,8 +95,9 @@ def test_bad_inputs_end_with_one_clear_line(files, tmp_path):
 
 
 def test_resume_on_another_world_size_continues_as_if_uninterrupted(files):
-    """2 processes x batch 2 for 5 steps, then 1 process x batch 4 resuming to 10 = 1 process x batch 4 for 10: the
-    global batch, the generator state and the step-seeded noise carry over (the documented equivalence)."""
+    """2 processes x batch 2 for 5 steps, then 1 process x batch 4 resuming to 10 = 1 process x batch 4 for 10: at
+    the same global batch the epoch and position are derived from the step, and the generator state and the
+    step-seeded noise carry over (the documented equivalence)."""
     first = files / "b2_5.toml"
     first.write_text(CONFIG.replace("steps = 10", "steps = 5") + "batch_size = 2\n")
     out = files / "resumed"
