@@ -68,6 +68,25 @@ def test_resume_is_exact(T, base, loras):
         T, steps=4, output_name="short"))[1].layers[name].ups)  # and 4 steps really differ from 8
 
 
+def test_a_resume_file_without_a_data_order_still_resumes_exactly_and_says_so(T, base, loras, caplog):
+    """Files written before epoch sampling have no data_order; the order is derived from the step anyway. Batch 3
+    of 4 images: one batch per epoch, one image sits out each epoch."""
+    lib = library()
+    full = T.train(base, LATENTS, POSITIVE, config(T, steps=6, batch_size=3, output_name="epochs"))[1]
+    T.train(base, LATENTS, POSITIVE, config(T, steps=3, batch_size=3, output_name="old"))
+    path = loras / "old.resume.safetensors"
+    state = lib.training_state.load_training_state(path)
+    assert state.info.pop("data_order") == {"sampler": "DistributedSampler", "dataset": 4, "global_batch": 3,
+                                            "epoch": 3, "batch_in_epoch": 0}
+    lib.training_state.save_training_state(path, state)  # as an old trainer wrote it
+    with caplog.at_level("WARNING", logger="ortho_hydra"):
+        resumed = T.train(base, LATENTS, POSITIVE, config(T, steps=6, batch_size=3, output_name="old"),
+                          resume=str(path))[1]
+    assert "old.resume.safetensors predates epoch sampling" in caplog.text
+    for name, layer in full.layers.items():
+        assert torch.allclose(layer.ups, resumed.layers[name].ups, atol=1e-6, rtol=1e-5), name
+
+
 def test_a_decaying_lr_follows_its_curve_and_resumes_exactly(T, base, loras):
     """Cosine over 6 steps: the saved optimizer's lr is base x the closed form at the last update, and a run
     resumed from its step-3 checkpoint (same total) ends where the uninterrupted one does."""
