@@ -87,7 +87,7 @@ PIN_SEED, IMG2IMG_SEED, NOISE_SEED = 4242, 777, 12345
 @dataclass(frozen=True)
 class Settings:
     steps: int = 240
-    lrs: tuple[float, ...] = (3e-3, 1e-2)
+    lrs: tuple[float, ...] = (3e-3, 1e-2, 3e-2)
     seeds: tuple[int, ...] = (0, 1, 2)
     arms: tuple[str, ...] = tuple(ARMS)
     rank: int = 8
