@@ -148,3 +148,119 @@ def test_ours_with_comfyuis_hook_lora_on_the_positive_conditioning(base, patcher
     assert with_hook >= 1 and without_hook >= 1 and with_hook + without_hook == len(calls), (with_hook,
                                                                                            without_hook, len(calls))
     assert torch.equal(base.model.get_submodule(MODULE).weight.detach().double(), weight)
+
+
+def _flow_percent_to_sigma(shift: float, percent: float) -> float:
+    """A keyframe's start percent as a flow model's σ, from the definition: t = 1 − percent, σ = s·t / (1 + (s−1)·t)."""
+    if percent <= 0.0:
+        return 1.0
+    if percent >= 1.0:
+        return 0.0
+    t = 1.0 - percent
+    return shift * t / (1.0 + (shift - 1.0) * t)
+
+
+def _keyframe_strengths(frames: list[tuple[float, float]], sigmas: list[float], shift: float) -> list[float]:
+    """The keyframe strength in force at each step, written from the keyframe definition: keyframes sorted by start
+    percent, the first one from the start, each later one from the first step whose σ is at or below its start σ.
+
+    The steps are chosen so that no step crosses two starts and no start lies within 1e-4 of a step's σ, so
+    ComfyUI's guaranteed steps and its float rounding cannot change which keyframe is in force (asserted here).
+    """
+    frames = sorted(frames)
+    starts = [_flow_percent_to_sigma(shift, p) for p, _ in frames]
+    out, previous = [], 0
+    for step, sigma in enumerate(sigmas):
+        assert all(abs(start - sigma) > 1e-4 for start in starts[1:]), "a keyframe starts on a step"
+        live = [i for i, start in enumerate(starts) if start >= sigma] or [0]
+        assert step == 0 or live[-1] - previous <= 1, "a step crosses two keyframe starts"
+        previous = live[-1]
+        out.append(frames[live[-1]][1])
+    return out
+
+
+def _chained_keyframes():
+    """CreateHookKeyframe chained: 1.0 from the start, 0.4 from 35 %, −0.6 from 70 %."""
+    from comfy_extras.nodes_hooks import CreateHookKeyframe
+
+    frames = [(0.0, 1.0), (0.35, 0.4), (0.7, -0.6)]
+    group = None
+    for percent, strength in frames:
+        group = CreateHookKeyframe().create_hook_keyframe(strength, percent, prev_hook_kf=group)[0]
+    return group, frames
+
+
+def _interpolated_keyframes():
+    """CreateHookKeyframesInterpolated, ease_in from 1.0 to 0.1 over 0 … 100 % in 4 keyframes: the strengths are
+    1.0 + (0.1 − 1.0)·u² at u = k/3, starting at k/3 of the run (written here from that definition)."""
+    from comfy_extras.nodes_hooks import CreateHookKeyframesInterpolated
+
+    group = CreateHookKeyframesInterpolated().create_hook_keyframes(1.0, 0.1, "ease_in", 0.0, 1.0, 4)[0]
+    frames = [(k / 3, 1.0 + (0.1 - 1.0) * (k / 3) ** 2) for k in range(4)]
+    return group, frames
+
+
+@pytest.mark.parametrize("keyframes", [_chained_keyframes, _interpolated_keyframes], ids=["chained", "interpolated"])
+@pytest.mark.parametrize("pinned", [False, True], ids=["live", "pinned"])
+def test_ours_with_a_keyframed_hook_lora_follows_the_keyframe_strength_per_step(base, patcher, lora_file, keyframes,
+                                                                               pinned):
+    """A hook LoRA whose strength changes across the steps (SetHookKeyframes), on the positive conditioning only,
+    with our adapter router-live (or pinned and folded) on the same Linear.  Every model call is checked at the
+    module against its own closed form: positive (W + s_t·ΔW_hook) x + b + ours, negative W x + b + ours, with s_t
+    the hook's strength times the keyframe strength in force at that call's σ."""
+    import comfy.hooks
+    import comfy.patcher_extension
+    from comfy_extras.nodes_hooks import CreateHookLora, SetHookKeyframes
+
+    from ortho_hydra.overrides import GateRule, Keyframe, Override
+
+    name, delta_w = lora_file
+    steps, hook_strength = 6 if keyframes is _chained_keyframes else 5, 0.8
+    adapter = randomized_adapter(lora_weights(base, pattern=r"x_block_mlp_fc1$"), experts=3, seed=6)
+    if pinned:
+        adapter = adapter.with_override(Override((Keyframe(0.0, GateRule("pin", 2)),)))
+    group, frames = keyframes()
+    hooks = SetHookKeyframes().set_hook_keyframes(CreateHookLora().create_hook(name, hook_strength, 0.0)[0],
+                                                  hook_kf=group)[0]
+    positive = comfy.hooks.set_hooks_for_conditioning(tiny_dit.mmdit_conditioning(seed=1), hooks)
+    negative = tiny_dit.mmdit_conditioning(seed=2)
+    model = patcher.apply_adapter(base, adapter)[0].clone()
+    current, calls = {}, []
+
+    def probe(executor, x, t, *args, **kwargs):  # which σ and which side each model call is
+        options = args[3] if len(args) > 3 else kwargs.get("transformer_options", {})
+        current.update(sigma=float(t.reshape(-1)[0]), sides=list(options.get("cond_or_uncond") or []))
+        return executor(x, t, *args, **kwargs)
+
+    def capture(module, args, output):  # installed after ours on the same Linear: sees the adapted output
+        calls.append((current["sigma"], current["sides"], args[0].detach().double().clone(),
+                      output.detach().double().clone()))
+
+    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "test_probe", probe)
+    import_pack().nodes.hooks.install_forward_hook(model, MODULE, capture)
+    tiny_dit.sample(model, torch.zeros(1, 16, 16, 16), positive, negative, steps=steps, cfg=2.0)
+    mm.unload_all_models()
+
+    sampling = base.get_model_object("model_sampling")
+    shift = float(sampling.shift)
+    # the steps' σ as the simple scheduler defines them: the model's σ at timestep 1000 − ⌊i·1000/steps⌋
+    step_sigmas = [_flow_percent_to_sigma(shift, int(i * 1000 / steps) / 1000) for i in range(steps)]
+    strengths = dict(zip(step_sigmas, _keyframe_strengths(frames, step_sigmas, shift), strict=True))
+    assert len(set(strengths.values())) >= 3  # the keyframes really change the strength during this run
+    weight = base.model.get_submodule(MODULE).weight.detach().double()
+    bias = base.model.get_submodule(MODULE).bias.detach().double()
+    layer = adapter.layers[PREFIX]
+    pin = layer.static_delta_weight(torch.tensor([0.0, 0.0, 1.0])).double()
+    seen = {0: [], 1: []}
+    for sigma, sides, x, out in calls:
+        assert len(set(sides)) == 1, sides  # ComfyUI runs the hooked positive apart from the negative
+        step = min(step_sigmas, key=lambda s: abs(s - sigma))
+        assert abs(step - sigma) < 1e-5, (sigma, step_sigmas)
+        s_t = hook_strength * strengths[step] if sides[0] == 0 else 0.0
+        ours = F.linear(x, pin) if pinned else layer.delta(x)
+        expected = F.linear(x, weight + s_t * delta_w.double(), bias) + ours
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5,
+                                   msg=f"σ {sigma:.4f}, side {sides[0]}, s_t {s_t}")
+        seen[sides[0]].append(step)
+    assert sorted(seen[0]) == sorted(step_sigmas) and sorted(seen[1]) == sorted(step_sigmas)  # every step, each side
+    assert torch.equal(base.model.get_submodule(MODULE).weight.detach().double(), weight)
