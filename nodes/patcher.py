@@ -3,7 +3,8 @@ for constant ones.  Everything goes through ModelPatcher so unpatching restores 
 
 * Hooks and the σ wrapper: :mod:`.hooks`.
 * Adapter tensors: leaf modules of frozen parameters in their own ModelPatcher, attached with
-  ``set_additional_models`` so ComfyUI's loader moves and accounts for them with the model.
+  ``set_additional_models`` so ComfyUI's loader moves and accounts for them with the model; always loaded whole on
+  the model's load device, under every VRAM state (:mod:`.placement`).
 * Layers never branch on their kind here: every one implements :class:`ortho_hydra.layer.AdapterLayer`.
 """
 
@@ -14,7 +15,6 @@ import uuid
 from dataclasses import dataclass
 
 import comfy.lora
-import comfy.model_patcher
 import torch
 from torch import nn
 
@@ -27,17 +27,19 @@ from ortho_hydra.targets import PatchPlan, Target, merge_shared_legs, plan, summ
 
 from .compile_support import require_hook_guards
 from .hooks import SamplingState, install_forward_hook, install_sampling_state
+from .placement import AdapterWeightsPatcher, MoveNotice, PlacedModule
 
 log = logging.getLogger("ortho_hydra")
 ADDITIONAL_MODELS_PREFIX = "ortho_hydra"
 _FUSED_KERNEL_HINTS = ("nunchaku", "svdq")  # module classes of packs that replace whole blocks with fused kernels
 
 
-class TargetWeights(nn.Module):
+class TargetWeights(PlacedModule):
     """One hooked Linear's adapter tensors as frozen parameters (a leaf module ComfyUI can move)."""
 
-    def __init__(self, legs: list, dtype: torch.dtype) -> None:
+    def __init__(self, legs: list, dtype: torch.dtype, label: str = "adapter") -> None:
         super().__init__()
+        self.label = label
         self.specs = []
         for i, leg in enumerate(legs):
             layer = leg.layer
@@ -67,6 +69,7 @@ class RoutedHook:
 
     def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
         x = args[0]
+        self.weights.ensure_on(x.device)
         legs = list(self.weights.legs())
         if len(legs) == 1 and legs[0][1] in (None, self.out_features):
             layer = legs[0][2]  # the common case: one layer on the whole output, fused add where the kind has one
@@ -79,12 +82,12 @@ class RoutedHook:
         return output + self.strength * full
 
 
-class ReFTWeights(nn.Module):
+class ReFTWeights(PlacedModule):
     """One ReFT edit's tensors as frozen parameters in the compute dtype (moved by ComfyUI with the model)."""
 
-    def __init__(self, edit: ReFTEdit, dtype: torch.dtype) -> None:
+    def __init__(self, edit: ReFTEdit, dtype: torch.dtype, label: str = "ReFT edit") -> None:
         super().__init__()
-        self.edit = edit
+        self.edit, self.label = edit, label
         for name, tensor in edit.tensors().items():
             self.register_parameter(name, nn.Parameter(tensor.to(dtype).contiguous(), requires_grad=False))
 
@@ -104,6 +107,7 @@ class ReFTHook:
                                   "ReFT edit applies to.", key=self.weights.edit.name,
                                   fix="ReFT edits are for the reference trainer's architecture (Anima / Cosmos "
                                       "blocks); turn strict off and load the LoRA part only")
+        self.weights.ensure_on(output.device)
         return self.weights.current().edit(output, self.strength)
 
 
@@ -260,6 +264,7 @@ def apply_adapter(model, adapter: Adapter, strength: float = 1.0, fold: bool = T
     state.fei_div = next(iter(fei_divs), None)
     key = f"{ADDITIONAL_MODELS_PREFIX}_{uuid.uuid4().hex[:12]}"
     holder = nn.ModuleDict()
+    notice = MoveNotice(adapter.path or "adapter")
     folded: list[tuple[Target, dict]] = []
     for index, target in enumerate(patch_plan.targets.values()):
         gates = _constant_gates(target, override) if fold else None
@@ -267,7 +272,8 @@ def apply_adapter(model, adapter: Adapter, strength: float = 1.0, fold: bool = T
             folded.append((target, gates))
             continue
         _check_hookable(patched, target, adapter)
-        weights = TargetWeights(merge_shared_legs(target), compute_dtype(patched))
+        weights = TargetWeights(merge_shared_legs(target), compute_dtype(patched), label=target.module)
+        weights.notice = notice
         holder[str(index)] = weights
         install_forward_hook(patched, target.module,
                              RoutedHook(weights, state, strength, override, target.out_features))
@@ -276,13 +282,14 @@ def apply_adapter(model, adapter: Adapter, strength: float = 1.0, fold: bool = T
         _install_content_router(patched, adapter, state)
     for edit in adapter.reft.values():
         module = reft_module(patched, edit, adapter)
-        weights = ReFTWeights(edit, compute_dtype(patched))
+        weights = ReFTWeights(edit, compute_dtype(patched), label=module)
+        weights.notice = notice
         holder[f"reft_{edit.block}"] = weights
         install_forward_hook(patched, module, ReFTHook(weights, strength_reft, module))
     _static_patches(patched, patch_plan, folded, strength)
     if len(holder):
-        weights_patcher = comfy.model_patcher.ModelPatcher(holder, load_device=patched.load_device,
-                                                           offload_device=patched.offload_device)
+        weights_patcher = AdapterWeightsPatcher(holder, load_device=patched.load_device,
+                                                offload_device=patched.offload_device)
         patched.set_additional_models(key, [weights_patcher])
         install_sampling_state(patched, key, state)
         require_hook_guards()  # else torch.compile may reuse a graph traced without these hooks
