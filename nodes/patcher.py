@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import comfy.lora
 import torch
@@ -34,13 +34,40 @@ ADDITIONAL_MODELS_PREFIX = "ortho_hydra"
 _FUSED_KERNEL_HINTS = ("nunchaku", "svdq")  # module classes of packs that replace whole blocks with fused kernels
 
 
-class TargetWeights(PlacedModule):
-    """One hooked Linear's adapter tensors as frozen parameters (a leaf module ComfyUI can move)."""
+class RouterNetWeights(PlacedModule):
+    """A network-level router MLP shared by many layers (ChimeraHydra's frequency and content routers) as frozen
+    fp32 parameters: one leaf module, placed and counted once, whichever layers read it."""
 
-    def __init__(self, legs: list, dtype: torch.dtype, label: str = "adapter") -> None:
+    def __init__(self, net, label: str) -> None:
+        super().__init__()
+        self.net, self.label = net, label
+        for name, tensor in net.tensors().items():
+            self.register_parameter(name, nn.Parameter(tensor.float().contiguous(), requires_grad=False))
+
+    def current(self):
+        return self.net.with_tensors(**{name: getattr(self, name) for name in self.net.tensors()})
+
+
+def router_net_holders(holder: nn.ModuleDict, nets, label: str) -> dict[int, RouterNetWeights]:
+    """One :class:`RouterNetWeights` per distinct router net (by identity), registered in ``holder``."""
+    out = {}
+    for net in nets:
+        if id(net) not in out:
+            index = len(out)
+            out[id(net)] = holder[f"net_{label}_{index}"] = RouterNetWeights(net, f"{label} router net {index}")
+    return out
+
+
+class TargetWeights(PlacedModule):
+    """One hooked Linear's adapter tensors as frozen parameters (a leaf module ComfyUI can move).  Router nets
+    shared with other layers live in their own holders (``nets``, by identity), referenced, not registered here."""
+
+    def __init__(self, legs: list, dtype: torch.dtype, label: str = "adapter",
+                 nets: dict[int, RouterNetWeights] | None = None) -> None:
         super().__init__()
         self.label = label
         self.specs = []
+        self.nets = {}  # leg index -> {role: RouterNetWeights}; a plain dict, so ComfyUI loads each holder once
         for i, leg in enumerate(legs):
             layer = leg.layer
             names = []
@@ -48,12 +75,24 @@ class TargetWeights(PlacedModule):
                 tensor = tensor.float() if name in layer.fp32_tensors else tensor.to(dtype)
                 self.register_parameter(f"leg{i}_{name}", nn.Parameter(tensor.contiguous(), requires_grad=False))
                 names.append(name)
+            roles = layer.router_nets()
+            if roles:
+                self.nets[i] = {role: nets[id(net)] for role, net in roles.items()}
             self.specs.append((i, layer, leg.offset, leg.size, tuple(names)))
+
+    def ensure_on(self, device: torch.device) -> None:
+        super().ensure_on(device)
+        for roles in self.nets.values():
+            for net in roles.values():
+                net.ensure_on(device)
 
     def legs(self):
         """Yield (offset, size, layer) with tensors wherever ComfyUI has put this module now."""
         for i, layer, offset, size, names in self.specs:
-            yield offset, size, layer.with_tensors(**{n: getattr(self, f"leg{i}_{n}") for n in names})
+            layer = layer.with_tensors(**{n: getattr(self, f"leg{i}_{n}") for n in names})
+            if i in self.nets:
+                layer = layer.with_router_nets(**{role: net.current() for role, net in self.nets[i].items()})
+            yield offset, size, layer
 
 
 class RoutedHook:
@@ -132,15 +171,18 @@ def reft_module(model, edit: ReFTEdit, adapter: Adapter) -> str:
 class ContentRouterHook:
     """Forward hook on the text adapter: one π_c per sample for every Chimera layer of this call."""
 
-    def __init__(self, router: chimera.ContentRouter, state: SamplingState) -> None:
-        self.router, self.state = router, state
+    def __init__(self, router: chimera.ContentRouter, state: SamplingState, net: RouterNetWeights) -> None:
+        self.router, self.state, self.net = router, state, net
 
     def __call__(self, module: nn.Module, args: tuple, output):
         context = output if isinstance(output, torch.Tensor) else output[0]
-        self.state.extra[chimera.CONTENT_GATE_KEY] = self.router.gate(context.detach())
+        self.net.ensure_on(context.device)
+        router = replace(self.router, net=self.net.current())
+        self.state.extra[chimera.CONTENT_GATE_KEY] = router.gate(context.detach())
 
 
-def _install_content_router(model, adapter: Adapter, state: SamplingState) -> None:
+def _install_content_router(model, adapter: Adapter, state: SamplingState, holder: nn.ModuleDict,
+                            notice: MoveNotice) -> None:
     """The cross-attention content router reads the ``llm_adapter`` output, which only Anima-style models have."""
     routers = {id(layer.content_router): layer.content_router for layer in chimera.chimera_layers(adapter.layers)
                if layer.content_router is not None}
@@ -153,8 +195,11 @@ def _install_content_router(model, adapter: Adapter, state: SamplingState) -> No
                               f"{chimera.CONTENT_ROUTER_MODULE}, which this {model_architecture(model)} model does "
                               "not have.", path=adapter.path, key="content_router.net.0.weight",
                               fix="load the Anima model it was trained on") from None
+    nets = router_net_holders(holder, [router.net for router in routers.values()], "content")
     for router in routers.values():
-        install_forward_hook(model, chimera.CONTENT_ROUTER_MODULE, ContentRouterHook(router, state))
+        nets[id(router.net)].notice = notice
+        install_forward_hook(model, chimera.CONTENT_ROUTER_MODULE, ContentRouterHook(router, state,
+                                                                                     nets[id(router.net)]))
 
 
 def _check_hookable(model, target: Target, adapter: Adapter) -> None:
@@ -266,20 +311,27 @@ def apply_adapter(model, adapter: Adapter, strength: float = 1.0, fold: bool = T
     holder = nn.ModuleDict()
     notice = MoveNotice(adapter.path or "adapter")
     folded: list[tuple[Target, dict]] = []
+    nets = router_net_holders(holder, [net for layer in adapter.layers.values()
+                                       for net in layer.router_nets().values()], "layer")
     for index, target in enumerate(patch_plan.targets.values()):
         gates = _constant_gates(target, override) if fold else None
         if gates is not None:
             folded.append((target, gates))
             continue
         _check_hookable(patched, target, adapter)
-        weights = TargetWeights(merge_shared_legs(target), compute_dtype(patched), label=target.module)
+        weights = TargetWeights(merge_shared_legs(target), compute_dtype(patched), label=target.module, nets=nets)
         weights.notice = notice
         holder[str(index)] = weights
         install_forward_hook(patched, target.module,
                              RoutedHook(weights, state, strength, override, target.out_features))
-    routed_hooks = len(holder)
+    routed_hooks = sum(isinstance(m, TargetWeights) for m in holder.values())
+    for name in [name for name in holder if name.startswith("net_")]:
+        if routed_hooks:
+            holder[name].notice = notice
+        else:  # every layer reading it was folded
+            del holder[name]
     if routed_hooks:
-        _install_content_router(patched, adapter, state)
+        _install_content_router(patched, adapter, state, holder, notice)
     for edit in adapter.reft.values():
         module = reft_module(patched, edit, adapter)
         weights = ReFTWeights(edit, compute_dtype(patched), label=module)

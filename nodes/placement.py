@@ -8,7 +8,8 @@ module that does not fit the budget is neither loaded nor cast per call: it stay
 adapter's holders are such plain modules, so they stayed in host memory, and since the core library moves its
 operands to ``x``'s device, every hook call copied them host → device again.
 
-The adapter's tensors are small (``r·(in + E·out)`` per Linear, a few MB for a whole DiT), so
+The adapter's tensors are small next to the model (``r·(in + E·out)`` per Linear: about 3 % of the weights it
+adapts, ~117 MB in bf16 for Cosmos-Predict2 2B with E = 4, r = 16 on all 280 Linears), so
 :class:`AdapterWeightsPatcher` always loads them whole onto the load device, and ComfyUI counts them as loaded.
 Hooks call :meth:`PlacedModule.ensure_on` before computing: a holder found on another device (a caller that ran the
 model without loading its additional models) is moved once, with one warning, never copied per call.

@@ -81,6 +81,12 @@ class MLPRouter:
     b2: torch.Tensor
     tau: float = 1.0
 
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"w0": self.w0, "b0": self.b0, "w2": self.w2, "b2": self.b2}
+
+    def with_tensors(self, **tensors: torch.Tensor) -> MLPRouter:
+        return replace(self, **tensors)
+
     @property
     def in_features(self) -> int:
         return int(self.w0.shape[1])
@@ -208,6 +214,13 @@ class ChimeraLayer(AdapterLayer):
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
         return out
+
+    def router_nets(self) -> dict[str, MLPRouter]:
+        """The learned frequency router's MLP (the content router's runs once per model call, outside the layer)."""
+        return {} if self.freq.net is None else {"freq": self.freq.net}
+
+    def with_router_nets(self, freq: MLPRouter | None = None) -> ChimeraLayer:
+        return self if freq is None else replace(self, freq=replace(self.freq, net=freq))
 
     def live_gate(self, lx_c: torch.Tensor, sigma: torch.Tensor | None, fei: torch.Tensor | None,
                   context: GateContext | None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -57,6 +57,17 @@ class AdapterLayer:
         """A copy computing with these tensors (same names as :meth:`tensors`)."""
         return replace(self, **tensors)
 
+    def router_nets(self) -> dict[str, object]:
+        """Network-level routers this layer computes with (shared by many layers, so not in :meth:`tensors`), by
+        role; each has ``tensors()`` / ``with_tensors()`` so a host can place them once.  None by default."""
+        return {}
+
+    def with_router_nets(self, **nets) -> AdapterLayer:
+        """A copy computing with these router nets (same roles as :meth:`router_nets`)."""
+        if nets:
+            raise ValueError(f"{self.name} has no router nets ({', '.join(nets)})")
+        return self
+
     def factors(self, gate: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """fp32 ``(up (out, r), down (r, in))`` with scale, the constant gate (E,) and inv_scale folded in."""
         raise NotImplementedError

@@ -161,3 +161,79 @@ def test_a_hook_that_finds_its_tensors_elsewhere_moves_them_once_and_warns(pack,
         assert _devices(hook.weights) == {META}
     warnings = [r for r in caplog.records if "moved once" in r.getMessage()]
     assert len(warnings) == 1 and "load_models_gpu" in warnings[0].getMessage()
+
+
+def _chimera_file(tmp_path, model, content_router: bool):
+    """A dual-A ChimeraHydra file (reference layout) on two Linears of a tiny Cosmos DiT, with a learned frequency
+    router and either per-Linear content routers or the cross-attention one."""
+    from safetensors.torch import save_file
+
+    kc, kf, r, hid, sig = 3, 2, 4, 8, 4
+    sd = model.model.diffusion_model.state_dict()
+    g = torch.Generator().manual_seed(0)
+    t = {}
+    for prefix, module in (("lora_unet_blocks_0_mlp_layer1", "blocks.0.mlp.layer1"),
+                           ("lora_unet_blocks_1_self_attn_q_proj", "blocks.1.self_attn.q_proj")):
+        out, inn = sd[f"{module}.weight"].shape
+        for d in ("lora_down_c", "lora_down_f"):
+            t[f"{prefix}.{d}.weight"] = torch.randn(r, inn, generator=g) / inn ** 0.5
+        for stem, k in (("lora_ups_c", kc), ("lora_ups_f", kf)):
+            for e in range(k):
+                t[f"{prefix}.{stem}.{e}.weight"] = 0.3 * torch.randn(out, r, generator=g)
+        if not content_router:
+            t[f"{prefix}.router.weight"] = torch.randn(kc, r, generator=g)
+            t[f"{prefix}.router.bias"] = torch.zeros(kc)
+        t[f"{prefix}.alpha"] = torch.tensor(2.0)
+    for stem, shapes in (("freq_router", ((hid, 2 + sig), (kf, hid))),
+                         ("content_router", ((hid, 1024), (kc, hid)) if content_router else ())):
+        for index, shape in zip((0, 2), shapes, strict=False):
+            t[f"{stem}.net.{index}.weight"] = torch.randn(*shape, generator=g)
+            t[f"{stem}.net.{index}.bias"] = torch.randn(shape[0], generator=g)
+    meta = {"ss_network_spec": "chimera_hydra", "ss_use_chimera_hydra": "true", "ss_num_experts_content": str(kc),
+            "ss_num_experts_freq": str(kf), "ss_chimera_fei_feature_dim": "2",
+            "ss_chimera_sigma_feature_dim": str(sig), "ss_chimera_fei_sigma_low_div": "4",
+            "ss_chimera_freq_router_mode": "learned"}
+    if content_router:
+        meta["ss_chimera_content_router_source"] = "crossattn_emb"
+    save_file(t, str(tmp_path / "c_chimera.safetensors"), metadata=meta)
+    return t, tmp_path / "c_chimera.safetensors"
+
+
+@pytest.mark.parametrize("content_router", [False, True], ids=["per-linear-content", "cross-attention-content"])
+def test_chimera_router_nets_are_placed_once_and_never_copied_per_call(pack, tmp_path, content_router):
+    """ChimeraHydra's network-level routers (the frequency MLP every layer reads, the content MLP on the text
+    adapter) are not per-Linear tensors; they get one holder each in the same ModelPatcher, counted once, placed
+    with the rest, and the hooks read them from there."""
+    from devkit.adapters import library
+
+    model = tiny_dit.load_cosmos(num_blocks=2, seed=5)
+    if content_router:
+        model.model.diffusion_model.llm_adapter = torch.nn.Linear(1024, 1024)
+    t, path = _chimera_file(tmp_path, model, content_router)
+    adapter = library().load(path)
+    patched = pack.nodes.patcher.apply_adapter(model, adapter)[0]
+    (ours,) = patched.get_additional_models()
+    nets = {k for k in ours.model if k.startswith("net_")}
+    assert nets == ({"net_layer_0", "net_content_0"} if content_router else {"net_layer_0"})
+    assert ours.model_size() == sum(v.numel() * 4 for k, v in t.items() if not k.endswith(".alpha"))  # each once
+    placed = type(ours)(ours.model, load_device=META, offload_device=CPU)
+    mm.LoadedModel(placed).model_load(NO_VRAM_BUDGET)
+    assert _devices(placed.model) == {META}
+    hooks = _routed_hooks(pack, patched)
+    state = hooks[0].state
+    state.sigma, state.fei = torch.full((2,), 0.5, device=META), torch.empty(2, 2, device=META)
+    if content_router:
+        (content_hook,) = [h for h in patched.object_patches["diffusion_model.llm_adapter._forward_hooks"].values()
+                           if isinstance(h, pack.nodes.patcher.ContentRouterHook)]
+    for _ in range(2):
+        with DeviceCopies() as seen:
+            if content_router:
+                content_hook(None, (), torch.empty(2, 5, 1024, device=META))
+                assert state.extra[pack.ortho_hydra.chimera.CONTENT_GATE_KEY].device == META
+            for hook in hooks:
+                first = next(iter(hook.weights.legs()))[2]
+                assert first.freq.net.w0.device == META  # the layer computes with the placed frequency MLP
+                hook(None, (torch.empty(2, 7, first.in_features, device=META),),
+                     torch.empty(2, 7, hook.out_features, device=META))
+        assert seen.copies == []
+    state.sigma = state.fei = None
