@@ -67,13 +67,13 @@ def _shot(name: str, ui: str) -> Path:
 
 
 def _show(page, node_type: str, path: Path) -> None:
-    """Centre the canvas on a node, zoomed so its widgets are readable, and take the screenshot (Vue nodes have
-    taller rows, so they are zoomed to fit; toasts such as the Nodes 2.0 banner are closed first)."""
+    """Centre the canvas on a node, zoomed so its widgets are readable and the whole node fits, and take the
+    screenshot (toasts such as the Nodes 2.0 banner are closed first)."""
     page.evaluate("""t => { const c = window.app.canvas;
         document.querySelectorAll('.p-toast-close-button').forEach(b => b.click());
         const n = window.app.graph._nodes.find(n => n.comfyClass === t);
         const fit = Math.min(0.9 * innerHeight / (n.size[1] + 40), 0.6 * innerWidth / n.size[0]);
-        c.ds.scale = LiteGraph.vueNodesMode ? Math.min(1.3, fit) : 1.3; c.centerOnNode(n);
+        c.ds.scale = Math.min(1.3, fit); c.centerOnNode(n);
         window.app.graph.setDirtyCanvas(true, true); }""", node_type)
     page.wait_for_timeout(800)
     page.screenshot(path=str(path))
