@@ -72,6 +72,7 @@ from bench.style_separation_report import (  # noqa: E402
     reachable_share,
     report,
     routing_purity,
+    sigma_style_means,
     summary,
 )
 from bench.timing import environment  # noqa: E402
@@ -168,8 +169,10 @@ def pinned(pack, base, adapter, expert: int):
 
 
 @torch.no_grad()
-def heldout(pack, model, world: World, routed: bool) -> tuple[torch.Tensor, dict[float, dict[str, torch.Tensor]]]:
-    """Per-sample x0 MSE averaged over LOSS_SIGMAS (fixed noise), and per σ the gates of every routed layer."""
+def heldout(pack, model, world: World, routed: bool) -> tuple[torch.Tensor, dict[float, dict[str, torch.Tensor]],
+                                                              torch.Tensor]:
+    """Per-sample x0 MSE averaged over LOSS_SIGMAS (fixed noise), per σ the gates of every routed layer, and the
+    per-σ per-sample MSE (len(LOSS_SIGMAS), N) whose mean over σ is the first value."""
     import comfy.model_management as mm
 
     mm.load_models_gpu([model])
@@ -177,14 +180,14 @@ def heldout(pack, model, world: World, routed: bool) -> tuple[torch.Tensor, dict
     options = model.model_options.get("transformer_options", {})
     x0 = world.held_x_in
     context, pooled = world.held_cond[0][0], world.held_cond[0][1]["pooled_output"]
-    losses = torch.zeros(x0.shape[0], dtype=torch.float64)
+    per_sigma = torch.zeros(len(LOSS_SIGMAS), x0.shape[0], dtype=torch.float64)
     recorder = pack.nodes.gate_recording.recording(model) if routed else contextlib.nullcontext()
     with recorder as rec:
-        for sigma, noise in zip(LOSS_SIGMAS, world.noises, strict=True):
+        for k, (sigma, noise) in enumerate(zip(LOSS_SIGMAS, world.noises, strict=True)):
             xs = (1 - sigma) * x0 + sigma * noise
             out = inner.apply_model(xs, torch.full((x0.shape[0],), sigma), c_crossattn=context, y=pooled,
                                     transformer_options=options)
-            losses += (out.float() - x0).pow(2).mean((1, 2, 3)).double()
+            per_sigma[k] = (out.float() - x0).pow(2).mean((1, 2, 3)).double()
         records = rec.records() if routed else {}
     gates: dict[float, dict[str, torch.Tensor]] = {s: {} for s in LOSS_SIGMAS}
     for layer, entries in records.items():
@@ -192,7 +195,7 @@ def heldout(pack, model, world: World, routed: bool) -> tuple[torch.Tensor, dict
             raise RuntimeError(f"{layer}: {len(entries)} gate records for {len(LOSS_SIGMAS)} model calls")
         for sigma, entry in zip(LOSS_SIGMAS, entries, strict=True):
             gates[sigma][layer] = entry["gate"]
-    return losses / len(LOSS_SIGMAS), gates
+    return per_sigma.mean(0), gates, per_sigma
 
 
 # ------------------------------------------------------------------------------------------------ the world
@@ -221,7 +224,7 @@ def base_reference(tw, tiny_dit, pack, world: World, log) -> dict:
     """The untouched base model on the same instruments: held-out loss per style, its samples' and its img2img
     outputs' probe classes (a model that knows no style: samples should read neutral, img2img shows how much
     of the input's style survives denoise 0.6 without any adapter)."""
-    losses, _ = heldout(pack, world.base, world, routed=False)
+    losses, _, per_sigma = heldout(pack, world.base, world, routed=False)
     style_loss = per_style_mean(losses, world.held_style, len(tw.STYLES))
     contents = [i % len(tw.CONTENTS) for i in range(PIN_SAMPLES)]
     samples = generate(tiny_dit, tw, world.base, contents, PIN_SEED)
@@ -230,6 +233,7 @@ def base_reference(tw, tiny_dit, pack, world: World, log) -> dict:
     out = img2img(tw, world.base, world.held_x[idx], world.held_content[idx].tolist(), IMG2IMG_SEED)
     kept = (world.probe.predict(out) == world.held_style[idx]).double().mean().item()
     ref = {"style_loss": style_loss, "heldout_loss": float(losses.mean()),
+           "style_sigma_loss": sigma_style_means(per_sigma, LOSS_SIGMAS, world.held_style, len(tw.STYLES)),
            "sample_classes": classes, "sample_neutral_share": classes.count(tw.NEUTRAL) / len(classes),
            "img2img_style_kept": kept}
     log(f"base model: held-out loss {ref['heldout_loss']:.4f} (per style "
@@ -269,9 +273,10 @@ def evaluate(tw, tiny_dit, pack, world: World, arm: str, live, adapter, record: 
     started = time.perf_counter()
     experts = ARMS[arm][1]
     styles = len(tw.STYLES)
-    losses, gates = heldout(pack, live, world, routed=experts > 1)
+    losses, gates, per_sigma = heldout(pack, live, world, routed=experts > 1)
     record.heldout_loss = float(losses.mean())
     record.style_loss = per_style_mean(losses, world.held_style, styles)
+    record.style_sigma_loss = sigma_style_means(per_sigma, LOSS_SIGMAS, world.held_style, styles)
     if experts > 1:
         labels = world.held_style.repeat(len(PURITY_SIGMAS))
         pooled = {layer: torch.cat([gates[s][layer] for s in PURITY_SIGMAS]) for layer in gates[PURITY_SIGMAS[0]]}
@@ -479,9 +484,11 @@ def run(settings: Settings, stem: Path, quick: bool) -> dict:
                 if full:
                     evaluate(tw, tiny_dit, pack, world, arm, live, adapter, record)
                 else:
-                    losses_held, _ = heldout(pack, live, world, routed=False)
+                    losses_held, _, per_sigma = heldout(pack, live, world, routed=False)
                     record.heldout_loss = float(losses_held.mean())
                     record.style_loss = per_style_mean(losses_held, world.held_style, len(tw.STYLES))
+                    record.style_sigma_loss = sigma_style_means(per_sigma, LOSS_SIGMAS, world.held_style,
+                                                                len(tw.STYLES))
                 adapters[(arm, lr, seed)] = (live, adapter)
                 done += 1
                 eta = (time.perf_counter() - runs_started) / done * (total_runs - done)

@@ -130,6 +130,14 @@ def per_style_mean(values: torch.Tensor, labels: torch.Tensor, num_styles: int) 
     return [float(values[labels == s].mean()) for s in range(num_styles)]
 
 
+def sigma_style_means(per_sigma: torch.Tensor, sigmas: Sequence[float], labels: torch.Tensor,
+                      num_styles: int) -> dict[str, list[float]]:
+    """Per noise level (key ``f"{σ:g}"``): the mean of ``per_sigma[k]`` (per-sample values at σ_k) within each style."""
+    if per_sigma.shape[0] != len(sigmas):
+        raise ValueError(f"{per_sigma.shape[0]} rows of per-σ values for {len(sigmas)} noise levels")
+    return {f"{sigma:g}": per_style_mean(row, labels, num_styles) for sigma, row in zip(sigmas, per_sigma, strict=True)}
+
+
 def reachable_share(delta: torch.Tensor, in_basis: torch.Tensor, out_bases: torch.Tensor) -> tuple[float, float, float]:
     """How much of an update ΔW (out, in) Ortho-Hydra could express with these frozen bases.
 
@@ -168,6 +176,7 @@ class RunRecord:
     pin_confusion: list[list[int]] = field(default_factory=list)
     purity: float = float("nan")
     purity_by_sigma: dict[str, float] = field(default_factory=dict)
+    style_sigma_loss: dict[str, list[float]] = field(default_factory=dict)  # σ -> per-style held-out loss
     collapse: float = float("nan")
     uniform: float = float("nan")
     gate_max: float = float("nan")  # mean max gate over routed layers and held-out samples (1/E: uniform)
@@ -229,6 +238,52 @@ def style_check(records: list[RunRecord], arm: str, reference: str = REFERENCE) 
     return out
 
 
+def paired_ci(diffs: Sequence[float], confidence: float = 0.95) -> dict:
+    """Mean of paired differences with its two-sided Student-t confidence interval (NaN bounds for one pair)."""
+    values = [float(d) for d in diffs]
+    n = len(values)
+    if n == 0:
+        raise ValueError("no paired differences")
+    mean = statistics.fmean(values)
+    if n == 1:
+        return {"n": 1, "mean": mean, "sd": float("nan"), "low": float("nan"), "high": float("nan"), "wins": 0}
+    from scipy import stats  # ComfyUI's own requirement; imported here so the metrics above stay torch-only
+
+    sd = statistics.stdev(values)
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
+    return {"n": n, "mean": mean, "sd": sd, "low": mean - half, "high": mean + half,
+            "wins": sum(v < 0 for v in values)}
+
+
+def paired_seeds(records: list[RunRecord], arm: str, reference: str = REFERENCE) -> list[tuple[RunRecord, RunRecord]]:
+    """(arm run, reference run) for every seed both arms ran at their chosen lr, by seed."""
+    ref = {r.seed: r for r in chosen(records, reference)}
+    return [(r, ref[r.seed]) for r in chosen(records, arm) if r.seed in ref]
+
+
+def paired_style(records: list[RunRecord], arm: str, reference: str = REFERENCE, sigma: str | None = None,
+                 confidence: float = 0.95) -> list[dict]:
+    """Per style: the held-out loss difference arm − reference on the same seed, with its t interval.
+
+    ``sigma`` (a key of ``style_sigma_loss``) restricts it to one noise level; None is the mean over levels.
+    Each entry also carries both arms' mean losses and ``wins``, the seeds where the arm's loss is lower.
+    """
+    pairs = paired_seeds(records, arm, reference)
+    if not pairs:
+        return []
+
+    def loss(r: RunRecord, s: int) -> float:
+        return r.style_loss[s] if sigma is None else r.style_sigma_loss[sigma][s]
+
+    out = []
+    for s in range(len(pairs[0][0].style_loss)):
+        entry = paired_ci([loss(a, s) - loss(b, s) for a, b in pairs], confidence)
+        entry["arm"] = statistics.fmean(loss(a, s) for a, _ in pairs)
+        entry["reference"] = statistics.fmean(loss(b, s) for _, b in pairs)
+        out.append(entry)
+    return out
+
+
 def summary(records: list[RunRecord], styles: Sequence[str]) -> dict:
     """Per arm: the chosen lr and mean/std of every metric over seeds (what the JSON keeps beside the runs)."""
     out = {}
@@ -243,6 +298,14 @@ def summary(records: list[RunRecord], styles: Sequence[str]) -> dict:
         entry["style_loss"] = {name: {"mean": _mean([r.style_loss[s] for r in runs]),
                                       "std": _sd([r.style_loss[s] for r in runs])} for s, name in enumerate(styles)}
         entry["style_ratio_vs_single"] = dict(zip(styles, style_ratios(records, arm), strict=False))
+        if arm != REFERENCE and len(paired_seeds(records, arm)) > 1:
+            sigmas = [None, *runs[0].style_sigma_loss]
+            entry["paired_vs_single"] = {
+                "mean over sigma" if sigma is None else sigma: dict(zip(styles, paired_style(records, arm,
+                                                                                             sigma=sigma),
+                                                                        strict=False))
+                for sigma in sigmas if sigma is None or all(sigma in r.style_sigma_loss
+                                                            for pair in paired_seeds(records, arm) for r in pair)}
         out[arm] = entry
     return out
 
@@ -334,11 +397,44 @@ def verdict(records: list[RunRecord], styles: Sequence[str], arm: str = SUBJECT)
             status = f"FAIL on the means ({', '.join(worse)}), within seed noise"
         else:
             status = f"FAIL ({', '.join(worse)})"
+        paired = paired_style(records, arm) if len(paired_seeds(records, arm)) > 1 else []
+        if paired:
+            sides = {"worse": [], "better": [], "not distinguishable": []}
+            for s, e in enumerate(paired):
+                side = "worse" if e["low"] > 0 else "better" if e["high"] < 0 else "not distinguishable"
+                sides[side].append(styles[s])
+            detail += (f"; paired over {paired[0]['n']} seeds (95 % t interval of the difference): "
+                       + "; ".join(f"{side} on {', '.join(names)}" for side, names in sides.items() if names))
         out.append(f"- {name}, target 2, per-style held-out loss no worse than the single LoRA's: {detail} → "
                    f"**{status}**.")
     else:
         out.append(f"- {name}, target 2: the single LoRA was not run, no comparison.")
     return out
+
+
+def _diff(entry: dict) -> str:
+    if math.isnan(entry["low"]):
+        return f"{entry['mean']:+.4f}"
+    return f"{entry['mean']:+.4f} [{entry['low']:+.4f}, {entry['high']:+.4f}]"
+
+
+def paired_table(records: list[RunRecord], styles: Sequence[str], arm: str, reference: str = REFERENCE) -> list[str]:
+    """Same-seed differences arm − reference per style (95 % t interval), overall and at every recorded σ."""
+    pairs = paired_seeds(records, arm, reference)
+    if len(pairs) < 2:
+        return []
+    name, ref_name = ARMS[arm][0], ARMS[reference][0]
+    lines = [f"{name} − {ref_name}, held-out loss on the same seed ({len(pairs)} seeds: "
+             f"{', '.join(str(a.seed) for a, _ in pairs)}); mean [95 % t interval]; ratio of the means; seeds where "
+             f"{name} is lower.  A row per σ is that level's loss alone.", "",
+             "| σ | " + " | ".join(styles) + " |", "|" + "---|" * (len(styles) + 1)]
+    sigmas = [None, *sorted(pairs[0][0].style_sigma_loss, key=float)]
+    sigmas = [s for s in sigmas if s is None or all(s in r.style_sigma_loss for pair in pairs for r in pair)]
+    for sigma in sigmas:
+        cells = [f"{_diff(e)}; ×{e['arm'] / e['reference']:.3f}; {e['wins']}/{e['n']}"
+                 for e in paired_style(records, arm, reference, sigma)]
+        lines.append(f"| {'mean over σ' if sigma is None else sigma} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def gain_fractions(records: list[RunRecord], arm: str, base_style_loss: Sequence[float],
@@ -430,6 +526,9 @@ def report(records: list[RunRecord], styles: Sequence[str], class_names: Sequenc
     lines = capacity(records, styles, base_style_loss, reach)
     if lines:
         parts += ["## Ortho-Hydra's capacity", "", *lines, ""]
+    paired = paired_table(records, styles, SUBJECT_INIT) if chosen(records, SUBJECT_INIT) else []
+    if paired:
+        parts += ["## Paired per style and noise level (target 2, same seeds)", "", *paired, ""]
     if notes:
         parts += ["## Notes", "", *notes, ""]
     parts += ["## Per-style held-out denoising loss (x0-space MSE, fixed noise and levels)", "",

@@ -11,9 +11,13 @@ from bench.style_separation_report import (
     collapse_share,
     layer_collapse,
     match_experts,
+    paired_ci,
+    paired_style,
+    paired_table,
     pin_accuracy,
     reachable_share,
     routing_purity,
+    sigma_style_means,
     style_check,
     verdict,
 )
@@ -129,3 +133,64 @@ def test_reachable_share_of_an_update_under_ortho_hydras_frozen_bases():
     _, share, best = reachable_share(u0 @ torch.ones(2, 1) @ outside, basis.in_basis, basis.out_bases)
     assert share == pytest.approx(0.0, abs=1e-9) and best == pytest.approx(0.0, abs=1e-9)
     assert math.isnan(reachable_share(torch.zeros(12, 10), basis.in_basis, basis.out_bases)[1])
+
+
+def test_paired_ci_against_a_hand_computed_t_interval():
+    diffs = [0.004, -0.002, 0.010, 0.001, 0.006, -0.003, 0.002, 0.005]
+    n = len(diffs)
+    mean = sum(diffs) / n
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+    half = 2.364624 * sd / math.sqrt(n)  # Student t, 7 degrees of freedom, 97.5 % quantile (printed tables)
+    out = paired_ci(diffs)
+    assert out["n"] == 8 and out["wins"] == 2
+    assert out["mean"] == pytest.approx(mean) and out["sd"] == pytest.approx(sd)
+    assert out["low"] == pytest.approx(mean - half, rel=1e-5) and out["high"] == pytest.approx(mean + half, rel=1e-5)
+    three = paired_ci([1.0, 2.0, 4.0])  # mean 7/3, sd sqrt(7/3), t(2) = 4.302653
+    assert three["high"] - three["mean"] == pytest.approx(4.302653 * math.sqrt(7 / 3) / math.sqrt(3), rel=1e-5)
+    one = paired_ci([0.5])
+    assert one["mean"] == 0.5 and math.isnan(one["low"]) and math.isnan(one["high"])
+    with pytest.raises(ValueError):
+        paired_ci([])
+
+
+def test_sigma_style_means_by_loop():
+    gen = torch.Generator().manual_seed(3)
+    values = torch.rand(3, 10, generator=gen, dtype=torch.float64)
+    labels = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3, 3, 3])
+    out = sigma_style_means(values, (0.1, 0.5, 0.9), labels, 4)
+    assert list(out) == ["0.1", "0.5", "0.9"]
+    for k, key in enumerate(out):
+        for s in range(4):
+            picked = [float(values[k, i]) for i in range(10) if int(labels[i]) == s]
+            assert out[key][s] == pytest.approx(sum(picked) / len(picked))
+    with pytest.raises(ValueError):
+        sigma_style_means(values, (0.1, 0.5), labels, 4)
+
+
+def test_paired_style_matches_seeds_and_reads_one_noise_level():
+    def rec(arm, seed, losses, at_low):
+        r = _record(arm, seed, 1.0, losses)
+        r.style_sigma_loss = {"0.1": at_low, "0.9": list(losses)}
+        return r
+
+    single = [rec("single", s, [0.5 + 0.01 * s, 0.4, 0.3, 0.2], [0.1, 0.1, 0.1, 0.1]) for s in range(4)]
+    # the subject ran seeds 1..4: only 1..3 pair up; seed 0 of the single LoRA and seed 4 of the arm are left out
+    subject = [rec("ortho_init_lg", s, [0.5 + 0.01 * s + d, 0.4 - d, 0.3, 0.2], [0.1 + d, 0.1, 0.1, 0.1])
+               for s, d in ((1, 0.02), (2, 0.021), (3, 0.019), (4, 9.0))]
+    rows = paired_style(single + subject, "ortho_init_lg")
+    assert [r["n"] for r in rows] == [3, 3, 3, 3]
+    assert rows[0]["mean"] == pytest.approx(0.02) and rows[0]["wins"] == 0
+    assert rows[1]["mean"] == pytest.approx(-0.02) and rows[1]["wins"] == 3
+    assert rows[2]["mean"] == pytest.approx(0.0) and rows[2]["sd"] == pytest.approx(0.0, abs=1e-12)
+    assert rows[0]["arm"] == pytest.approx((0.53 + 0.541 + 0.549) / 3)
+    assert rows[0]["reference"] == pytest.approx((0.51 + 0.52 + 0.53) / 3)
+    low = paired_style(single + subject, "ortho_init_lg", sigma="0.1")
+    assert low[0]["mean"] == pytest.approx(0.02) and low[1]["mean"] == pytest.approx(0.0)
+    table = paired_table(single + subject, STYLES, "ortho_init_lg")
+    assert len(table) == 4 + 3 and table[4].startswith("| mean over σ |") and table[5].startswith("| 0.1 |")
+    assert "+0.0200 [" in table[4] and "0/3" in table[4] and "3/3" in table[4]
+    assert paired_table(single[:1] + subject[:1], STYLES, "ortho_init_lg") == []  # one pair: no interval
+    line = verdict(single + subject, STYLES, "ortho_init_lg")[1]
+    # warm: +0.020, +0.021, +0.019 (interval above 0); cool stripes: the same below 0; dots, grain: exactly 0
+    assert "paired over 3 seeds" in line and "worse on warm" in line and "better on cool stripes" in line
+    assert "not distinguishable on dots, grain" in line
