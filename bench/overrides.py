@@ -6,8 +6,14 @@ weights: no hooks); router-live; and a schedule (live for 40% of the steps, then
 stays in the hooks and switches from σ without re-patching.
 
     .venv/bin/python bench/overrides.py [--rounds 3] [--depth 8]
+    .venv/bin/python bench/overrides.py --profile [--repeats 5]
 
 Target: fully folded <= 1.02x the base model.
+
+``--profile`` runs torch.profiler instead of the timing rounds: one sampling step (cfg 3) of the base and of the
+folded model, interleaved (order rotated), ``--repeats`` times each, and prints each op's self CPU time summed
+over the repeats, base against folded, with each op's share of its model's total (on a shared machine the shares
+are the figures to compare; absolute times drift between runs).
 """
 
 from __future__ import annotations
@@ -23,8 +29,61 @@ from bench.timing import environment, report
 from devkit.host import boot
 
 
+def profile_step(models: dict, repeats: int, latent_side: int) -> dict[str, dict[str, tuple[float, int]]]:
+    """``{model: {op: (self CPU µs, calls)}}`` for one sampling step per repeat, models interleaved (order rotated
+    every repeat)."""
+    from collections import defaultdict
+
+    import comfy.model_management as mm
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from devkit import tiny_dit
+
+    latent = torch.zeros(1, 16, latent_side, latent_side)
+    pos, neg = tiny_dit.mmdit_conditioning(seed=1), tiny_dit.mmdit_conditioning(seed=2)
+    totals = {name: defaultdict(lambda: [0.0, 0]) for name in models}
+    for model in models.values():  # warm-up
+        mm.load_models_gpu([model])
+        tiny_dit.sample(model, latent, pos, neg, steps=1, cfg=3.0)
+    names = list(models)
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[: r % len(names)]:  # order rotated, as in the timing rounds
+            model = models[name]
+            mm.load_models_gpu([model])  # patching outside the profile, as the timing rounds do
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                tiny_dit.sample(model, latent, pos, neg, steps=1, cfg=3.0)
+            for event in prof.key_averages():
+                totals[name][event.key][0] += event.self_cpu_time_total
+                totals[name][event.key][1] += event.count
+    return {name: {op: (us, calls) for op, (us, calls) in ops.items()} for name, ops in totals.items()}
+
+
+def profile_rows(totals: dict[str, dict[str, tuple[float, int]]], base: str, other: str,
+                 top: int = 15) -> list[dict]:
+    """The ``top`` ops by self CPU time in either model: ms, share of that model's total, calls; then the rest."""
+    sums = {name: sum(us for us, _ in ops.values()) for name, ops in totals.items()}
+    ops = sorted(set(totals[base]) | set(totals[other]),
+                 key=lambda op: -max(totals[base].get(op, (0, 0))[0], totals[other].get(op, (0, 0))[0]))
+
+    def row(label, b_us, b_calls, o_us, o_calls):
+        return {"op": label, f"{base} ms": b_us / 1e3, f"{base} share %": 100 * b_us / sums[base],
+                f"{other} ms": o_us / 1e3, f"{other} share %": 100 * o_us / sums[other],
+                "Δ ms": (o_us - b_us) / 1e3, "calls (base / other)": f"{b_calls} / {o_calls}"}
+
+    rows = [row(op, *totals[base].get(op, (0.0, 0)), *totals[other].get(op, (0.0, 0))) for op in ops[:top]]
+    rest = [(sum(totals[n].get(op, (0.0, 0))[0] for op in ops[top:]),
+             sum(totals[n].get(op, (0.0, 0))[1] for op in ops[top:])) for n in (base, other)]
+    rows.append(row(f"({len(ops) - top} other ops)", *rest[0], *rest[1]))
+    rows.append(row("total", sums[base], sum(c for _, c in totals[base].values()),
+                    sums[other], sum(c for _, c in totals[other].values())))
+    return rows
+
+
 def main() -> None:
     parser = sampling_parser(__doc__)
+    parser.add_argument("--profile", action="store_true", help="per-op self CPU time, base vs folded, one step")
+    parser.add_argument("--repeats", type=int, default=5, help="profiled steps per model (with --profile)")
     args = parser.parse_args()
     boot(cpu=True)
     import torch
@@ -54,6 +113,13 @@ def main() -> None:
             key = f"diffusion_model.{name}.weight"
             fresh.add_object_patch(key, torch.nn.Parameter(module.weight.detach().clone(), requires_grad=False))
     folded = pack.nodes.patcher.apply_adapter(base, pin)[0]
+    if args.profile:
+        names = ("base", "folded")
+        totals = profile_step(dict(zip(names, (base, folded), strict=True)), args.repeats, args.latent)
+        report("overrides_profile_cpu", profile_rows(totals, *names),
+               {**environment("cpu"), "model": f"MMDiT depth {args.depth}",
+                "profiled": f"1 step x {args.repeats} per model, latent {args.latent}, cfg 3"})
+        return
     in_place = folded.clone()
     in_place.weight_inplace_update = True  # ComfyUI writes the patched values into the original storage
     models = {
