@@ -101,6 +101,7 @@ class TrainConfig:
     calibrate_router: bool = True  # standardise each router's input on the data before step 1 (anti-collapse)
     label_guidance: float = 0.0  # weight of the gate/label cross-entropy
     label_guidance_steps: int = 0  # hold it this long, then decay to 0
+    label_guidance_detached: bool = True  # the gate/label term sees each layer's input detached (no upstream grads)
     lr_schedule: str = "cosine"  # a constant lr let fast runs undo their fit at the end (style_separation)
     style_names: tuple[str, ...] = ()
     slot: int = 0  # with slots > 0: train one expert on slice `slot` of W0's top slots·rank singular vectors
@@ -126,6 +127,7 @@ class TrainingRun:
     losses: list[float] = field(default_factory=list)
     trace: RouterTrace | None = None
     gates: StepGates = field(default_factory=StepGates)
+    router_gates: StepGates = field(default_factory=StepGates)  # gates on detached layer inputs (label guidance)
     hooks: list = field(default_factory=list)
     balance: UsageBalance = field(default_factory=UsageBalance)
     replicas: Replicas = field(default_factory=Replicas)  # one process, or DDP ranks (the torchrun command)
@@ -292,6 +294,11 @@ class OrthoHydraTrainSampler(comfy.samplers.Sampler):
         autocast = torch.autocast(latents.device.type, dtype=torch.bfloat16) \
             if cfg.training_dtype == "bf16" else contextlib.nullcontext()
         run.gates.clear()
+        run.router_gates.clear()
+        guidance = guidance_weight(run.step, cfg.label_guidance, cfg.label_guidance_steps)
+        detached = bool(guidance) and run.labels is not None and cfg.label_guidance_detached
+        for hook in run.hooks:
+            hook.router_sink = run.router_gates if detached else None
         losses = {}
 
         def step() -> torch.Tensor:
@@ -302,9 +309,8 @@ class OrthoHydraTrainSampler(comfy.samplers.Sampler):
             if balance_on and cfg.balance_weight:
                 balance = run.balance.loss(run.gates)
                 total = total + cfg.balance_weight * balance if balance is not None else total
-            guidance = guidance_weight(run.step, cfg.label_guidance, cfg.label_guidance_steps)
             if guidance and run.labels is not None:
-                term = label_guidance_loss(run.gates, run.labels[idx])
+                term = label_guidance_loss(run.router_gates if detached else run.gates, run.labels[idx])
                 total = total + guidance * term if term is not None else total
             return total
 

@@ -46,7 +46,9 @@ def wrap_inference_weights(mp) -> int:
 class TrainingHook:
     """y <- y + Δy from a trainable layer; σ comes from the sampling state, gates go to the step's store.
 
-    While ``router_inputs`` is a dict (the calibration pass), the hook also stores the router's pooled input there.
+    While ``router_inputs`` is a dict (the calibration pass), the hook also stores the router's pooled input there;
+    while ``router_sink`` is set (label guidance on a detached layer input), it also receives the gate computed on the
+    detached input (``OrthoHydraLinear.guidance_gate``).
     """
 
     def __init__(self, name: str, layer, state: SamplingState, sink) -> None:
@@ -55,11 +57,14 @@ class TrainingHook:
         self.state = state
         self.sink = sink
         self.router_inputs: dict | None = None
+        self.router_sink = None
 
     def __call__(self, module, args, output):
         if self.router_inputs is not None:
             self.router_inputs.setdefault(self.name, []).append(self.layer.router_input(args[0]).float().cpu())
         sigma = self.state.sigma if self.layer.router_spec.needs_sigma else None
+        if self.router_sink is not None:
+            self.router_sink(self.name, self.layer.guidance_gate(args[0], sigma))
         return output + self.layer.delta(args[0], sigma, sink=self.sink).to(output.dtype)
 
 

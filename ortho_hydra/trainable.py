@@ -10,7 +10,7 @@ from torch import nn
 from .basis import disjoint_basis
 from .cayley import cayley
 from .layer import GateSink
-from .routing import GateOverride, RouterSpec, project_down, rms_pool
+from .routing import GateOverride, RouterSpec, project_down, rms_pool, router_logits
 from .runtime import ExpertLayer
 
 INIT_MODES = ("ortho", "ortho_out", "ortho_init", "zero", "jitter", "jitter_zero_sum")
@@ -153,6 +153,19 @@ class OrthoHydraLinear(nn.Module):
         scaled = weight[:, :self.rank] / self.router_scale.to(weight.dtype)
         bias = bias - scaled @ self.router_shift.to(weight.dtype)
         return torch.cat([scaled, weight[:, self.rank:]], dim=1), bias
+
+    def guidance_gate(self, x: torch.Tensor, sigma: torch.Tensor | None = None) -> torch.Tensor:
+        """The live routing distribution (B, E) for x, with the layer's input x detached.
+
+        Its value is the forward's gate; its gradient reaches this layer's router and the down projection the router
+        reads through, never x (hence no adapter upstream).  Label guidance trains on it: with the gradient through
+        x, every layer's gate/label cross-entropy also reshaped all earlier adapters into style classifiers, which
+        cost ortho_init + guidance 14-50 % of the single LoRA's held-out loss at σ 0.1-0.25 (bench/style_separation.py).
+        """
+        down, _ = self.factors()
+        pooled = rms_pool(project_down(x.detach(), down.to(x.dtype), None))
+        weight, bias = self.router_parameters()
+        return torch.softmax(router_logits(pooled, weight, bias, self.router_spec, sigma), dim=-1)
 
     def as_runtime(self) -> ExpertLayer:
         """The current factors as a runtime layer, still attached to the autograd graph.

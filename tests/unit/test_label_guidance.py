@@ -82,3 +82,35 @@ def test_guidance_moves_every_init_toward_its_labels(init):
     gates = StepGates()
     layer.delta(x, sink=gates)
     assert gates[layer.name][torch.arange(12), labels].mean().item() > max(0.8, before + 0.3)
+
+
+@pytest.mark.parametrize("init", ["ortho", "ortho_init", "zero"])
+def test_guidance_gate_is_the_forward_gate_with_the_layer_input_detached(init):
+    """Same value as the gate the forward hands its sink; its cross-entropy gradient reaches the router and the
+    down projection the router reads through, never the layer input (so never an adapter upstream)."""
+    from ortho_hydra import OrthoHydraLinear
+
+    torch.manual_seed(1)
+    layer = OrthoHydraLinear(torch.randn(48, 40), rank=4, num_experts=3, init=init, seed=2)
+    with torch.no_grad():
+        layer.router.weight.normal_(0.0, 0.5)
+        layer.router.bias.normal_(0.0, 0.5)
+    layer.calibrate_router(torch.rand(16, 4) + 0.5)  # a non-trivial standardisation, folded into both paths
+    labels = torch.tensor([0, 1, 2, 1, 0])
+    x = torch.randn(5, 6, 40, requires_grad=True)
+    gates = StepGates()
+    layer.delta(x, sink=gates)
+    gate = layer.guidance_gate(x)
+    assert torch.allclose(gate, gates[layer.name], atol=1e-6)
+    # the closed form on float64, as the first test of this file computes it (standardisation written out)
+    pooled = (_pooled64(layer, x.detach()) - layer.router_shift.double()) / layer.router_scale.double()
+    logits = pooled @ layer.router.weight.detach().double().T + layer.router.bias.detach().double()
+    assert torch.allclose(gate.double(), torch.softmax(logits, -1), atol=1e-6)
+    label_guidance_loss({layer.name: gate}, labels).backward()
+    assert x.grad is None  # nothing flows into the input
+    assert layer.router.weight.grad.abs().sum() > 0 and layer.router.bias.grad.abs().sum() > 0
+    down_params = [p for n, p in layer.named_parameters() if n in ("down", "cayley_seeds")]
+    assert down_params and all(p.grad is not None and p.grad.abs().sum() > 0 for p in down_params)
+    # through the forward's own gate the same term does reach the input
+    label_guidance_loss({layer.name: gates[layer.name]}, labels).backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
