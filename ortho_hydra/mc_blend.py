@@ -9,18 +9,27 @@ independently from Bernoulli(q_k) with the same rescale: unbiased too, but the c
 Both are stochastic, so they are applied in the hooks and never folded into weights.  Masks come from a generator
 seeded by the rule's seed, the layer and the sampler σ of the call, so the same seed and sampler settings give the
 same image.
+
+Cost.  Every element needs its own draw, so the draw and the selection are the price of the method.  The draw is
+16 random bits per element (four per 64-bit word, a fifth of ``torch.rand``'s cost); keep probabilities live on
+the 1/65536 grid those bits resolve, and each rescale divides by the probability actually realised on that grid,
+so the blend stays exactly unbiased.  OMCD then computes the E expert outputs of a block of rows in one GEMM
+while that block is in cache and picks each element's expert with one gather: no (E, tokens, out) tensor.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 STOCHASTIC_MODES = ("omcd", "mc_dropout")
+GRID = 1 << 16  # keep probabilities are realised on this grid: one 16-bit draw per element (and expert)
+_BLOCK_ELEMENTS = 1 << 20  # (rows x E x out) values computed at a time; fastest of 2^16..2^24 at 512 and 2048 wide
 
 
 def check_blend(mode: str, weights: Sequence[float], keep: Sequence[float]) -> None:
@@ -38,8 +47,38 @@ def check_blend(mode: str, weights: Sequence[float], keep: Sequence[float]) -> N
     if mode == "omcd" and float(q.sum()) > 1 + 1e-9:
         raise ValueError(f"OMCD keep probabilities must sum to at most 1 (each element goes to one expert at "
                          f"most), got {list(keep)} (sum {float(q.sum()):g})")
-    if not bool(torch.isfinite(torch.as_tensor(weights, dtype=torch.float64)).all()):
+    if not bool(torch.isfinite(w).all()):
         raise ValueError(f"blend weights contain NaN/Inf: {list(weights)}")
+    realised = _grid_counts(tuple(float(v) for v in keep), exclusive=mode == "omcd")
+    if any(count == 0 and weight != 0 for count, weight in zip(realised, weights, strict=True)):
+        raise ValueError(f"keep probabilities below 1/{GRID} cannot be drawn (masks use 16-bit draws), got "
+                         f"{list(keep)}; raise them or set those experts' weights to 0")
+
+
+def _grid_counts(keep: tuple[float, ...], exclusive: bool) -> list[int]:
+    """How many of the GRID equally likely 16-bit values select each expert.
+
+    OMCD: expert k owns the values in [edge_{k-1}, edge_k), edges the rounded cumulative sums, so the counts never
+    add up to more than GRID.  MC dropout: each expert's own round(q_k · GRID).
+    """
+    if not exclusive:
+        return [round(q * GRID) for q in keep]
+    edges, total = [0], 0.0
+    for q in keep:
+        total += q
+        edges.append(min(round(total * GRID), GRID))
+    return [b - a for a, b in itertools.pairwise(edges)]
+
+
+def random_bits(shape: Sequence[int], generator: torch.Generator, device: torch.device | str = "cpu"
+                ) -> torch.Tensor:
+    """Uniform int16 values of ``shape``: every 64-bit draw gives four of them."""
+    count = 1
+    for size in shape:
+        count *= int(size)
+    words = torch.empty((count + 3) // 4, dtype=torch.int64, device=device)
+    words.random_(-(1 << 63), None, generator=generator)  # the full 64-bit range: every bit uniform
+    return words.view(torch.int16)[:count].view(tuple(shape))
 
 
 @dataclass(frozen=True)
@@ -61,48 +100,91 @@ class ElementMix:
         digest = hashlib.sha256(f"{self.seed}|{layer}|".encode() + sigma_bits).digest()
         return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
-    def _each_mask(self, shape: Sequence[int], generator: torch.Generator, device) -> Iterator[torch.Tensor]:
-        """Expert k's boolean mask, k = 0..E-1, in one fixed draw order (so every consumer sees the same masks).
+    @property
+    def num_experts(self) -> int:
+        return len(self.weights)
 
-        OMCD: one uniform u per element, expert k owns [Σ_{j<k} q_j, Σ_{j<=k} q_j).  MC dropout: one uniform per
-        element and expert.
-        """
-        u = torch.rand(tuple(shape), generator=generator, device=device) if self.exclusive else None
-        low = 0.0
-        for q in self.keep:
-            if self.exclusive:
-                yield (u >= low) & (u < low + q)
-                low += q
-            else:
-                yield torch.rand(tuple(shape), generator=generator, device=device) < q
+    def _counts(self) -> list[int]:
+        return _grid_counts(self.keep, self.exclusive)
+
+    def realised_keep(self) -> tuple[float, ...]:
+        """The keep probabilities the 16-bit draws realise (each within 1/65536 of the asked one)."""
+        return tuple(count / GRID for count in self._counts())
+
+    def scales(self) -> list[float]:
+        """``w_k / q_k`` with q_k as realised, so that the expectation is exactly ``Σ w_k y_k``."""
+        return [w * GRID / count if count else 0.0 for w, count in zip(self.weights, self._counts(), strict=True)]
+
+    def _thresholds(self) -> list[int]:
+        """int16 cut points: OMCD, the upper edge of each expert's range; MC dropout, each expert's bound."""
+        counts, cuts, edge = self._counts(), [], 0
+        for count in counts:
+            edge = edge + count if self.exclusive else count
+            cuts.append(edge - GRID // 2)
+        return cuts
+
+    def draw(self, shape: Sequence[int], generator: torch.Generator, device: torch.device | str = "cpu"
+             ) -> torch.Tensor:
+        """The random bits of one call: ``shape`` for OMCD, (E, *shape) for MC dropout (one draw per expert)."""
+        return random_bits(tuple(shape) if self.exclusive else (self.num_experts, *shape), generator, device)
+
+    def masks_from_bits(self, bits: torch.Tensor) -> torch.Tensor:
+        """(E, *shape) boolean masks from :meth:`draw`'s bits; for OMCD at most one is set per element."""
+        wide, cuts = bits.to(torch.int32), self._thresholds()
+        if not self.exclusive:
+            return wide < torch.tensor(cuts, dtype=torch.int32, device=bits.device).view(-1, *[1] * (bits.dim() - 1))
+        lows = [-(GRID // 2), *cuts[:-1]]
+        return torch.stack([(wide >= low) & (wide < high) for low, high in zip(lows, cuts, strict=True)])
 
     def masks(self, shape: Sequence[int], generator: torch.Generator, device: torch.device | str = "cpu"
               ) -> torch.Tensor:
-        """(E, *shape) boolean masks; for OMCD at most one is set per element."""
-        return torch.stack(list(self._each_mask(shape, generator, device)))
-
-    def _scales(self) -> list[float]:
-        return [w / q if q > 0 else 0.0 for w, q in zip(self.weights, self.keep, strict=True)]
+        """(E, *shape) boolean masks of one call; for OMCD at most one is set per element."""
+        return self.masks_from_bits(self.draw(shape, generator, device))
 
     def combine(self, per_expert: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """``Σ_k (w_k / q_k) m_k ⊙ y_k`` for precomputed per-expert outputs (E, ...)."""
-        out = torch.zeros_like(per_expert[0])
-        masks = self._each_mask(per_expert.shape[1:], generator, per_expert.device)
-        for y, scale, mask in zip(per_expert, self._scales(), masks, strict=True):
-            out.addcmul_(y * scale, mask.to(out.dtype))
-        return out
+        """``Σ_k (w_k / q_k) m_k ⊙ y_k`` for precomputed per-expert outputs (E, ...): the plain reference form."""
+        masks = self.masks(per_expert.shape[1:], generator, per_expert.device)
+        scales = torch.tensor(self.scales(), dtype=per_expert.dtype, device=per_expert.device)
+        return (per_expert * masks.to(per_expert.dtype) * scales.view(-1, *[1] * (per_expert.dim() - 1))).sum(0)
 
-    def project_up(self, lx: torch.Tensor, ups: torch.Tensor, scale: float, generator: torch.Generator
-                   ) -> torch.Tensor:
-        """The same blend straight from the down projection ``lx`` (..., r) and ``ups`` (E, out, r), one expert
-        at a time: no (E, ..., out) tensor, which on a CPU costs more than the GEMMs."""
-        shape = (*lx.shape[:-1], ups.shape[1])
-        out = lx.new_zeros(shape)
-        masks = self._each_mask(shape, generator, lx.device)
-        for up, factor, mask in zip(ups, self._scales(), masks, strict=True):
-            if factor:
-                out.addcmul_(lx @ (up.T * (scale * factor)), mask.to(out.dtype))
-        return out
+    def project_up(self, lx: torch.Tensor, ups: torch.Tensor, scale: float, generator: torch.Generator,
+                   add_to: torch.Tensor | None = None) -> torch.Tensor:
+        """The same blend straight from the down projection ``lx`` (..., r) and ``ups`` (E, out, r), plus
+        ``add_to`` when given (the Linear's output, added in the same pass).
+
+        Works a block of rows at a time so the E expert outputs of a block stay in cache.  The masks are those of
+        :meth:`combine` for the same generator state.
+        """
+        _, out_features, rank = ups.shape
+        rows = lx.reshape(-1, rank)
+        bits = self.draw((rows.shape[0], out_features), generator, lx.device)
+        stacked = ups * torch.tensor(self.scales(), dtype=ups.dtype, device=ups.device).view(-1, 1, 1) * scale
+        if self.exclusive and sum(self._counts()) < GRID:  # some elements go to no expert: a zero expert
+            stacked = torch.cat([stacked, stacked.new_zeros(1, out_features, rank)])
+        columns = stacked.reshape(-1, rank).T.to(lx.dtype)  # (r, E'·out)
+        blocks = stacked.shape[0]
+        result = torch.empty((rows.shape[0], out_features), dtype=lx.dtype if add_to is None else add_to.dtype,
+                             device=lx.device)
+        base = None if add_to is None else add_to.reshape(-1, out_features)
+        cuts = [c for c in self._thresholds() if c < GRID // 2] if self.exclusive else None
+        step = max(1, _BLOCK_ELEMENTS // (blocks * out_features))
+        for start in range(0, rows.shape[0], step):
+            stop = min(start + step, rows.shape[0])
+            experts = (rows[start:stop] @ columns).view(stop - start, blocks, out_features)
+            if self.exclusive:
+                block_bits = bits[start:stop]
+                index = torch.zeros(block_bits.shape, dtype=torch.int32, device=lx.device)
+                for cut in cuts:  # the expert of an element = how many upper edges its draw has passed
+                    index += block_bits >= cut
+                picked = experts.gather(1, index.unsqueeze(1)).squeeze(1)  # int32 indices are accepted
+            else:
+                keep = self.masks_from_bits(bits[:, start:stop]).transpose(0, 1)
+                picked = (experts * keep.to(experts.dtype)).sum(1)
+            if base is None:
+                result[start:stop] = picked
+            else:
+                torch.add(base[start:stop], picked.to(result.dtype), out=result[start:stop])
+        return result.view(*lx.shape[:-1], out_features)
 
     def expected_gate(self) -> torch.Tensor:
         """The direct blend this estimates (what recorders see)."""

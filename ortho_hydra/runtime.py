@@ -84,14 +84,15 @@ class ExpertLayer(AdapterLayer):
         return mix_and_project_up(lx, weights, self.ups, self.scale)
 
     def add_delta(self, output: torch.Tensor, x: torch.Tensor, strength: float = 1.0, **routing) -> torch.Tensor:
-        stochastic = self._stochastic_delta(x, routing)
+        stochastic = self._stochastic_delta(x, routing, strength, output)
         if stochastic is not None:
-            return output + strength * stochastic.to(output.dtype)
+            return stochastic
         lx, weights = self._project_and_mix(x, routing)  # fused: no separate Δy tensor on the hot path
         return add_routed_delta(output, lx, weights, self.ups, self.scale * strength)
 
-    def _stochastic_delta(self, x: torch.Tensor, routing: dict) -> torch.Tensor | None:
-        """Δy under an omcd / mc_dropout override (per-element masks over per-expert outputs), else None."""
+    def _stochastic_delta(self, x: torch.Tensor, routing: dict, strength: float = 1.0,
+                          add_to: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Δy (``add_to + strength · Δy`` when given) under an omcd / mc_dropout override, else None."""
         finder = getattr(routing.get("override"), "element_mix", None)
         if finder is None:
             return None
@@ -105,7 +106,8 @@ class ExpertLayer(AdapterLayer):
         lx = project_down(x, self.down, self.inv_scale)
         self.gate_from_projection(lx, **{**routing, "context": context})  # recorders see the blend it estimates
         generator = mix.generator(self.name, context.extra.get("sampler_sigma"), lx.device)
-        return mix.project_up(lx, self.ups.to(device=lx.device, dtype=lx.dtype), self.scale, generator)
+        return mix.project_up(lx, self.ups.to(device=lx.device, dtype=lx.dtype), self.scale * strength, generator,
+                              add_to=add_to)
 
     def factors(self, gate: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if gate is None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from devkit.randomize import randomize_layer_
-from ortho_hydra import distill
+from ortho_hydra import distill, mc_blend
 from ortho_hydra.mc_blend import ElementMix
 from ortho_hydra.overrides import GateRule, Keyframe, Override, OverrideStack
 from ortho_hydra.routing import GateContext
@@ -101,3 +101,45 @@ def test_the_runtime_applies_the_rule_per_element_reproducibly_and_never_folds_i
     torch.testing.assert_close(recorded[0], torch.tensor([W, W]))  # recorders see the blend it estimates
     later = stack.then(Override((Keyframe(0.0, GateRule("pin", 1)),)))  # a later override wins: no masks
     assert later.element_mix(context) is None
+
+
+@pytest.mark.parametrize(("exclusive", "keep"), [(True, Q), (True, (0.5, 0.25, 0.25)), (False, Q),
+                                                  (True, (0.0, 0.6, 0.4))])
+def test_every_16_bit_draw_counted_once_the_blend_is_exactly_unbiased(exclusive, keep):
+    """Over all 65536 equally likely draws, E[(w_k / q_k) m_k] is w_k exactly: the rescale divides by the keep
+    probability the grid realises, not the one asked for."""
+    weights = (0.0, *W[1:]) if keep[0] == 0.0 else W
+    mix = ElementMix(weights, keep, exclusive=exclusive)
+    every = torch.arange(-(1 << 15), 1 << 15, dtype=torch.int32).to(torch.int16)
+    bits = every if exclusive else every.expand(3, -1)
+    masks = mix.masks_from_bits(bits).double()
+    if exclusive:
+        assert int(masks.sum(0).max()) <= 1
+    expectation = masks.mean(1) * torch.tensor(mix.scales(), dtype=torch.float64)
+    assert expectation.tolist() == pytest.approx(list(weights), rel=1e-15, abs=0)
+    assert all(abs(a - b) <= 1 / (1 << 16) + 1e-12 for a, b in zip(mix.realised_keep(), keep, strict=True))
+
+
+@pytest.mark.parametrize(("exclusive", "keep"), [(True, Q), (True, (0.5, 0.25, 0.25)), (False, Q)])
+def test_the_blocked_projection_equals_the_reference_form_over_many_blocks(exclusive, keep, monkeypatch):
+    """project_up works on blocks of rows and gathers one expert per element; it must equal combine() on the
+    precomputed per-expert outputs with the same draws, plus the output it is added to."""
+    monkeypatch.setattr(mc_blend, "_BLOCK_ELEMENTS", 7 * 96 * 4)  # 7 rows a block: 300 blocks, the last one short
+    g = torch.Generator().manual_seed(11)
+    lx = torch.randn(3, 700, 4, generator=g, dtype=torch.float64)
+    ups = torch.randn(3, 96, 4, generator=g, dtype=torch.float64)
+    output = torch.randn(3, 700, 96, generator=g, dtype=torch.float64)
+    mix = ElementMix(W, keep, exclusive=exclusive, seed=3)
+    per_expert = torch.einsum("btr,eor->ebto", lx, ups) * 0.7
+    expected = output + 0.5 * mix.combine(per_expert, torch.Generator().manual_seed(5))
+    got = mix.project_up(lx, ups, 0.7 * 0.5, torch.Generator().manual_seed(5), add_to=output)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    alone = mix.project_up(lx, ups, 0.7, torch.Generator().manual_seed(5))
+    torch.testing.assert_close(alone, mix.combine(per_expert, torch.Generator().manual_seed(5)), rtol=1e-12,
+                               atol=1e-12)
+
+
+def test_a_keep_probability_below_the_draw_grid_is_refused():
+    with pytest.raises(ValueError, match="below 1/65536"):
+        GateRule("omcd", weights=(1.0, 1.0), keep=(0.5, 1e-6))
+    GateRule("omcd", weights=(1.0, 0.0), keep=(0.5, 1e-6))  # harmless at weight 0
