@@ -8,7 +8,12 @@ router-live interleaved over rounds, ratio of medians.  The adapter's extra work
 GEMM, a 4-way gate and the rank-16 up GEMMs: about (E + 1)·r / min(in, out) ≈ 4 % of a 2048-wide Linear's FLOPs,
 so ~1.03x is the physical floor.
 
+``--omcd`` adds a third model, the same adapter under an OMCD blend of its four experts (fresh 16-bit draws per
+element, per layer, per call), timed against router-live in the same rounds: the real-width counterpart of
+``bench/mc_blend.py``, whose depth-8 toy model is only 512 wide.
+
     .venv/bin/python bench/full_size.py --rounds 3        # ~4 GB of bf16 weights; a few minutes on 2 cores
+    .venv/bin/python bench/full_size.py --rounds 4 --omcd
 """
 
 from __future__ import annotations
@@ -52,12 +57,24 @@ def random_adapter(model, rank: int, experts: int):
     return Adapter(layers=layers)
 
 
+def omcd_model(base, adapter, pack):
+    """The adapter under an OMCD blend of its four experts (the weights and keeps of bench/mc_blend.py)."""
+    import dataclasses
+
+    ov = pack.ortho_hydra.overrides
+    stack = ov.OverrideStack(num_blocks=ov.count_blocks(list(adapter.layers)))
+    rule = ov.GateRule("omcd", weights=(1.0, 0.5, 0.5, 0.2), keep=(0.25, 0.25, 0.25, 0.25), seed=1)
+    blended = dataclasses.replace(adapter, override=stack.then(ov.Override((ov.Keyframe(0.0, rule),))))
+    return pack.nodes.patcher.apply_adapter(base, blended)[0]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--blocks", type=int, default=28)
     parser.add_argument("--channels", type=int, default=2048)
     parser.add_argument("--latent", type=int, default=64, help="latent side: 64 -> 32 x 32 = 1024 image tokens")
+    parser.add_argument("--omcd", action="store_true", help="also time an OMCD blend against router-live")
     args = parser.parse_args()
     from devkit.host import boot
 
@@ -65,7 +82,7 @@ def main() -> None:
     import comfy.model_management as mm
     import torch
 
-    from bench.timing import environment, paired_ratios
+    from bench.timing import environment, paired_ratios, round_ratio
     from devkit import tiny_dit
     from devkit.host import import_pack
 
@@ -86,9 +103,17 @@ def main() -> None:
         tiny_dit.sample(model, latent, pos, neg, steps=1, cfg=1.0)
         return time.perf_counter() - start
 
-    for model in (base, live):
+    models = {"base": base, "router-live": live}
+    if args.omcd:
+        models["OMCD blend"] = omcd_model(base, adapter, import_pack())
+    for model in models.values():
         step(model)  # warm-up
-    results = paired_ratios({"base": lambda: step(base), "router-live": lambda: step(live)}, "base", args.rounds)
+    results = paired_ratios({name: (lambda m=model: step(m)) for name, model in models.items()}, "base",
+                            args.rounds)
+    if args.omcd:
+        omcd = results["OMCD blend"]["vs_router_live"] = round_ratio(results, "OMCD blend", "router-live")
+        print(f"OMCD / router-live at width {args.channels} = {omcd['ratio']:.3f} (per round {omcd['ratio_min']:.3f}"
+              f"..{omcd['ratio_max']:.3f}; target <= 1.05)", flush=True)
     out = {"parameters_billion": params / 1e9, "routed_linears": len(adapter.layers), "rounds": args.rounds,
            "latent": list(latent.shape), "build_seconds": build,
            "results": results, "environment": environment()}

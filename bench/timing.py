@@ -59,12 +59,19 @@ def report(name: str, rows: list[dict], env: dict[str, str]) -> Path:
     return path
 
 
+def round_ratio(results: dict[str, dict], case: str, reference: str) -> dict[str, float]:
+    """Median, min and max over rounds of ``case`` / ``reference`` from one :func:`paired_ratios` run."""
+    ratios = [t / ref for t, ref in zip(results[case]["seconds"], results[reference]["seconds"], strict=True)]
+    return {"ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios)}
+
+
 def paired_ratios(cases: dict[str, Callable[[], float]], reference: str, rounds: int) -> dict[str, dict[str, float]]:
     """Per-round ratios to ``reference``, the case order rotated every round, reported as medians.
 
     On a shared machine whole rounds drift by 10%; a ratio taken within one round cancels that drift, and the
     rotation cancels any cost of running first or after a particular case.  Each case callable returns its own
-    measured seconds (so set-up outside its timer is excluded).
+    measured seconds (so set-up outside its timer is excluded).  Each entry keeps its per-round ``seconds``, so
+    a ratio between two other cases can be taken within rounds too (:func:`round_ratio`).
     """
     names = list(cases)
     times: dict[str, list[float]] = {n: [] for n in names}
@@ -76,5 +83,5 @@ def paired_ratios(cases: dict[str, Callable[[], float]], reference: str, rounds:
     for name in names:
         ratios = [t / ref for t, ref in zip(times[name], times[reference], strict=True)]
         out[name] = {"median_s": statistics.median(times[name]), "ratio": statistics.median(ratios),
-                     "ratio_min": min(ratios), "ratio_max": max(ratios)}
+                     "ratio_min": min(ratios), "ratio_max": max(ratios), "seconds": times[name]}
     return out
