@@ -39,7 +39,10 @@ TIPS = {
                          "Monte Carlo Dropout, Zhang et al. 2025) gives every output element to at most one expert "
                          "per call, so the experts' contributions are exactly orthogonal and unbiased for the direct "
                          "blend; the paper itself reports that this orthogonality does not improve semantic "
-                         "composition, and our toy-world measurement agrees (README). The direct blend stays the "
+                         "composition, and our toy-world measurement agrees (README). It also costs: every element "
+                         "needs its own draw and pick, so sampling runs at about 1.5-1.8x router-live on a CPU "
+                         "(README, Stochastic blends); keep probabilities are drawn on a 1/65536 grid and the "
+                         "rescale uses the realised one, so the blend stays unbiased. The direct blend stays the "
                          "default; norm_control scales a blend so its strength is its strongest part's, the fix "
                          "for the overdrive of summing several nearly orthogonal styles at full weight."),
     "OrthoHydraMergeSlots": ("Stacks adapters trained on orthogonal slots (OrthoHydraTrain's slots/slot inputs) into "
