@@ -1,4 +1,4 @@
-"""Do trained experts carry styles?  Six adapter arms trained on the toy world, judged with the style probe.
+"""Do trained experts carry styles?  Eight adapter arms trained on the toy world, judged with the style probe.
 
 The world (``devkit/toy_world.py``): 6 contents x 4 visible styles as SD3 16-channel 16 x 16 latents, a tiny
 pretrained MMDiT that only knows the neutral palette, conditioning that names the content and never the style.
@@ -6,8 +6,9 @@ Every arm is trained by the pack's own in-graph trainer (``nodes/train.py``) on 
 same rank, steps, optimiser (AdamW, trainer defaults) and learning-rate grid; each arm keeps the lr with the
 lowest held-out denoising loss (seed 0), then runs 3 seeds there.
 
-Arms: a single LoRA (E=1, zero-init up), HydraLoRA zero, HydraLoRA jitter, Ortho-Hydra (E=4), and Ortho-Hydra
-and HydraLoRA zero with label guidance (style i -> expert i for the first 60 % of the steps, then decayed).
+Arms (``ARMS``): a single LoRA (E=1, zero-init up), HydraLoRA zero, HydraLoRA jitter, Ortho-Hydra (frozen bases)
+and Ortho-Hydra ``ortho_init`` (E=4), and Ortho-Hydra, ``ortho_init`` and HydraLoRA zero with label guidance
+(style i -> expert i for the first 60 % of the steps, then decayed).
 
 Metrics (per arm, mean ± std over seeds): pin accuracy (pin each expert, sample 16 fixed contents/seeds, probe,
 Hungarian match experts to styles), routing purity (NMI of style and argmax expert on held-out noisy latents),
@@ -19,12 +20,11 @@ Writes bench/out/style_separation.{md,json,csv,png,log} and style_separation_{ga
 (``--quick``: ``style_separation_quick.*``, 2 arms, 1 seed, 1 lr, 40 steps).
 
 Settings (see ``Settings``): rank 8 (E·r = 32 fits Ortho-Hydra's disjoint slices in every 128-wide Linear),
-240 steps, lr grid {3e-3, 1e-2}, batch 4, 24 training latents, 1 intra-op thread.  Why: a 4-point
-exploratory grid (1e-3..3e-2, 300 steps) put the single LoRA's best at 3e-3 and Ortho-Hydra's at 1e-2 with 3e-2
-no better; the single LoRA removes ~80 % of the base model's held-out loss in 240 steps; at ~50-90 ms per step
-(1 thread beat 2 by 3-6x on the loaded shared cores) 24 runs fit well inside 20 minutes.
+240 steps, lr grid {3e-3, 1e-2, 3e-2}, batch 4, 24 training latents, 1 intra-op thread (1 thread beat 2 by 1.5-6x
+on the shared cores for these tiny steps).  ``--arms``, ``--lrs`` and ``--seeds`` narrow a run, e.g. to the paired
+comparison of target 2 (README).
 
-    .venv/bin/python bench/style_separation.py            # full run: 24 trainings, ~7.5 min on 2 shared CPU cores
+    .venv/bin/python bench/style_separation.py            # full run: 8 arms, 3 lrs, 3 seeds; ~10 min on 2 shared cores
     .venv/bin/python bench/style_separation.py --quick    # smoke test, ~30 s
 
 Both need the toy world's cached base model; when its recipe changed, the first run trains it once (1-15 min
