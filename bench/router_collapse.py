@@ -75,7 +75,7 @@ def _toy_world():
 
 
 def measure(pack, world, live) -> dict:
-    losses, gates = heldout(pack, live, world, routed=True)
+    losses, gates, _ = heldout(pack, live, world, routed=True)
     labels = world.held_style.repeat(len(PURITY_SIGMAS))
     pooled = {layer: torch.cat([gates[s][layer] for s in PURITY_SIGMAS]) for layer in gates[PURITY_SIGMAS[0]]}
     collapsed, uniform = collapse_share(pooled)

@@ -105,7 +105,7 @@ def train_adapter(tw, pack, base, world: World, kind: str, seed: int, s: Setting
 
 
 def held_loss(pack, model, world: World, kind: str, routed: bool) -> float:
-    losses, _ = heldout(pack, model, world, routed=routed)
+    losses, _, _ = heldout(pack, model, world, routed=routed)
     if kind == "lora":
         return per_style_mean(losses, world.held_style, 4)[LORA_STYLE]
     return float(losses.mean())
