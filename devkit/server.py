@@ -110,6 +110,16 @@ class ComfyServer:
 
         return self._poll(finished, f"prompt {prompt_id}", timeout)
 
+    def interrupt_until_done(self, prompt_id: str, timeout: float = 300.0) -> dict:
+        """POST /interrupt until the prompt has ended (an interrupt sent before its execution starts is cleared by
+        ComfyUI when it does start); its /history entry."""
+        def finished():
+            self.post("/interrupt", {})
+            entry = self.get(f"/history/{prompt_id}").get(prompt_id)
+            return entry if entry and entry.get("status", {}).get("completed") is not None else None
+
+        return self._poll(finished, f"interrupting prompt {prompt_id}", timeout)
+
     def wait_history(self, count: int, timeout: float = 600.0) -> list[dict]:
         """Every finished /history entry, once there are at least ``count`` (prompts queued from a browser)."""
         def finished():
