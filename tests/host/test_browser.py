@@ -67,16 +67,45 @@ def _shot(name: str, ui: str) -> Path:
 
 
 def _show(page, node_type: str, path: Path) -> None:
-    """Centre the canvas on a node, zoomed so its widgets are readable and the whole node fits, and take the
-    screenshot (toasts such as the Nodes 2.0 banner are closed first)."""
-    page.evaluate("""t => { const c = window.app.canvas;
+    """Centre the canvas on a node, zoomed so its widgets are readable and the whole node, title bar included,
+    fits below the front end's top bars; take the screenshot, and a copy clipped to the node (``*_node.png``, what
+    docs/ shows).  Toasts such as the Nodes 2.0 banner are closed first."""
+    rect = page.evaluate("""t => { const c = window.app.canvas, title = LiteGraph.NODE_TITLE_HEIGHT;
         document.querySelectorAll('.p-toast-close-button').forEach(b => b.click());
         const n = window.app.graph._nodes.find(n => n.comfyClass === t);
-        const fit = Math.min(0.9 * innerHeight / (n.size[1] + 40), 0.6 * innerWidth / n.size[0]);
-        c.ds.scale = Math.min(1.3, fit); c.centerOnNode(n);
-        window.app.graph.setDirtyCanvas(true, true); }""", node_type)
+        const top = Math.max(0, ...[...document.querySelectorAll('body *')].filter(e => {
+            const r = e.getBoundingClientRect(); return r.top <= 1 && r.width > innerWidth / 2 && r.height < 160;
+        }).map(e => e.getBoundingClientRect().bottom));  // the banner and tab bars across the top
+        const room = innerHeight - top;
+        const scale = Math.min(1.3, 0.9 * room / (n.size[1] + title + 20), 0.6 * innerWidth / n.size[0]);
+        c.ds.scale = scale; c.centerOnNode(n);
+        c.ds.offset[1] += (top / 2) / scale + title / 2;  // centre in the room below the bars, title included
+        window.app.graph.setDirtyCanvas(true, true);
+        const x = (n.pos[0] + c.ds.offset[0]) * scale, y = (n.pos[1] - title + c.ds.offset[1]) * scale;
+        return {x: Math.max(0, x - 8), y: Math.max(top, y - 8), width: (n.size[0] + 16 / scale) * scale,
+                height: (n.size[1] + title + 16 / scale) * scale, top}; }""", node_type)
     page.wait_for_timeout(800)
+    vue = page.evaluate("""([t, top]) => {  // a Vue node is taller than its LiteGraph size: fit its element
+        const n = window.app.graph._nodes.find(n => n.comfyClass === t);
+        const el = LiteGraph.vueNodesMode && document.querySelector(`[data-node-id="${n.id}"]`);
+        if (!el) return null;
+        const c = window.app.canvas, r = el.getBoundingClientRect(), room = innerHeight - top;
+        const factor = Math.min(1, 0.9 * room / r.height);
+        c.ds.scale *= factor;
+        c.ds.offset[0] += (innerWidth / 2 - (r.left + r.width / 2)) / c.ds.scale;
+        c.ds.offset[1] += (top + room / 2 - (r.top + r.height / 2) * factor - innerHeight / 2 * (1 - factor))
+                          / c.ds.scale;
+        window.app.graph.setDirtyCanvas(true, true); return true; }""", [node_type, rect["top"]])
+    if vue:
+        page.wait_for_timeout(800)
+        rect = page.evaluate("""t => { const n = window.app.graph._nodes.find(n => n.comfyClass === t);
+            const r = document.querySelector(`[data-node-id="${n.id}"]`).getBoundingClientRect();
+            return {x: Math.max(0, r.left - 8), y: Math.max(0, r.top - 8), width: r.width + 16,
+                    height: r.height + 16}; }""", node_type)
+    page.add_style_tag(content=".p-toast { display: none !important; }")  # toasts that arrive late
     page.screenshot(path=str(path))
+    clip = {k: rect[k] for k in ("x", "y", "width", "height")}
+    page.screenshot(path=str(path.with_name(path.stem + "_node.png")), clip=clip)
 
 
 def _load(page, name: str) -> None:
