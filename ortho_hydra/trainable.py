@@ -10,7 +10,7 @@ from torch import nn
 from .basis import disjoint_basis
 from .cayley import cayley
 from .layer import GateSink
-from .routing import GateOverride, RouterSpec, project_down, rms_pool, router_logits
+from .routing import GateOverride, RouterSpec, project_down, rms_pool
 from .runtime import ExpertLayer
 
 INIT_MODES = ("ortho", "ortho_out", "ortho_init", "zero", "jitter", "jitter_zero_sum")
@@ -162,10 +162,7 @@ class OrthoHydraLinear(nn.Module):
         x, every layer's gate/label cross-entropy also reshaped all earlier adapters into style classifiers, which
         cost ortho_init + guidance 14-50 % of the single LoRA's held-out loss at σ 0.1-0.25 (bench/style_separation.py).
         """
-        down, _ = self.factors()
-        pooled = rms_pool(project_down(x.detach(), down.to(x.dtype), None))
-        weight, bias = self.router_parameters()
-        return torch.softmax(router_logits(pooled, weight, bias, self.router_spec, sigma), dim=-1)
+        return self.as_runtime().gate(x.detach(), sigma)
 
     def as_runtime(self) -> ExpertLayer:
         """The current factors as a runtime layer, still attached to the autograd graph.
