@@ -57,17 +57,6 @@ def random_adapter(model, rank: int, experts: int):
     return Adapter(layers=layers)
 
 
-def omcd_model(base, adapter, pack):
-    """The adapter under an OMCD blend of its four experts (the weights and keeps of bench/mc_blend.py)."""
-    import dataclasses
-
-    ov = pack.ortho_hydra.overrides
-    stack = ov.OverrideStack(num_blocks=ov.count_blocks(list(adapter.layers)))
-    rule = ov.GateRule("omcd", weights=(1.0, 0.5, 0.5, 0.2), keep=(0.25, 0.25, 0.25, 0.25), seed=1)
-    blended = dataclasses.replace(adapter, override=stack.then(ov.Override((ov.Keyframe(0.0, rule),))))
-    return pack.nodes.patcher.apply_adapter(base, blended)[0]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
@@ -82,6 +71,7 @@ def main() -> None:
     import comfy.model_management as mm
     import torch
 
+    from bench.models import stochastic_blend_model
     from bench.timing import environment, paired_ratios, round_ratio
     from devkit import tiny_dit
     from devkit.host import import_pack
@@ -105,7 +95,7 @@ def main() -> None:
 
     models = {"base": base, "router-live": live}
     if args.omcd:
-        models["OMCD blend"] = omcd_model(base, adapter, import_pack())
+        models["OMCD blend"] = stochastic_blend_model(base, adapter, "omcd")
     for model in models.values():
         step(model)  # warm-up
     results = paired_ratios({name: (lambda m=model: step(m)) for name, model in models.items()}, "base",

@@ -11,13 +11,12 @@ Target: OMCD <= 1.05x router-live.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.models import routed_mmdit, sampling_parser, sampling_ratios
+from bench.models import routed_mmdit, sampling_parser, sampling_ratios, stochastic_blend_model
 from bench.timing import environment, report
 from devkit.host import boot
 
@@ -26,24 +25,13 @@ def main() -> None:
     args = sampling_parser(__doc__).parse_args()
     boot(cpu=True)
 
-    from devkit.adapters import library
     from devkit.host import import_pack
 
-    pack = import_pack()
-    ov = library().overrides
     base, adapter = routed_mmdit(args.depth)
-    stack = ov.OverrideStack(num_blocks=ov.count_blocks(list(adapter.layers)))
-    weights, keep = (1.0, 0.5, 0.5, 0.2), (0.25, 0.25, 0.25, 0.25)
-
-    def with_rule(rule):
-        return dataclasses.replace(adapter, override=stack.then(ov.Override((ov.Keyframe(0.0, rule),))))
-
     models = {
-        "router-live": pack.nodes.patcher.apply_adapter(base, adapter)[0],
-        "OMCD blend": pack.nodes.patcher.apply_adapter(
-            base, with_rule(ov.GateRule("omcd", weights=weights, keep=keep, seed=1)))[0],
-        "MC-dropout blend": pack.nodes.patcher.apply_adapter(
-            base, with_rule(ov.GateRule("mc_dropout", weights=weights, keep=keep, seed=1)))[0],
+        "router-live": import_pack().nodes.patcher.apply_adapter(base, adapter)[0],
+        "OMCD blend": stochastic_blend_model(base, adapter, "omcd"),
+        "MC-dropout blend": stochastic_blend_model(base, adapter, "mc_dropout"),
     }
     results, rows = sampling_ratios(models, "router-live", args, "vs router-live")
     report("mc_blend_cpu", rows, {**environment("cpu"), "model": f"MMDiT depth {args.depth}",

@@ -16,6 +16,21 @@ def routed_mmdit(depth: int, rank: int = 16, experts: int = 4, seed: int = 0):
     return base, adapter
 
 
+def stochastic_blend_model(base, adapter, mode: str):
+    """``base`` patched with ``adapter`` under an ``omcd`` / ``mc_dropout`` blend of its four experts for the whole
+    run (the weights and keep probabilities every stochastic-blend benchmark uses)."""
+    import dataclasses
+
+    from devkit.host import import_pack
+
+    pack = import_pack()
+    ov = pack.ortho_hydra.overrides
+    rule = ov.GateRule(mode, weights=(1.0, 0.5, 0.5, 0.2), keep=(0.25, 0.25, 0.25, 0.25), seed=1)
+    stack = ov.OverrideStack(num_blocks=ov.count_blocks(list(adapter.layers)))
+    blended = dataclasses.replace(adapter, override=stack.then(ov.Override((ov.Keyframe(0.0, rule),))))
+    return pack.nodes.patcher.apply_adapter(base, blended)[0]
+
+
 def sampling_parser(description: str):
     """The options every sampling benchmark takes (rounds, model depth, steps, latent size)."""
     import argparse
