@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test lint unit demo bench clean
+.PHONY: setup test test-host lint unit demo bench clean
 
 setup:
 	@bash scripts/setup_host.sh
@@ -12,6 +12,13 @@ lint: setup
 
 test: setup lint
 	$(PY) -m pytest -q
+
+# The same suite against any ComfyUI tree (a folder with main.py, or a .tar.gz of one), in its own venv with the
+# torch that host needs: make test-host HOST=/path/to/ComfyUI
+test-host:
+	@if [ -z "$(HOST)" ]; then echo "usage: make test-host HOST=/path/to/ComfyUI (a folder with main.py, or a .tar.gz of one)"; exit 2; fi
+	@dir=$$(OH_HOST="$(HOST)" bash scripts/setup_host.sh | tail -n 1) && \
+	  OH_COMFYUI="$$dir/ComfyUI" "$$dir/venv/bin/python" -m pytest -q
 
 unit: setup
 	$(PY) -m pytest -q tests/unit
@@ -23,4 +30,4 @@ bench: setup
 	$(PY) bench/core.py
 
 clean:
-	rm -rf .venv .host demo_out bench/out
+	rm -rf .venv .host .hosts demo_out bench/out

@@ -9,7 +9,8 @@ from types import ModuleType
 from ortho_hydra_train import host as comfy_host
 
 ROOT = Path(__file__).resolve().parents[1]
-COMFY_DIR = ROOT / ".host" / "ComfyUI"
+# `make test-host HOST=...` points this at another host's copy (.hosts/comfyui-<version>/ComfyUI).
+COMFY_DIR = Path(os.environ.get("OH_COMFYUI") or ROOT / ".host" / "ComfyUI").resolve()
 PACK_MODULE = comfy_host.PACK_MODULE
 
 

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from devkit import tiny_dit
 from devkit.adapters import library
-from devkit.host import ROOT, import_pack
+from devkit.host import COMFY_DIR, ROOT, import_pack
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +103,7 @@ def test_the_command_trains_on_the_cache_and_the_nodes_load_the_result(vae, outp
     save_file(tiny_dit.mmdit_state_dict(depth=2, seed=0), str(output / "dit.safetensors"))
     (output / "train.toml").write_text('steps = 3\nrank = 2\nexperts = 2\ntraining_dtype = "fp32"\nbatch_size = 1\n'
                                        'output_name = "from_cache"\ntargets = "mlp"\n')
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "COMFYUI_DIR": str(ROOT / ".host" / "ComfyUI")}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COMFYUI_DIR": str(COMFY_DIR)}
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
                           str(31500 + os.getpid() % 1000), "-m", "ortho_hydra_train", "--model",
                           str(output / "dit.safetensors"), "--dataset", path, "--config", str(output / "train.toml"),
