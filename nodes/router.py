@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ortho_hydra import Adapter, OrthoHydraError
 from ortho_hydra.blend_norm import global_norm_factor, scaled_gate

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ortho_hydra import Adapter, OrthoHydraError, metrics
 from ortho_hydra.chimera import chimera_layers

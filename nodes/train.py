@@ -21,7 +21,7 @@ import comfy.samplers
 import comfy.utils
 import folder_paths
 import torch
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 from comfy_extras import nodes_custom_sampler, nodes_train
 
 from ortho_hydra import OrthoHydraError, save

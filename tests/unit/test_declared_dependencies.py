@@ -37,3 +37,10 @@ def test_runtime_imports_are_declared_in_pyproject_and_requirements():
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert needed <= _declared(pyproject["project"]["dependencies"]), needed
     assert needed <= _declared((ROOT / "requirements.txt").read_text().splitlines()), needed
+
+
+def test_the_node_api_is_the_pinned_comfy_api_version_every_tested_host_offers():
+    """``comfy_api.latest`` moves between ComfyUI releases; v0_0_2 exists on 0.3.75 and 0.33.0 alike."""
+    imports = {node.module for path in RUNTIME for node in ast.walk(ast.parse(path.read_text()))
+               if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("comfy_api")}
+    assert imports == {"comfy_api.v0_0_2"}
