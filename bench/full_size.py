@@ -41,7 +41,7 @@ def random_adapter(model, rank: int, experts: int):
     from devkit.host import import_pack
     from ortho_hydra import Adapter, ExpertLayer, RouterSpec
 
-    shapes = import_pack().nodes.patcher.weight_shapes(model)
+    shapes = import_pack().nodes.key_space.weight_shapes(model)
     key_map = comfy.lora.model_lora_keys_unet(model.model, {})
     g = torch.Generator().manual_seed(0)
     layers = {}

@@ -11,23 +11,27 @@ for constant ones.  Everything goes through ModelPatcher so unpatching restores 
 from __future__ import annotations
 
 import logging
+import math
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import comfy.lora
 import torch
 from torch import nn
 
 from ortho_hydra import Adapter, OrthoHydraError, chimera
-from ortho_hydra.bake import plan_factors
+from ortho_hydra.bake import plan_factors, target_lora
+from ortho_hydra.fold_error import FOLD_TOLERANCE, fold_error
 from ortho_hydra.lora_dict import kohya_name, lora_state_dict
 from ortho_hydra.overrides import OverrideStack
 from ortho_hydra.reft import ReFTEdit
-from ortho_hydra.targets import PatchPlan, Target, merge_shared_legs, plan, summarize
+from ortho_hydra.targets import KeyMapSliceError, PatchPlan, Target, merge_shared_legs, summarize
 
 from .compile_support import require_hook_guards
 from .hooks import SamplingState, install_forward_hook, install_sampling_state
+from .key_space import key_space
 from .placement import AdapterWeightsPatcher, MoveNotice, PlacedModule
+from .weight_storage import stored_weight
 
 log = logging.getLogger("ortho_hydra")
 ADDITIONAL_MODELS_PREFIX = "ortho_hydra"
@@ -218,27 +222,18 @@ def model_architecture(model) -> str:
     return type(model.model).__name__
 
 
-def weight_shapes(model) -> dict[str, tuple[int, ...]]:
-    """Each weight's logical (out, in) shape, read from the live modules where they say it.
-
-    Quantised Linears (city96's GGUF, for one) keep packed storage in ``weight``, so the state dict reports the
-    storage's shape; their ``in_features`` / ``out_features`` still give the shape the layer computes with.
-    """
-    shapes = {k: tuple(v.shape) for k, v in model.model.state_dict().items() if k.endswith(".weight")}
-    for name, module in model.model.named_modules():
-        out_f, in_f = getattr(module, "out_features", None), getattr(module, "in_features", None)
-        if isinstance(out_f, int) and isinstance(in_f, int) and f"{name}.weight" in shapes:
-            shapes[f"{name}.weight"] = (out_f, in_f)
-    return shapes
-
-
 def make_plan(model, adapter: Adapter) -> PatchPlan:
     """Map adapter layers onto this model, or fail naming both sides."""
-    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
-    shapes = weight_shapes(model)
+    space = key_space(model)
+    shapes = space.shapes
     layers = {**adapter.layers, **adapter.plain_layers}
     try:
-        patch_plan = plan(layers, key_map, shapes)
+        patch_plan = space.plan(layers)
+    except KeyMapSliceError as exc:
+        raise OrthoHydraError(f"{exc}: ComfyUI's key map for {model_architecture(model)} is wrong here, not the "
+                              "file.", path=adapter.path, key=str(exc).split(":")[0],
+                              fix="update ComfyUI, or save the adapter with kohya (lora_unet_…) names, which map "
+                                  "onto whole weights") from exc
     except ValueError as exc:
         raise OrthoHydraError(f"{exc}.", path=adapter.path, key=str(exc).split(":")[0],
                               fix="this adapter was trained for a different model size; pick the matching base "
@@ -313,11 +308,15 @@ def apply_adapter(model, adapter: Adapter, strength: float = 1.0, fold: bool = T
     folded: list[tuple[Target, dict]] = []
     nets = router_net_holders(holder, [net for layer in adapter.layers.values()
                                        for net in layer.router_nets().values()], "layer")
+    kept_live: dict[str, tuple[float, str]] = {}
     for index, target in enumerate(patch_plan.targets.values()):
         gates = _constant_gates(target, override) if fold else None
         if gates is not None:
-            folded.append((target, gates))
-            continue
+            refusal = fold_refusal(patched, target, gates, strength)
+            if refusal is None:
+                folded.append((target, gates))
+                continue
+            kept_live[target.module] = refusal
         _check_hookable(patched, target, adapter)
         weights = TargetWeights(merge_shared_legs(target), compute_dtype(patched), label=target.module, nets=nets)
         weights.notice = notice
@@ -346,10 +345,11 @@ def apply_adapter(model, adapter: Adapter, strength: float = 1.0, fold: bool = T
         install_sampling_state(patched, key, state)
         require_hook_guards()  # else torch.compile may reuse a graph traced without these hooks
     # attachments are shared by reference with later clones (model_options would be deep-copied)
-    patched.set_attachments(key, AppliedAdapter(adapter=adapter, state=state, folded=len(folded),
-                                                hooked=routed_hooks))
-    log.info("Ortho-Hydra %s: %s; %d folded into weights, %d router-live, %d ReFT block edits",
-             adapter.path or "adapter", patch_plan.coverage(), len(folded), routed_hooks, len(adapter.reft))
+    applied = AppliedAdapter(adapter=adapter, state=state, folded=len(folded), hooked=routed_hooks,
+                             kept_live=kept_live)
+    patched.set_attachments(key, applied)
+    log.info("Ortho-Hydra %s: %s; %s, %d ReFT block edits", adapter.path or "adapter", patch_plan.coverage(),
+             applied.placement(), len(adapter.reft))
     return patched, patch_plan
 
 
@@ -361,6 +361,42 @@ class AppliedAdapter:
     state: SamplingState
     folded: int
     hooked: int
+    kept_live: dict[str, tuple[float, str]] = field(default_factory=dict)  # constant gates not folded: module ->
+    # (predicted share of the effect a fold would lose, the weight storage), see :func:`fold_refusal`
+
+    def placement(self) -> str:
+        """One line: how many Linears were folded and how many run as hooks, and why constant ones were not folded."""
+        line = f"{self.folded} folded into weights, {self.hooked} router-live"
+        if not self.kept_live:
+            return line
+        by_storage: dict[str, list[float]] = {}
+        for error, storage in self.kept_live.values():
+            by_storage.setdefault(storage, []).append(error)
+        reasons = []
+        for storage, errors in sorted(by_storage.items()):
+            if math.isinf(max(errors)):
+                reasons.append(f"{len(errors)} on {storage} weights, whose re-quantisation this pack cannot predict")
+            else:
+                span = f"{min(errors):.0%}" if min(errors) == max(errors) else f"{min(errors):.0%}-{max(errors):.0%}"
+                reasons.append(f"{len(errors)} on {storage} weights, where a fold would lose {span} of the effect")
+        return (f"{line}; {len(self.kept_live)} constant-gate Linears kept live instead of folded "
+                f"(more than {FOLD_TOLERANCE:.0%} lost): " + "; ".join(reasons))
+
+
+def fold_refusal(model, target: Target, gates: dict, strength: float) -> tuple[float, str] | None:
+    """(the share of the adapter's effect a fold would lose, the weight storage) where that is more than
+    :data:`FOLD_TOLERANCE`, else None: fold.
+
+    The patched weight is written back on the weight's own grid (fp8, bf16 …), so the prediction is made on that grid
+    (one layer's fp32 copy at a time)."""
+    values, grid = stored_weight(model.model.get_submodule(target.module))
+    if grid.kind == "exact":
+        return None
+    if grid.kind == "unknown":
+        return math.inf, grid.label
+    up, down = target_lora(target, gates)
+    error = fold_error(values, strength * (up.double() @ down.double()), grid)
+    return None if error <= FOLD_TOLERANCE else (error, grid.label)
 
 
 def applied_adapters(model) -> list[AppliedAdapter]:
