@@ -108,6 +108,19 @@ def pretrain_base(model: nn.Module, cfg: Config, out_dir: Path) -> None:
         print(f"base: cached pretrained W0 {path}")
         model.load_state_dict(load_file(str(path)))
         return
+    # ComfyUI builds every diffusion model frozen since 0.33 (BaseModel calls requires_grad_(False)); this is the one
+    # place the base itself trains, so it asks for gradients explicitly, whatever grad mode the caller is in.
+    model.requires_grad_(True)
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            _pretrain(model, cfg)
+    finally:
+        model.requires_grad_(False)
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, tmp)
+
+
+def _pretrain(model: nn.Module, cfg: Config) -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.pretrain_lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(cfg.base_seed + 1)
     start, losses = time.perf_counter(), []
@@ -125,8 +138,6 @@ def pretrain_base(model: nn.Module, cfg: Config, out_dir: Path) -> None:
         if step % 100 == 0 or step == cfg.pretrain_steps - 1:
             print(f"base pretrain step {step:4d}  loss {statistics.fmean(losses[-20:]):.4f}", flush=True)
     print(f"base pretrain: {cfg.pretrain_steps} steps in {time.perf_counter() - start:.1f}s")
-    with atomic_path(path) as tmp:
-        save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, tmp)
 
 
 def routed_targets(model: nn.Module) -> dict[str, nn.Linear]:

@@ -447,8 +447,13 @@ def _shifted(t: torch.Tensor, shift: float) -> torch.Tensor:
 
 def train_base_model(r: dict | None = None, log=print, threads: int = TRAIN_THREADS, parent: str | None = None
                      ) -> tuple[dict[str, torch.Tensor], dict]:
-    """Train the MMDiT on neutral renders (see the module docstring); returns (EMA state dict, stats)."""
-    r = r or recipe()
+    """Train the MMDiT on neutral renders (see the module docstring); returns (EMA state dict, stats).  Gradients
+    are on whatever mode the caller is in (ComfyUI runs nodes inside inference mode)."""
+    with torch.inference_mode(False), torch.enable_grad():
+        return _train_base_model(r or recipe(), log, threads, parent)
+
+
+def _train_base_model(r: dict, log, threads: int, parent: str | None) -> tuple[dict[str, torch.Tensor], dict]:
     old_threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True)
