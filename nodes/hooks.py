@@ -19,6 +19,7 @@ import torch
 
 from ortho_hydra.chimera import CONTENT_GATE_KEY
 from ortho_hydra.fei import frequency_energy_index
+from ortho_hydra.overrides import POSITIONS_KEY, OverrideStack
 from ortho_hydra.routing import GateContext
 
 # Apart from torch's own small handle ids, and unique across every install of this pack (apply and train).
@@ -43,6 +44,7 @@ class SamplingState:
     cond_or_uncond: list[int] | None = None
     fei: torch.Tensor | None = None
     fei_div: float | None = None  # set when some routed layer's router reads the latent's FEI
+    override: OverrideStack | None = None  # its keyframe positions are resolved once per model call
     extra: dict = field(default_factory=dict)
     sinks: list[Callable] = field(default_factory=list)  # gate listeners (recordings) while one is open
 
@@ -88,6 +90,8 @@ def _apply_model_wrapper(state: SamplingState, to_router_sigma):
         transformer_options = args[3] if len(args) > 3 else kwargs.get("transformer_options", {})
         state.sigma = to_router_sigma(t)
         state.extra["sampler_sigma"] = float(t.reshape(-1)[0])  # schedules are keyed on the sampler's σ
+        if state.override is not None:  # here, outside a compiled model: hooks see keyframe indices, not σ
+            state.extra[POSITIONS_KEY] = state.override.positions(state.extra["sampler_sigma"])
         state.cond_or_uncond = list(transformer_options.get("cond_or_uncond") or []) or None
         if state.fei_div is not None:  # scale-invariant, so the raw sampler latent is as good as the model input
             state.fei = frequency_energy_index(x, state.fei_div)
@@ -96,6 +100,7 @@ def _apply_model_wrapper(state: SamplingState, to_router_sigma):
         finally:
             state.sigma, state.cond_or_uncond, state.fei = None, None, None
             state.extra.pop("sampler_sigma", None)
+            state.extra.pop(POSITIONS_KEY, None)
             state.extra.pop(CONTENT_GATE_KEY, None)  # a Chimera content gate belongs to one model call
 
     return wrapper

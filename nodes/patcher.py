@@ -296,7 +296,7 @@ def apply_adapter(model, adapter: Adapter, strength: float = 1.0, fold: bool = T
     if strength == 0 and (strength_reft == 0 or not adapter.reft):
         return patched, patch_plan
     override = _bind_override(patched, adapter)
-    state = SamplingState()
+    state = SamplingState(override=override)
     fei_divs = {layer.router.fei_sigma_low_div for layer in adapter.layers.values() if layer.router.fei_dim}
     if len(fei_divs) > 1:
         raise OrthoHydraError(f"layers disagree on the FEI blur divisor ({sorted(fei_divs)}).", path=adapter.path,
