@@ -13,7 +13,7 @@ import torch
 from ortho_hydra.fold_error import WeightGrid
 
 _PER_TENSOR_FP8_LAYOUTS = ("TensorCoreFP8Layout", "TensorCoreFP8E4M3Layout", "TensorCoreFP8E5M2Layout")
-_FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
+FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
 
 
 def is_quantized_tensor(tensor) -> bool:
@@ -36,10 +36,10 @@ def stored_weight(module) -> tuple[torch.Tensor, WeightGrid]:
         layout = layout_name(module)
         storage = data._qdata.dtype
         values = data.dequantize().float()
-        if layout in _PER_TENSOR_FP8_LAYOUTS and storage in _FP8:
+        if layout in _PER_TENSOR_FP8_LAYOUTS and storage in FP8:
             return values, WeightGrid("stochastic", storage, f"{layout} ({storage})")
         return values, WeightGrid("unknown", None, f"{layout or type(data).__name__} ({storage})")
-    if data.dtype in _FP8:
+    if data.dtype in FP8:
         scale = getattr(module, "scale_weight", None)
         scale = float(scale) if scale is not None else 1.0
         values = data.float() * scale

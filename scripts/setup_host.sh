@@ -108,6 +108,13 @@ else
 fi
 rm -f "$COMFY/extra_model_paths.yaml"
 
+# Toy models are data keyed by their recipe: a second host reuses the ones the registry host already built.
+if [ -n "$SOURCE" ] && [ -d "$ROOT/.host/ComfyUI/models/diffusion_models" ]; then
+  mkdir -p "$COMFY/models/diffusion_models"
+  find "$ROOT/.host/ComfyUI/models/diffusion_models" -maxdepth 1 -name 'ortho_hydra_*.safetensors' \
+    -exec cp -n {} "$COMFY/models/diffusion_models/" \;
+fi
+
 # ---- the venv and its torch -------------------------------------------------------------------------------------
 version="$(host_version "$COMFY")"
 if [ -n "${TORCH_SPEC:-}" ]; then
