@@ -30,23 +30,17 @@ from .key_space import key_space
 from .level_sampling import predict_at_levels
 from .patcher import apply_adapter, model_architecture
 from .types import OrthoHydraAdapterType
-
-_FLOAT = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+from .weight_storage import is_quantized_tensor, stored_weight
 
 
 def _weight_of(model, key: str) -> torch.Tensor:
-    """The model's own stored weight in fp32 (patches from other loaders are not applied)."""
-    weight = comfy.utils.get_attr(model.model, key)
-    if weight.dtype not in _FLOAT:
-        module = comfy.utils.get_attr(model.model, key.rsplit(".", 1)[0])
-        scale = getattr(module, "scale_weight", None)
-        if weight.dtype in (torch.float8_e4m3fn, torch.float8_e5m2) and weight.dim() == 2:
-            weight = weight.float() * (scale.float() if scale is not None else 1.0)
-        else:
-            raise OrthoHydraError(f"{key} is stored as {weight.dtype} ({type(module).__name__}); the transfer needs "
-                                  f"its singular vectors.", key=key,
-                                  fix="load both base models unquantised (fp16, bf16 or fp32) for the transfer")
-    return weight.detach().float()
+    """The model's own stored weight in fp32, dequantised (patches from other loaders are not applied)."""
+    module = comfy.utils.get_attr(model.model, key.rsplit(".", 1)[0])
+    values, grid = stored_weight(module)
+    if grid.kind == "unknown" and not is_quantized_tensor(module.weight):
+        raise OrthoHydraError(f"{key} is stored as {grid.label}; the transfer needs its singular vectors.", key=key,
+                              fix="load both base models unquantised (fp16, bf16 or fp32) for the transfer")
+    return values.detach().float()
 
 
 def weight_sources(model, layers: dict, role: str) -> dict:
