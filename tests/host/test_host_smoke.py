@@ -17,3 +17,12 @@ def test_tiny_mmdit_loads_as_sd3_and_samples():
     assert out.std() > 0.05  # a real denoise happened, not a pass-through of zeros
     again = tiny_dit.sample(model, latent, positive, negative, steps=4)
     assert torch.equal(out, again)  # deterministic given the seed
+
+
+
+def test_what_requirements_txt_leaves_to_comfyui_is_in_this_hosts_requirements():
+    from devkit.host import COMFY_DIR
+    from devkit.packaging import COMFYUI_PROVIDES, declared
+
+    host = declared((COMFY_DIR / "requirements.txt").read_text().splitlines())
+    assert COMFYUI_PROVIDES <= host, COMFYUI_PROVIDES - host
