@@ -30,7 +30,7 @@ from ortho_hydra.targets import KeyMapSliceError, PatchPlan, Target, merge_share
 from .compile_support import require_hook_guards
 from .hooks import SamplingState, install_forward_hook, install_sampling_state
 from .key_space import key_space
-from .placement import AdapterWeightsPatcher, MoveNotice, PlacedModule
+from .placement import MoveNotice, PlacedModule, weights_patcher
 from .weight_storage import stored_weight
 
 log = logging.getLogger("ortho_hydra")
@@ -339,9 +339,7 @@ def apply_adapter(model, adapter: Adapter, strength: float = 1.0, fold: bool = T
         install_forward_hook(patched, module, ReFTHook(weights, strength_reft, module))
     _static_patches(patched, patch_plan, folded, strength)
     if len(holder):
-        weights_patcher = AdapterWeightsPatcher(holder, load_device=patched.load_device,
-                                                offload_device=patched.offload_device)
-        patched.set_additional_models(key, [weights_patcher])
+        patched.set_additional_models(key, [weights_patcher(holder, patched)])
         install_sampling_state(patched, key, state)
         require_hook_guards()  # else torch.compile may reuse a graph traced without these hooks
     # attachments are shared by reference with later clones (model_options would be deep-copied)
