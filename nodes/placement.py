@@ -94,6 +94,10 @@ class PlacedModule(nn.Module):
     notice: MoveNotice | None = None
     label: str = "adapter"
 
+    def sources(self) -> list:
+        """What this holder's tensors were made from and only reads: copies of the holder share these."""
+        return [self.notice]
+
     def ensure_on(self, device: torch.device) -> None:
         """Make every tensor of this holder live on ``device``: a no-op when ComfyUI loaded it (the normal case), a
         one-time move otherwise, so no hook ever copies host → device per call."""
