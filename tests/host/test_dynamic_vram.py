@@ -108,5 +108,28 @@ def test_sampling_through_the_dynamic_holder_equals_the_legacy_one(measured):
     assert measured["sample_equal"] and measured["adapter_effect"] > 1e-2
 
 
+def test_folded_patches_keep_their_weights_shape_so_the_dynamic_loader_streams_them(pack, base):
+    """ModelPatcherDynamic force-loads a module whose patches would change its weight's shape (0.33's
+    ``comfy.lora.calculate_shape``, model_patcher.py:1928) instead of patching it at cast time; a pinned adapter's
+    folded patches never do, and their keys are the model's own weight names, as on 0.3.75 (no new key forms)."""
+    import comfy.lora
+
+    if not hasattr(comfy.lora, "calculate_shape"):
+        pytest.skip("this ComfyUI has no calculate_shape (added with dynamic VRAM)")
+    from devkit.adapters import lora_weights, randomized_adapter
+
+    adapter = randomized_adapter(lora_weights(base, pattern=PATTERN), rank=4, experts=3, seed=0)
+    router = pack.nodes.router.OrthoHydraRouter.execute
+    pinned = router(adapter, mode="pin", expert=1, weights="", renormalize=True, temperature=1.0, top_k=1,
+                    group="all", block_start=-1, block_end=-1, layer_regex="", start_percent=0.0, end_percent=1.0,
+                    keyframes="", interpolation="step", side="both", profile=None).args[0]
+    patched = pack.nodes.patcher.apply_adapter(base, pinned)[0]
+    weights = patched.model.state_dict()
+    assert len(patched.patches) == len(adapter.layers)
+    for key, patches in patched.patches.items():
+        assert isinstance(key, str) and key in weights
+        assert comfy.lora.calculate_shape(patches, weights[key], key) == weights[key].shape
+
+
 if __name__ == "__main__":
     print(MARK + json.dumps(probe()), flush=True)
