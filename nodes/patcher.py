@@ -5,6 +5,7 @@ for constant ones.  Everything goes through ModelPatcher so unpatching restores 
 * Adapter tensors: leaf modules of frozen parameters in their own ModelPatcher, attached with
   ``set_additional_models`` so ComfyUI's loader moves and accounts for them with the model; always loaded whole on
   the model's load device, under every VRAM state (:mod:`.placement`).
+* ComfyUI 0.33's multi-GPU copies get their own holders and state (:mod:`.multigpu`).
 * Layers never branch on their kind here: every one implements :class:`ortho_hydra.layer.AdapterLayer`.
 """
 
@@ -28,9 +29,10 @@ from ortho_hydra.reft import ReFTEdit
 from ortho_hydra.targets import KeyMapSliceError, PatchPlan, Target, merge_shared_legs, summarize
 
 from .compile_support import require_hook_guards
-from .hooks import SamplingState, install_forward_hook, install_sampling_state
+from .hooks import BoundHook, SamplingState, install_forward_hook, install_sampling_state
 from .key_space import key_space
-from .placement import AdapterWeightsPatcher, MoveNotice, PlacedModule
+from .multigpu import survive_multigpu
+from .placement import MoveNotice, PlacedModule, weights_patcher
 from .weight_storage import stored_weight
 
 log = logging.getLogger("ortho_hydra")
@@ -47,6 +49,9 @@ class RouterNetWeights(PlacedModule):
         self.net, self.label = net, label
         for name, tensor in net.tensors().items():
             self.register_parameter(name, nn.Parameter(tensor.float().contiguous(), requires_grad=False))
+
+    def sources(self) -> list:
+        return [*super().sources(), self.net]
 
     def current(self):
         return self.net.with_tensors(**{name: getattr(self, name) for name in self.net.tensors()})
@@ -84,6 +89,9 @@ class TargetWeights(PlacedModule):
                 self.nets[i] = {role: nets[id(net)] for role, net in roles.items()}
             self.specs.append((i, layer, leg.offset, leg.size, tuple(names)))
 
+    def sources(self) -> list:
+        return [*super().sources(), *(layer for _, layer, *_ in self.specs)]
+
     def ensure_on(self, device: torch.device) -> None:
         super().ensure_on(device)
         for roles in self.nets.values():
@@ -99,7 +107,7 @@ class TargetWeights(PlacedModule):
             yield offset, size, layer
 
 
-class RoutedHook:
+class RoutedHook(BoundHook):
     """Forward hook: ``y <- y + strength · Δy`` with Δy from the core library, per output slice."""
 
     def __init__(self, weights: TargetWeights, state: SamplingState, strength: float,
@@ -134,11 +142,14 @@ class ReFTWeights(PlacedModule):
         for name, tensor in edit.tensors().items():
             self.register_parameter(name, nn.Parameter(tensor.to(dtype).contiguous(), requires_grad=False))
 
+    def sources(self) -> list:
+        return [*super().sources(), self.edit]
+
     def current(self) -> ReFTEdit:
         return self.edit.with_tensors(**{name: getattr(self, name) for name in self.edit.tensors()})
 
 
-class ReFTHook:
+class ReFTHook(BoundHook):
     """Forward hook on a DiT block: its output ``h`` becomes ``h + strength · s · Rᵀ(W h + b)``."""
 
     def __init__(self, weights: ReFTWeights, strength: float, module: str) -> None:
@@ -172,7 +183,7 @@ def reft_module(model, edit: ReFTEdit, adapter: Adapter) -> str:
     return path
 
 
-class ContentRouterHook:
+class ContentRouterHook(BoundHook):
     """Forward hook on the text adapter: one π_c per sample for every Chimera layer of this call."""
 
     def __init__(self, router: chimera.ContentRouter, state: SamplingState, net: RouterNetWeights) -> None:
@@ -339,10 +350,10 @@ def apply_adapter(model, adapter: Adapter, strength: float = 1.0, fold: bool = T
         install_forward_hook(patched, module, ReFTHook(weights, strength_reft, module))
     _static_patches(patched, patch_plan, folded, strength)
     if len(holder):
-        weights_patcher = AdapterWeightsPatcher(holder, load_device=patched.load_device,
-                                                offload_device=patched.offload_device)
-        patched.set_additional_models(key, [weights_patcher])
+        holder_patcher = weights_patcher(holder, patched)
+        patched.set_additional_models(key, [holder_patcher])
         install_sampling_state(patched, key, state)
+        survive_multigpu(patched, key, holder_patcher)
         require_hook_guards()  # else torch.compile may reuse a graph traced without these hooks
     # attachments are shared by reference with later clones (model_options would be deep-copied)
     applied = AppliedAdapter(adapter=adapter, state=state, folded=len(folded), hooked=routed_hooks,
