@@ -57,7 +57,8 @@ from .compile_support import require_hook_guards
 from .model_linears import TARGETS, adaptable_linears
 from .patcher import apply_adapter
 from .train_support import (
-    gradient_checkpointing,
+    drop_restored_forwards,
+    install_gradient_checkpointing,
     install_training_hooks,
     notify,
     observing_router_inputs,
@@ -297,6 +298,8 @@ class OrthoHydraTrainSampler(comfy.samplers.Sampler):
         run.router_gates.clear()
         guidance = guidance_weight(run.step, cfg.label_guidance, cfg.label_guidance_steps)
         detached = bool(guidance) and run.labels is not None and cfg.label_guidance_detached
+        run.gates.needs_graph = bool(balance_on and cfg.balance_weight) or (
+            bool(guidance) and run.labels is not None and not detached)
         for hook in run.hooks:
             hook.router_sink = run.router_gates if detached else None
         losses = {}
@@ -412,15 +415,16 @@ def train(model, latents: torch.Tensor, positive: list, config: TrainConfig, *, 
         require_hook_guards()  # a compiled model must not reuse a graph traced without these hooks
         mp.model.requires_grad_(False)
         wrap_inference_weights(mp)
+        checkpointed = install_gradient_checkpointing(mp, run.hooks[0].state) if config.gradient_checkpointing \
+            else []
         comfy.model_management.load_models_gpu([mp], memory_required=1e20, force_full_load=True)
         guider = nodes_custom_sampler.Guider_Basic(mp)
         guider.set_conds(positive)
         sampler = OrthoHydraTrainSampler(run, unique_id)
         latents = latents.to(torch.float32).clone()  # a normal tensor: ComfyUI runs nodes in inference mode
         try:
-            with gradient_checkpointing(mp, config.gradient_checkpointing):
-                guider.sample(torch.zeros_like(latents), latents, sampler, torch.arange(count, dtype=torch.float32),
-                              seed=config.seed)
+            guider.sample(torch.zeros_like(latents), latents, sampler, torch.arange(count, dtype=torch.float32),
+                          seed=config.seed)
         except (comfy.model_management.InterruptProcessingException, KeyboardInterrupt):  # node cancel, Ctrl-C
             path = run.checkpoint()
             log.info("Ortho-Hydra training interrupted at step %d; checkpoint kept at %s", run.step, path)
@@ -432,6 +436,7 @@ def train(model, latents: torch.Tensor, positive: list, config: TrainConfig, *, 
                                   fix="enable gradient_checkpointing, lower batch_size, or lower rank") from exc
         finally:
             comfy.model_management.unload_all_models()
+            drop_restored_forwards(mp.model, checkpointed)
         run.checkpoint()
         run.network.requires_grad_(False)
         adapter = run.adapter()

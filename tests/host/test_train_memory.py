@@ -1,0 +1,98 @@
+"""The trainer's memory on the real host, counted exactly (every tensor storage allocated, until freed):
+checkpointing keeps a fraction of the activations and changes no number."""
+
+import folder_paths
+import pytest
+import torch
+
+from devkit import tiny_dit
+from devkit.host import import_pack
+from devkit.memory import TensorMemory
+
+LATENTS = torch.randn(2, 16, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+POSITIVE = tiny_dit.cosmos_conditioning(tokens=8, seed=1)
+
+
+@pytest.fixture(scope="module")
+def T():
+    return import_pack().nodes.train
+
+
+@pytest.fixture()
+def loras(tmp_path):
+    folder_paths.add_model_folder_path("loras", str(tmp_path), is_default=True)
+    yield tmp_path
+    folder_paths.folder_names_and_paths["loras"][0].remove(str(tmp_path))
+
+
+def cosmos(blocks: int = 8, inference: bool = True):
+    """A Cosmos-Predict2 DiT (the 2B's block, 256 wide), loaded inside inference mode as ComfyUI's executor does."""
+    if not inference:
+        return tiny_dit.load_cosmos(num_blocks=blocks, seed=0, channels=256)
+    with torch.inference_mode():
+        return tiny_dit.load_cosmos(num_blocks=blocks, seed=0, channels=256)
+
+
+def config(T, **kw):
+    values = dict(steps=2, learning_rate=1e-2, batch_size=2, rank=4, experts=4, training_dtype="fp32", seed=0,
+                  output_name="memory", balance_weight=1e-2, lr_schedule="constant")
+    values.update(kw)
+    return T.TrainConfig(**values)
+
+
+class Probe:
+    """Per micro-step of ``train``: the exact peak of the storages its forward and backward allocate, and every gate
+    handed to the step's gate store (layer, gate) during them (not the calibration pass's)."""
+
+    def __init__(self, T, monkeypatch):
+        self.peaks, self.gates = [], []
+        self.stepping = False
+        fwd_bwd, store = T.OrthoHydraTrainSampler.fwd_bwd, T.StepGates.__call__
+        probe = self
+
+        def counted(sampler, *args, **kwargs):
+            probe.gates.append([])
+            probe.stepping = True
+            with TensorMemory() as memory:
+                loss = fwd_bwd(sampler, *args, **kwargs)
+            probe.stepping = False
+            probe.peaks.append(memory.peak)
+            return loss
+
+        def recorded(gates, layer, gate, context=None):
+            if probe.stepping:
+                probe.gates[-1].append((layer, gate.detach().clone()))
+            return store(gates, layer, gate, context)
+
+        monkeypatch.setattr(T.OrthoHydraTrainSampler, "fwd_bwd", counted)
+        monkeypatch.setattr(T.StepGates, "__call__", recorded)
+
+
+def run(T, model, monkeypatch, labels=None, **kw):
+    probe = Probe(T, monkeypatch)
+    with torch.inference_mode():  # as ComfyUI's executor runs the node
+        _, adapter, losses, _ = T.train(model, LATENTS, POSITIVE, config(T, **kw), labels=labels)
+    monkeypatch.undo()
+    return probe, adapter, losses["loss"]
+
+
+@pytest.mark.parametrize("guidance", [0.0, 1.0], ids=["balance-term", "label-guidance"])
+def test_checkpointing_keeps_a_fraction_of_the_activations_and_changes_no_number(T, loras, monkeypatch, guidance):
+    model = cosmos()
+    labels = torch.tensor([0, 1]) if guidance else None
+    extra = {"label_guidance": guidance, "label_guidance_steps": 10} if guidance else {}
+    plain, plain_adapter, plain_loss = run(T, model, monkeypatch, labels, gradient_checkpointing=False, **extra)
+    ckpt, ckpt_adapter, ckpt_loss = run(T, model, monkeypatch, labels, gradient_checkpointing=True, **extra)
+    layers = len(plain_adapter.layers)
+    stores = 2 if guidance else 1  # label guidance also stores the gate of each layer's detached input
+    for probe in (plain, ckpt):  # one gate per layer and store per micro-step: the forward's, never a re-run's
+        assert [len(step) for step in probe.gates] == [stores * layers] * 2
+    for step_a, step_b in zip(plain.gates, ckpt.gates, strict=True):
+        for (name_a, a), (name_b, b) in zip(step_a, step_b, strict=True):
+            assert name_a == name_b and torch.equal(a, b), name_a
+    assert plain_loss == ckpt_loss
+    for name, layer in plain_adapter.layers.items():
+        for attr in ("down", "ups", "router_weight", "router_bias"):
+            assert torch.equal(getattr(layer, attr), getattr(ckpt_adapter.layers[name], attr)), (name, attr)
+    # 8 blocks: a re-run holds one block's activations at a time, beside the 8 blocks' inputs
+    assert max(ckpt.peaks) < max(plain.peaks) / 3, (ckpt.peaks, plain.peaks)
