@@ -58,6 +58,7 @@ from .model_linears import TARGETS, adaptable_linears
 from .patcher import apply_adapter
 from .train_support import (
     drop_restored_forwards,
+    frozen_tensors_out_of_inference,
     install_gradient_checkpointing,
     install_training_hooks,
     notify,
@@ -205,6 +206,11 @@ class OrthoHydraTrainSampler(comfy.samplers.Sampler):
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                disable_pbar=False):
+        # Here the model is loaded where it runs; grad is on whatever mode the host calls the sampler in.
+        with torch.inference_mode(False), torch.enable_grad(), frozen_tensors_out_of_inference(model_wrap.inner_model):
+            return self.loop(model_wrap, extra_args, latent_image)
+
+    def loop(self, model_wrap, extra_args: dict, latent_image: torch.Tensor) -> torch.Tensor:
         run, cfg = self.run, self.run.config
         model_wrap.conds = nodes_train.process_cond_list(model_wrap.conds)
         conds = model_wrap.conds["positive"]
@@ -383,6 +389,8 @@ def train(model, latents: torch.Tensor, positive: list, config: TrainConfig, *, 
     """Run training and return (router-live MODEL, adapter, loss map, router trace).
 
     The node and the torchrun command (``ortho_hydra_train``) both call this; the command passes DDP replicas.
+    Callable inside ``torch.inference_mode()`` or ``torch.no_grad()`` (ComfyUI runs nodes in inference mode), on a
+    model loaded either way.
     """
     count = latents.shape[0]
     if len(positive) == 1 and count > 1:
@@ -414,7 +422,7 @@ def train(model, latents: torch.Tensor, positive: list, config: TrainConfig, *, 
                                            run.gates)
         require_hook_guards()  # a compiled model must not reuse a graph traced without these hooks
         mp.model.requires_grad_(False)
-        wrap_inference_weights(mp)
+        wrap_inference_weights(mp)  # only tensors the sampler cannot view out of inference mode (subclasses)
         checkpointed = install_gradient_checkpointing(mp, run.hooks[0].state) if config.gradient_checkpointing \
             else []
         comfy.model_management.load_models_gpu([mp], memory_required=1e20, force_full_load=True)

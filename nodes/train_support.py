@@ -16,22 +16,63 @@ TRAIN_WRAPPER_KEY = "ortho_hydra_train"
 EVENT = "ortho_hydra.train"
 
 
+def _aliasable(tensor: torch.Tensor) -> bool:
+    """A plain strided tensor, whose storage a normal tensor can view (not a quantised or other subclass)."""
+    return type(tensor) in (torch.Tensor, nn.Parameter) and tensor.layout == torch.strided
+
+
+def _normal_view(tensor: torch.Tensor) -> torch.Tensor:
+    """A normal tensor over ``tensor``'s memory (made outside inference mode)."""
+    view = torch.empty(0, dtype=tensor.dtype, device=tensor.device)
+    view.set_(tensor.untyped_storage(), tensor.storage_offset(), tensor.size(), tensor.stride())
+    return nn.Parameter(view, requires_grad=False) if isinstance(tensor, nn.Parameter) else view
+
+
+@contextlib.contextmanager
+def frozen_tensors_out_of_inference(model: nn.Module) -> Iterator[int]:
+    """Every plain inference tensor of ``model`` (a loaded model's weights and buffers) is, while the block runs,
+    replaced in its module by a normal tensor over the same memory; yields how many were.
+
+    ComfyUI runs nodes inside ``torch.inference_mode()``, so a model loaded there holds inference tensors, and
+    autograd refuses to save those for backward (a frozen Linear's weight is saved to get the gradient of its input).
+    A normal view of each one's own storage costs no memory and no per-forward copy.  The original tensor objects
+    go back on exit, before ComfyUI moves or unpatches the model (it finds them as it left them).  Call it once the
+    model is loaded where it will run: a move replaces the tensors.  (Re-pointing ``.data`` instead would leave
+    tensors that claim to be normal but have no version counter.)
+    """
+    views: dict[int, torch.Tensor] = {}
+    swapped = []
+    try:
+        for module in model.modules():
+            for slots in (module._parameters, module._buffers):
+                for name, tensor in list(slots.items()):
+                    if tensor is None or not tensor.is_inference() or not _aliasable(tensor):
+                        continue
+                    if id(tensor) not in views:
+                        views[id(tensor)] = _normal_view(tensor)
+                    swapped.append((slots, name, tensor))
+                    slots[name] = views[id(tensor)]
+        yield len(views)
+    finally:
+        for slots, name, tensor in reversed(swapped):
+            slots[name] = tensor
+
+
 def _as_normal_tensor(weight: torch.Tensor) -> torch.Tensor:
     return weight.clone() if weight.is_inference() else weight
 
 
 def wrap_inference_weights(mp) -> int:
-    """Tensors loaded while ComfyUI executed in inference mode cannot be saved for backward.
-
-    In this training clone only, ComfyUI-op weights get a weight wrapper that hands the forward a normal copy,
-    and any other parameter or buffer (norm scales, rope tables) a normal copy through an object patch; both
-    are reverted on unpatch.
+    """The fallback for inference tensors :func:`frozen_tensors_out_of_inference` cannot view (tensor subclasses,
+    such as quantised layouts): in this training clone only, a ComfyUI-op weight gets a weight wrapper that hands the
+    forward a normal copy, and any other parameter or buffer a normal copy through an object patch; both are reverted
+    on unpatch.  Call before the model is loaded (weight wrappers are installed by the load).
     """
     count = 0
     for name, module in mp.model.named_modules():
         tensors = list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False))
         for attr, tensor in tensors:
-            if tensor is None or not tensor.is_inference():
+            if tensor is None or not tensor.is_inference() or _aliasable(tensor):
                 continue
             key = f"{name}.{attr}" if name else attr
             if hasattr(module, "weight_function") and attr in ("weight", "bias"):

@@ -1,5 +1,6 @@
 """The trainer's memory on the real host, counted exactly (every tensor storage allocated, until freed):
-checkpointing keeps a fraction of the activations and changes no number."""
+checkpointing keeps a fraction of the activations and changes no number, and a model loaded inside inference mode
+(as ComfyUI's executor loads it) costs what a normally loaded one does."""
 
 import folder_paths
 import pytest
@@ -96,3 +97,19 @@ def test_checkpointing_keeps_a_fraction_of_the_activations_and_changes_no_number
             assert torch.equal(getattr(layer, attr), getattr(ckpt_adapter.layers[name], attr)), (name, attr)
     # 8 blocks: a re-run holds one block's activations at a time, beside the 8 blocks' inputs
     assert max(ckpt.peaks) < max(plain.peaks) / 3, (ckpt.peaks, plain.peaks)
+
+
+def test_a_model_loaded_in_inference_mode_trains_in_the_memory_of_a_normally_loaded_one(T, loras, monkeypatch):
+    inference, normal = cosmos(inference=True), cosmos(inference=False)
+    weights = list(inference.model.parameters())
+    assert all(w.is_inference() for w in weights) and not any(w.is_inference() for w in normal.model.parameters())
+    weight_bytes = sum(w.nbytes for w in weights)
+    loaded_normally = run(T, normal, monkeypatch, steps=1, gradient_checkpointing=False)[0]
+    loaded_in_inference_mode = run(T, inference, monkeypatch, steps=1, gradient_checkpointing=False)[0]
+    assert abs(loaded_in_inference_mode.peaks[0] - loaded_normally.peaks[0]) <= 0.01 * weight_bytes
+    assert list(inference.model.parameters()) == weights and all(w.is_inference() for w in weights)  # given back
+    # Control: the fallback for tensors that cannot be viewed (copy per forward) applied to every weight, as the
+    # trainer once did; the counter must see those copies (of the weights on the gradient path, about a third here).
+    monkeypatch.setattr(import_pack().nodes.train_support, "_aliasable", lambda tensor: False)
+    copies = run(T, inference, monkeypatch, steps=1, gradient_checkpointing=False)[0]
+    assert copies.peaks[0] - loaded_normally.peaks[0] > 0.2 * weight_bytes
