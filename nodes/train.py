@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import comfy.model_management
@@ -25,6 +26,7 @@ from comfy_api.latest import io
 from comfy_extras import nodes_custom_sampler, nodes_train
 
 from ortho_hydra import OrthoHydraError, save
+from ortho_hydra.basis import BasisCache
 from ortho_hydra.network import OrthoHydraNetwork
 from ortho_hydra.replicas import Replicas
 from ortho_hydra.sampling import EpochBatches
@@ -70,6 +72,7 @@ from .types import OrthoHydraAdapterType, RouterTraceType, StyleSetType
 from .widgets import parse_list, split_list
 
 log = logging.getLogger("ortho_hydra")
+BASES = BasisCache()  # SVD bases by weight content, for the next run on the same model (one per process)
 INITS = {"ortho": "ortho", "ortho_out": "ortho_out", "ortho_init": "ortho_init", "hydra_zero": "zero",
          "hydra_jitter": "jitter", "hydra_jitter_zero_sum": "jitter_zero_sum"}
 
@@ -136,6 +139,11 @@ class TrainingRun:
     batches: EpochBatches | None = None  # the data order, set when the loop starts
     resumed_from: str | None = None
     resumed_order: dict | None = None  # the resume file's data order; None if it predates epoch sampling
+    on_phase: Callable[[str], None] | None = None  # told "calibration", "steps", "done" as the run enters each
+
+    def enter(self, phase: str) -> None:
+        if self.on_phase is not None:
+            self.on_phase(phase)
 
     @property
     def adapter_path(self) -> str:
@@ -227,7 +235,9 @@ class OrthoHydraTrainSampler(comfy.samplers.Sampler):
         pbar.update_absolute(run.step, cfg.steps)
         trace_every = cfg.trace_every or max(1, cfg.steps // 50)
         if run.step == 0 and cfg.calibrate_router:
+            run.enter("calibration")
             self.calibrate(model_wrap, conds, extra_args, latent_image)
+        run.enter("steps")
         while run.step < cfg.steps:
             comfy.model_management.throw_exception_if_processing_interrupted()
             run.optimizer.zero_grad(set_to_none=True)
@@ -254,6 +264,7 @@ class OrthoHydraTrainSampler(comfy.samplers.Sampler):
             if cfg.save_every and run.step % cfg.save_every == 0 and run.step < cfg.steps:
                 run.checkpoint()
             pbar.update_absolute(run.step, cfg.steps)
+        run.enter("done")
         return torch.zeros_like(latent_image)
 
     @torch.no_grad()
@@ -385,12 +396,13 @@ def check_styles(config: TrainConfig, labels: torch.Tensor | None) -> None:
 
 
 def train(model, latents: torch.Tensor, positive: list, config: TrainConfig, *, resume: str | None = None,
-          labels: torch.Tensor | None = None, unique_id: str | None = None, replicas: Replicas | None = None):
+          labels: torch.Tensor | None = None, unique_id: str | None = None, replicas: Replicas | None = None,
+          on_phase: Callable[[str], None] | None = None):
     """Run training and return (router-live MODEL, adapter, loss map, router trace).
 
     The node and the torchrun command (``ortho_hydra_train``) both call this; the command passes DDP replicas.
     Callable inside ``torch.inference_mode()`` or ``torch.no_grad()`` (ComfyUI runs nodes in inference mode), on a
-    model loaded either way.
+    model loaded either way.  ``on_phase`` (benchmarks) is told when setup ends: "calibration", "steps", "done".
     """
     count = latents.shape[0]
     if len(positive) == 1 and count > 1:
@@ -412,6 +424,7 @@ def train(model, latents: torch.Tensor, positive: list, config: TrainConfig, *, 
     mp.set_model_compute_dtype(torch.bfloat16 if config.training_dtype == "bf16" else torch.float32)
     with torch.inference_mode(False), torch.enable_grad():
         run = _new_run(config, targets, fingerprint, labels, mp.load_device)
+        run.on_phase = on_phase
         if replicas is not None:
             run.replicas = replicas
         if resume:
@@ -467,11 +480,13 @@ def check_slots(config: TrainConfig) -> None:
 
 def _new_run(config: TrainConfig, targets: dict, fingerprint: dict, labels: torch.Tensor | None,
              device) -> TrainingRun:
-    weights = {p: w.detach().float().clone() for p, (_, w) in targets.items()}
+    # The model's own weights, wherever and in whatever dtype they are: the network takes one fp32 copy at a time.
+    weights = {p: w.detach() for p, (_, w) in targets.items()}
     check_slots(config)
     try:
         network = OrthoHydraNetwork(weights, config.rank, config.experts, alpha=config.alpha or None,
                                     init=INITS[config.init], seed=config.seed, jitter_std=config.jitter_std,
+                                    basis_cache=BASES,
                                     **({"slot": config.slot, "slots": config.slots} if config.slots else {}))
     except ValueError as exc:
         raise OrthoHydraError(f"{exc}.", key="rank", fix="lower the rank (it must fit min(in, out))") from exc

@@ -1,6 +1,7 @@
 """The trainer's memory on the real host, counted exactly (every tensor storage allocated, until freed):
-checkpointing keeps a fraction of the activations and changes no number, and a model loaded inside inference mode
-(as ComfyUI's executor loads it) costs what a normally loaded one does."""
+checkpointing keeps a fraction of the activations and changes no number, a model loaded inside inference mode (as
+ComfyUI's executor loads it) costs what a normally loaded one does, and setup holds one weight's fp32 copy at a time
+and skips its SVDs the second time."""
 
 import folder_paths
 import pytest
@@ -113,3 +114,37 @@ def test_a_model_loaded_in_inference_mode_trains_in_the_memory_of_a_normally_loa
     monkeypatch.setattr(import_pack().nodes.train_support, "_aliasable", lambda tensor: False)
     copies = run(T, inference, monkeypatch, steps=1, gradient_checkpointing=False)[0]
     assert copies.peaks[0] - loaded_normally.peaks[0] > 0.2 * weight_bytes
+
+
+def test_setup_holds_one_weights_fp32_copy_at_a_time_and_a_second_run_skips_the_svds(T, loras, monkeypatch):
+    model = cosmos(blocks=4)
+    targets = import_pack().nodes.model_linears.adaptable_linears(model, "attention+mlp")
+    largest = max(w.numel() for _, w in targets.values()) * 4
+    everything = sum(w.numel() for _, w in targets.values()) * 4
+    monkeypatch.setattr(T, "BASES", import_pack().ortho_hydra.basis.BasisCache())
+    setups = []
+
+    def measured(seed):
+        with TensorMemory() as memory:
+            def on_phase(phase):
+                if phase == "calibration":
+                    setups.append(memory.peak)
+
+            with torch.inference_mode():
+                _, adapter, _, _ = T.train(model, LATENTS, POSITIVE, config(T, steps=1, seed=seed), on_phase=on_phase)
+        return adapter
+
+    first = measured(seed=0)
+    assert T.BASES.computed == len(targets) and T.BASES.hits == 0
+    network = sum(t.numel() * 4 for layer in first.layers.values() for t in (layer.down, layer.ups))
+    again = measured(seed=0)
+    assert T.BASES.computed == len(targets) and T.BASES.hits == len(targets)  # no SVD the second time
+    for name, layer in first.layers.items():
+        assert torch.equal(layer.ups, again.layers[name].ups) and torch.equal(layer.down, again.layers[name].down)
+    measured(seed=1)  # the bases depend on the seed: a new seed computes them
+    assert T.BASES.computed == 2 * len(targets)
+    # the adapter's bases twice (the network's and the cache's copy) and one weight's fp32 copy (the randomised SVD's
+    # work matrices are r·E columns wide); copying every targeted weight to fp32 at once, as setup did, adds
+    # `everything`
+    assert everything > 8 * largest
+    assert setups[0] <= 2 * network + largest, (setups, network, largest)
