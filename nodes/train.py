@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import comfy.model_management
@@ -139,11 +138,6 @@ class TrainingRun:
     batches: EpochBatches | None = None  # the data order, set when the loop starts
     resumed_from: str | None = None
     resumed_order: dict | None = None  # the resume file's data order; None if it predates epoch sampling
-    on_phase: Callable[[str], None] | None = None  # told "calibration", "steps", "done" as the run enters each
-
-    def enter(self, phase: str) -> None:
-        if self.on_phase is not None:
-            self.on_phase(phase)
 
     @property
     def adapter_path(self) -> str:
@@ -235,9 +229,7 @@ class OrthoHydraTrainSampler(comfy.samplers.Sampler):
         pbar.update_absolute(run.step, cfg.steps)
         trace_every = cfg.trace_every or max(1, cfg.steps // 50)
         if run.step == 0 and cfg.calibrate_router:
-            run.enter("calibration")
             self.calibrate(model_wrap, conds, extra_args, latent_image)
-        run.enter("steps")
         while run.step < cfg.steps:
             comfy.model_management.throw_exception_if_processing_interrupted()
             run.optimizer.zero_grad(set_to_none=True)
@@ -264,7 +256,6 @@ class OrthoHydraTrainSampler(comfy.samplers.Sampler):
             if cfg.save_every and run.step % cfg.save_every == 0 and run.step < cfg.steps:
                 run.checkpoint()
             pbar.update_absolute(run.step, cfg.steps)
-        run.enter("done")
         return torch.zeros_like(latent_image)
 
     @torch.no_grad()
@@ -396,13 +387,12 @@ def check_styles(config: TrainConfig, labels: torch.Tensor | None) -> None:
 
 
 def train(model, latents: torch.Tensor, positive: list, config: TrainConfig, *, resume: str | None = None,
-          labels: torch.Tensor | None = None, unique_id: str | None = None, replicas: Replicas | None = None,
-          on_phase: Callable[[str], None] | None = None):
+          labels: torch.Tensor | None = None, unique_id: str | None = None, replicas: Replicas | None = None):
     """Run training and return (router-live MODEL, adapter, loss map, router trace).
 
     The node and the torchrun command (``ortho_hydra_train``) both call this; the command passes DDP replicas.
     Callable inside ``torch.inference_mode()`` or ``torch.no_grad()`` (ComfyUI runs nodes in inference mode), on a
-    model loaded either way.  ``on_phase`` (benchmarks) is told when setup ends: "calibration", "steps", "done".
+    model loaded either way.
     """
     count = latents.shape[0]
     if len(positive) == 1 and count > 1:
@@ -424,7 +414,6 @@ def train(model, latents: torch.Tensor, positive: list, config: TrainConfig, *, 
     mp.set_model_compute_dtype(torch.bfloat16 if config.training_dtype == "bf16" else torch.float32)
     with torch.inference_mode(False), torch.enable_grad():
         run = _new_run(config, targets, fingerprint, labels, mp.load_device)
-        run.on_phase = on_phase
         if replicas is not None:
             run.replicas = replicas
         if resume:

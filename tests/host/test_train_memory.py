@@ -125,13 +125,16 @@ def test_setup_holds_one_weights_fp32_copy_at_a_time_and_a_second_run_skips_the_
     setups = []
 
     def measured(seed):
-        with TensorMemory() as memory:
-            def on_phase(phase):
-                if phase == "calibration":
-                    setups.append(memory.peak)
+        calibrate = T.OrthoHydraTrainSampler.calibrate
 
+        def setup_ends(sampler, *args, **kwargs):  # the calibration pass follows setup
+            setups.append(memory.peak)
+            return calibrate(sampler, *args, **kwargs)
+
+        with TensorMemory() as memory, monkeypatch.context() as patch:
+            patch.setattr(T.OrthoHydraTrainSampler, "calibrate", setup_ends)
             with torch.inference_mode():
-                _, adapter, _, _ = T.train(model, LATENTS, POSITIVE, config(T, steps=1, seed=seed), on_phase=on_phase)
+                _, adapter, _, _ = T.train(model, LATENTS, POSITIVE, config(T, steps=1, seed=seed))
         return adapter
 
     first = measured(seed=0)
