@@ -26,7 +26,9 @@ product and the attention backward are computed in fp32 and rounded back (``--bf
 bf16, as on a GPU, and each such op briefly holds fp32 copies of its operands and result, whose largest size the JSON
 reports (``gemm_upcast_transient_gib``): a phase's peak can exceed a native bf16 run's by at most that.
 
-Seconds per step: the median interval between the trainers' own per-step progress updates, the first step dropped.
+Seconds per step: the median interval between the trainers' own per-step progress updates, the first step dropped, in
+wall time and in the process's CPU time (with one thread, what other jobs on a shared machine cannot stretch; step
+time ratios use it).
 ``--before DIR`` adds our trainer from another checkout (the commit before issue 31) beside the current one.  Our
 checkpointed run also times a second setup, whose bases come from the cache.
 
@@ -188,12 +190,12 @@ def child(spec: dict) -> dict:
     side = spec["px"] // 8
     latents = torch.randn(1, 16, 1, side, side, generator=torch.Generator().manual_seed(0))
     positive = tiny_dit.cosmos_conditioning(tokens=32, seed=1)
-    stamps: list[float] = []
+    stamps: list[tuple[float, float]] = []
     update = comfy.utils.ProgressBar.update_absolute
 
     def stamped(bar, value, total=None, preview=None):  # both trainers advance a ProgressBar once per step
         if value:
-            stamps.append(time.perf_counter())
+            stamps.append((time.perf_counter(), time.process_time()))
         return update(bar, value, total, preview)
 
     comfy.utils.ProgressBar.update_absolute = stamped
@@ -210,9 +212,11 @@ def child(spec: dict) -> dict:
         _run_core(spec, model, latents, positive, phases, gemm)
     else:
         out.update(_run_ours(spec, model, latents, positive, phases, import_pack().nodes.train, gemm))
-    intervals = [b - a for a, b in itertools.pairwise(stamps)]
-    out.update(phases=phases.rows, step_seconds=intervals,
-               s_per_step=statistics.median(intervals) if intervals else None)
+    intervals = [b[0] - a[0] for a, b in itertools.pairwise(stamps)]
+    cpu = [b[1] - a[1] for a, b in itertools.pairwise(stamps)]  # the process's CPU time: what other jobs cannot stretch
+    out.update(phases=phases.rows, step_seconds=intervals, step_cpu_seconds=cpu,
+               s_per_step=statistics.median(intervals) if intervals else None,
+               cpu_s_per_step=statistics.median(cpu) if cpu else None)
     if gemm is not None:
         out["gemm_upcast_transient_gib"] = gemm.transient / GIB
     return out
@@ -353,18 +357,19 @@ def need_gib(run: dict) -> float:
 
 def table(results: dict) -> str:
     """One row per run: peak over the model per phase (GiB), s/step, setup seconds."""
-    lines = ["| configuration | blocks | px | setup GiB | calibration GiB | steps GiB | s/step | setup s |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| configuration | blocks | px | setup GiB | calibration GiB | steps GiB | s/step | CPU s/step "
+             "| setup s |", "|---|---|---|---|---|---|---|---|---|"]
     for run in results["runs"]:
         if "error" in run:
-            lines.append(f"| {run['name']} | {run['blocks']} | {run['px']} | failed (see the JSON) | | | | |")
+            lines.append(f"| {run['name']} | {run['blocks']} | {run['px']} | failed (see the JSON) | | | | | |")
             continue
         cached = run.get("cached_setup")
         setup_s = f"{run['phases']['setup']['seconds']:.0f}" + (f" (cached: {cached['seconds']:.0f})" if cached
                                                                  else "")
-        step = "—" if run["s_per_step"] is None else f"{run['s_per_step']:.1f}"
+        step, cpu = (("—" if run.get(key) is None else f"{run[key]:.1f}") for key in ("s_per_step", "cpu_s_per_step"))
         lines.append(f"| {run['name']} | {run['blocks']} | {run['px']} | {_gib(_phase(run, 'setup'))} | "
-                     f"{_gib(_phase(run, 'calibration'))} | {_gib(_phase(run, 'steps'))} | {step} | {setup_s} |")
+                     f"{_gib(_phase(run, 'calibration'))} | {_gib(_phase(run, 'steps'))} | {step} | {cpu} | "
+                     f"{setup_s} |")
     return "\n".join(lines) + "\n"
 
 
@@ -391,12 +396,19 @@ def verdict(results: dict) -> dict:
     if ours and core:
         out["training_overhead_vs_trainloranode_on"] = _phase(ours, "steps") / _phase(core, "steps")
     if ours and off:
-        out["step_time_checkpointing_on_vs_off"] = ours["s_per_step"] / off["s_per_step"]
+        out["step_time_checkpointing_on_vs_off"] = _step_ratio(ours, off)
     for state in ("on", "off"):
         now, before = find(results, f"ours-{state}", **at), find(results, f"before-{state}", **at)
         if now and before:
-            out[f"step_time_vs_before_{state}"] = now["s_per_step"] / before["s_per_step"]
+            out[f"step_time_vs_before_{state}"] = _step_ratio(now, before)
     return out
+
+
+def _step_ratio(a: dict, b: dict) -> float:
+    """Per-step CPU time when both runs have it (one thread: other jobs on the machine cannot stretch it), else
+    wall time."""
+    key = "cpu_s_per_step" if a.get("cpu_s_per_step") and b.get("cpu_s_per_step") else "s_per_step"
+    return a[key] / b[key]
 
 
 def targets_text(results: dict) -> str:
@@ -408,9 +420,9 @@ def targets_text(results: dict) -> str:
             lines.append(f"- {label}: {v[key]:.2f} GiB, target <= {v[key + '_target']:.1f} GiB: "
                          f"{'met' if v[key + '_met'] else 'missed'}")
     labels = {"training_overhead_vs_trainloranode_on": "training overhead, ours / TrainLoraNode, both checkpointing",
-              "step_time_checkpointing_on_vs_off": "s/step, ours with / without checkpointing",
-              "step_time_vs_before_on": "s/step, ours / the trainer before issue 31, checkpointing on",
-              "step_time_vs_before_off": "s/step, ours / the trainer before issue 31, checkpointing off"}
+              "step_time_checkpointing_on_vs_off": "step time, ours with / without checkpointing",
+              "step_time_vs_before_on": "step time, ours / the trainer before issue 31, checkpointing on",
+              "step_time_vs_before_off": "step time, ours / the trainer before issue 31, checkpointing off"}
     lines += [f"- {label}: {v[key]:.2f}x" for key, label in labels.items() if key in v]
     transient = [r["gemm_upcast_transient_gib"] for r in results["runs"] if "gemm_upcast_transient_gib" in r]
     if transient:
@@ -464,8 +476,9 @@ def bench_readme_block(full: dict, depth: dict | None, before: dict | None) -> s
         text += (f"\nMemory against depth (ours, checkpointing on), for the resolutions the 2B run does not cover: "
                  f"`{depth['command']}`\n\n{table(depth)}\n{depth_text(depth_fit(depth, full))}")
     if before is not None:
-        text += (f"\nStep time beside the trainer before issue 31 ({before['before']}): "
-                 f"`{before['command']}`\n\n{table(before)}\n{targets_text(before)}")
+        text += (f"\nAt {before['runs'][0]['blocks']} blocks (512 px): checkpointing on and off, and beside the "
+                 f"trainer before issue 31 ({before['before']}): `{before['command']}`\n\n{table(before)}\n"
+                 f"{targets_text(before)}")
     return text
 
 
@@ -476,14 +489,19 @@ def readme_paragraph(full: dict, depth: dict) -> str:
     low, high = sorted(fit["px"], key=int)
     need_low, need_high = need_gib(ours), fit["px"][high]["predicted_need_gib"]
     per = GIB / ours["parameters"]
+    env = full["environment"]
+    where = env.get("gpu", "GPU") if env["device"].startswith("cuda") else "2-core CPU"
+    blocks = " and ".join(str(b) for b in fit["px"][high]["from_blocks"])
     return (f"**Memory for training.**  Training Cosmos-Predict2 2B ({ours['parameters'] / 1e9:.2f} B parameters) "
             f"with the defaults (E 4, r 16, attention+MLP, batch 1, gradient checkpointing on) needs its bf16 weights "
-            f"({ours['weight_bytes'] / GIB:.1f} GiB) plus {need_low:.2f} GiB at {low} px (measured) and about "
-            f"{need_high:.2f} GiB at {high} px (extrapolated from shallower runs), the peak of setup, calibration and "
-            f"steps, measured on the CPU by `bench/train_full_size.py`.  For another DiT, count 2 bytes per parameter "
-            f"for the bf16 weights plus about {need_low * per:.2f} bytes per parameter at {low} px "
-            f"({need_high * per:.2f} at {high} px); the activations grow with the image's tokens.  Per-phase tables, "
-            f"with ComfyUI's `TrainLoraNode` beside ours: [bench/README.md](bench/README.md).\n")
+            f"({ours['weight_bytes'] / GIB:.1f} GiB) plus {need_low:.2f} GiB at {low} px and about {need_high:.2f} GiB "
+            f"at {high} px: the largest of the setup, calibration and step peaks, measured on the {where} by "
+            f"`bench/train_full_size.py` ({high} px extrapolated from {blocks}-block models).  For another DiT, count "
+            f"2 bytes per parameter for the bf16 weights plus about {need_low * per:.2f} bytes per parameter at {low} "
+            f"px ({need_high * per:.2f} at {high} px); the activations grow with the image's tokens.  Setup took "
+            f"{ours['phases']['setup']['seconds']:.0f} s on that {where} (an SVD per adapted Linear) and "
+            f"{ours['cached_setup']['seconds']:.0f} s the second time on the same model (bases from the cache).  "
+            f"Per-phase tables, with ComfyUI's `TrainLoraNode` beside ours: [bench/README.md](bench/README.md).\n")
 
 
 def replace_block(text: str, block: str) -> str:

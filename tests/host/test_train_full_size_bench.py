@@ -27,7 +27,8 @@ def test_quick_run_measures_every_configuration_and_phase(tmp_path):
         expected = ["setup", "steps"] if run["trainer"] == "core" else ["setup", "calibration", "steps"]
         assert list(run["phases"]) == expected, key
         assert all(p["seconds"] > 0 and abs(p["peak_over_model_gib"]) < 4 for p in run["phases"].values()), key
-        assert len(run["step_seconds"]) == steps - 1 and run["s_per_step"] > 0, key
+        assert len(run["step_seconds"]) == len(run["step_cpu_seconds"]) == steps - 1, key
+        assert run["s_per_step"] > 0 and run["cpu_s_per_step"] > 0, key
         assert run["resident_with_model_gib"] > 0
     layers = 2 * 10  # 2 blocks x (self q, k, v, o; cross q, k, v, o; mlp 1, 2)
     assert runs["ours-on"]["basis_cache"] == {"svds": layers, "hits": layers}  # the second setup ran no SVD
