@@ -13,14 +13,13 @@ from devkit.host import ROOT
 def test_quick_run_measures_every_configuration_and_phase(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     steps = 2
-    proc = subprocess.run([sys.executable, "bench/train_full_size.py", "--quick", "--steps", str(steps), "--threads",
-                           "1", "--out", str(tmp_path), "--configs", "ours-on", "ours-off", "core-on", "core-off",
-                           "before-on", "--before", str(ROOT)], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=900)
+    command = ["bench/train_full_size.py", "--quick", "--steps", str(steps), "--threads", "1", "--out", str(tmp_path),
+               "--configs", "ours-on", "core-off", "before-on", "--before", str(ROOT)]
+    proc = subprocess.run([sys.executable, *command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / f"{bench.NAME}.json").read_text())
     runs = {run["config"]: run for run in results["runs"]}
-    assert list(runs) == ["ours-on", "ours-off", "core-on", "core-off", "before-on"]
+    assert list(runs) == ["ours-on", "core-off", "before-on"]  # ours, ComfyUI's, another checkout's: every path
     for key, run in runs.items():
         assert "error" not in run, run.get("error")
         assert run["inference_weights"], key  # loaded inside inference mode, as ComfyUI's executor does
@@ -39,4 +38,4 @@ def test_quick_run_measures_every_configuration_and_phase(tmp_path):
     assert results["verdict"] == bench.verdict(results)
     written = (tmp_path / f"{bench.NAME}.md").read_text()
     assert written == f"Command: `{results['command']}`\n\n{bench.table(results)}\n{bench.targets_text(results)}"
-    assert written.count("\n| ") == 1 + 5  # the header and one row per run
+    assert written.count("\n| ") == 1 + 3  # the header and one row per run
