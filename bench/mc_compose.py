@@ -118,8 +118,9 @@ def run(samples: int, steps: int, stem: Path) -> dict:
     x, contents, styles = tw.dataset(1, seed=0)
     train = pack.nodes.train
     config = train.TrainConfig(steps=steps, learning_rate=3e-3, batch_size=4, rank=8, experts=4, init="ortho_init",
-                               training_dtype="fp32", seed=1, output_name="mc_compose", label_guidance=1.0,
-                               label_guidance_steps=round(0.6 * steps), style_names=tuple(tw.STYLES))
+                               training_dtype="fp32", gradient_checkpointing=False, seed=1, output_name="mc_compose",
+                               label_guidance=1.0, label_guidance_steps=round(0.6 * steps),
+                               style_names=tuple(tw.STYLES))
     with tempfile.TemporaryDirectory(prefix="mc_compose_") as loras, lora_folder(folder_paths, loras):
         _, adapter, _, _ = train.train(base, x, per_image_positive(tw, contents.tolist()), config,
                                        labels=styles)

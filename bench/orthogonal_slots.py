@@ -73,7 +73,7 @@ def train_one(pack, base, tw, data, arm: str, style: int, lr: float, steps: int,
     init = ARMS[arm][1]
     extra = {"slot": style, "slots": SLOTS} if arm == "slots" else {}
     config = train.TrainConfig(steps=steps, learning_rate=lr, batch_size=min(4, int(keep.sum())), rank=RANK,
-                               experts=1, init=init, training_dtype="fp32", seed=seed,
+                               experts=1, init=init, training_dtype="fp32", gradient_checkpointing=False, seed=seed,
                                output_name=f"orthogonal_slots_{arm}_{style}_{seed}", **extra)
     _, adapter, _, _ = train.train(base, x[keep], per_image(tw, contents[keep].tolist(), styles[keep].tolist()),
                                    config)

@@ -256,7 +256,8 @@ def train_arm(tw, pack, world: World, settings: Settings, arm: str, lr: float, s
     config = train.TrainConfig(
         steps=settings.steps, learning_rate=lr, batch_size=settings.batch_size,
         grad_accumulation=settings.grad_accumulation, rank=settings.rank, experts=experts, init=init,
-        training_dtype="fp32", seed=seed, output_name=f"style_separation_{arm}_{lr:g}_{seed}",
+        training_dtype="fp32", gradient_checkpointing=False, seed=seed,
+        output_name=f"style_separation_{arm}_{lr:g}_{seed}",
         label_guidance=settings.label_guidance if guided else 0.0,
         label_guidance_steps=settings.guidance_steps if guided else 0,
         style_names=tuple(tw.STYLES) if experts > 1 else ())

@@ -89,14 +89,14 @@ def train_adapter(tw, pack, base, world: World, kind: str, seed: int, s: Setting
     if kind in ROUTED:
         idx = torch.arange(len(world.train_x))
         config = train.TrainConfig(steps=s.steps, learning_rate=lr, batch_size=4, rank=s.rank, experts=4,
-                                   init=init, training_dtype="fp32", seed=seed,
+                                   init=init, training_dtype="fp32", gradient_checkpointing=False, seed=seed,
                                    output_name=f"transfer_{kind}_{seed}", label_guidance=1.0,
                                    label_guidance_steps=s.label_guidance_steps, style_names=tuple(tw.STYLES))
         labels = world.train_style
     else:
         idx = (world.train_style == LORA_STYLE).nonzero().flatten()
         config = train.TrainConfig(steps=s.steps, learning_rate=lr, batch_size=4, rank=s.rank, experts=1,
-                                   init=init, training_dtype="fp32", seed=seed,
+                                   init=init, training_dtype="fp32", gradient_checkpointing=False, seed=seed,
                                    output_name=f"transfer_{kind}_{seed}")
         labels = None
     positive = per_image_positive(tw, world.train_content[idx].tolist())

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from .basis import disjoint_basis
+from .basis import BasisCache, disjoint_basis
 from .cayley import cayley
 from .layer import GateSink
 from .routing import GateOverride, RouterSpec, project_down, rms_pool
@@ -37,7 +37,8 @@ class OrthoHydraLinear(nn.Module):
     def __init__(self, weight: torch.Tensor, rank: int, num_experts: int, *, alpha: float | None = None,
                  init: str = "ortho", jitter_std: float = 0.1, centered_gate: bool = False,
                  centered_lambda_init: float = 1e-2, sigma_feature_dim: int = 0, seed: int = 0,
-                 name: str = "", slot: int = 0, slots: int = 0, router_std: float = 0.01) -> None:
+                 name: str = "", slot: int = 0, slots: int = 0, router_std: float = 0.01,
+                 basis_cache: BasisCache | None = None) -> None:
         super().__init__()
         if init not in INIT_MODES:
             raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INIT_MODES)}")
@@ -59,7 +60,8 @@ class OrthoHydraLinear(nn.Module):
             raise ValueError(f"{name or 'layer'}: slot training needs one expert, init ortho or ortho_out and "
                              f"0 <= slot < slots (got {num_experts} experts, init {init}, slot {slot} of {slots})")
         if init in ORTHO_MODES:
-            basis = disjoint_basis(weight, slots or num_experts, rank, seed=BASIS_SEED if slots else seed)
+            bases = basis_cache.get if basis_cache is not None else disjoint_basis
+            basis = bases(weight, slots or num_experts, rank, seed=BASIS_SEED if slots else seed)
             if slots and basis.replicated:
                 raise ValueError(f"{name or 'layer'}: {slots} slots x rank {rank} exceed min(out, in) = "
                                  f"{min(out_features, in_features)}; no disjoint slots fit")
