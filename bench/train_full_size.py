@@ -466,7 +466,11 @@ def depth_text(fit: dict) -> str:
 
 
 def load(name: str) -> dict | None:
-    path = RESULTS / f"{name}.json"
+    return load_from(RESULTS, name)
+
+
+def load_from(folder: Path, name: str) -> dict | None:
+    path = folder / f"{name}.json"
     return json.loads(path.read_text()) if path.is_file() else None
 
 
@@ -526,9 +530,12 @@ def sync_docs() -> None:
 def write(results: dict, out_dir: Path, name: str) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     results["verdict"] = verdict(results)
-    (out_dir / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
-    (out_dir / f"{name}.md").write_text(f"Command: `{results['command']}`\n\n{table(results)}\n"
-                                        f"{targets_text(results)}")
+    for path, text in ((out_dir / f"{name}.json", json.dumps(results, indent=1) + "\n"),
+                       (out_dir / f"{name}.md", f"Command: `{results['command']}`\n\n{table(results)}\n"
+                                                f"{targets_text(results)}")):
+        partial = path.with_suffix(path.suffix + ".partial")
+        partial.write_text(text)
+        partial.replace(path)  # a run killed mid-write leaves the last complete results
 
 
 def main() -> None:
@@ -545,6 +552,8 @@ def main() -> None:
     parser.add_argument("--before-label", help="what the tables call that checkout (e.g. its commit)")
     parser.add_argument("--bf16-gemm", choices=["auto", "native", "fp32"], default="auto",
                         help="fp32: bf16 products computed in fp32 (auto: on CPUs without bf16 GEMM kernels)")
+    parser.add_argument("--append", action="store_true",
+                        help="add these runs to the results file's (a 2B run takes an hour here: one config a call)")
     parser.add_argument("--name", default=NAME, help="results file name")
     parser.add_argument("--out", help="results folder (default bench/results, bench/out for --quick)")
     parser.add_argument("--docs", action="store_true", help="only rewrite the README blocks from the committed JSON")
@@ -565,6 +574,10 @@ def main() -> None:
                "environment": {**environment(args.device), "cpu_capability": _capability(),
                                "load_average_before": list(os.getloadavg())},
                "model": f"Cosmos-Predict2, width {size['channels']}, random bf16", "runs": []}
+    earlier = load_from(out_dir, args.name) if args.append else None
+    if earlier is not None:  # each run is its own process either way; the commands are kept in order
+        earlier["command"] += "; " + results["command"]
+        results = earlier
     if args.before:
         results["before"] = args.before_label or str(Path(args.before).resolve())
     for spec in runs(args):
