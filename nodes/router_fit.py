@@ -14,7 +14,7 @@ import torch
 from comfy_api.v0_0_2 import io
 
 from ortho_hydra import Adapter, OrthoHydraError, metrics
-from ortho_hydra.chimera import chimera_layers
+from ortho_hydra.kind import Capability
 from ortho_hydra.router_fit import fit_router, with_router
 from ortho_hydra.routing import project_down, rms_pool
 
@@ -54,10 +54,8 @@ def collect_features(model, adapter: Adapter, latents: torch.Tensor, positive: l
 def fit_bank_router(model, adapter: Adapter, latents: torch.Tensor, positive: list, labels: torch.Tensor, *,
                     holdout: float, steps: int, seed: int) -> tuple[Adapter, dict]:
     """Fit every routed layer's router on a training split; report held-out routing on the rest."""
-    if chimera_layers(adapter.layers):
-        raise OrthoHydraError("fitting routers is not available for ChimeraHydra adapters (their content and "
-                              "frequency routers are trained together).", path=adapter.path, key="adapter",
-                              fix="pin or blend the ChimeraHydra experts with the router node instead")
+    for layer in adapter.layers.values():
+        layer.require(Capability.ROUTER_FIT, path=adapter.path, key="adapter")
     count = latents.shape[0]
     if labels.numel() != count:
         raise OrthoHydraError(f"{labels.numel()} labels for {count} latents.", key="labels",

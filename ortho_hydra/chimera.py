@@ -146,10 +146,22 @@ class FreqRouter:
 
 @dataclass(frozen=True)
 class ContentRouter:
-    """The cross-attention content router: one π_c per sample from the ``llm_adapter`` output (B, L, D)."""
+    """The cross-attention content router: one π_c per sample from the ``llm_adapter`` output (B, L, D), computed
+    once per model call by a hook on that module (a layer's ``module_routers``)."""
 
     net: MLPRouter
     layer_norm: bool = False
+    module: ClassVar[str] = CONTENT_ROUTER_MODULE  # whose output it reads
+    state_key: ClassVar[str] = CONTENT_GATE_KEY  # where its gate waits for the layers of the same call
+
+    def with_net(self, net: MLPRouter) -> ContentRouter:
+        return replace(self, net=net)
+
+    def missing_module(self, architecture: str, path: str | None) -> OrthoHydraError:
+        """The error for a model without :attr:`module`."""
+        return OrthoHydraError(f"this ChimeraHydra adapter routes its content pool on the text context of "
+                               f"{self.module}, which this {architecture} model does not have.", path=path,
+                               key="content_router.net.0.weight", fix="load the Anima model it was trained on")
 
     def gate(self, context: torch.Tensor) -> torch.Tensor:
         if context.ndim != 3 or context.shape[-1] != self.net.in_features:
@@ -185,6 +197,14 @@ class ChimeraLayer(RoutedLayer):
     refusals: ClassVar[Mapping[Capability, Refusal]] = {
         Capability.SAVE: Refusal("writing ChimeraHydra layers is not supported; keep the file they were loaded from.",
                                  "pin or blend the experts and bake them into a plain LoRA to get a new file"),
+        Capability.ROUTER_FIT: Refusal("fitting routers is not available for ChimeraHydra adapters (their content "
+                                       "and frequency routers are trained together).",
+                                       "pin or blend the ChimeraHydra experts with the router node instead"),
+        Capability.NORM_CONTROL: Refusal("norm_control does not apply to ChimeraHydra layers (each pool's blend "
+                                         "weights are normalised to sum 1).",
+                                         "turn norm_control off; use strength to scale the adapter"),
+        Capability.TRANSFER: Refusal("{name}: a ChimeraLayer layer cannot be transferred.",
+                                     "transfer LoRA or Ortho-Hydra layers only"),
     }
 
     @property
@@ -212,6 +232,9 @@ class ChimeraLayer(RoutedLayer):
 
     def with_router_nets(self, freq: MLPRouter | None = None) -> ChimeraLayer:
         return self if freq is None else replace(self, freq=replace(self.freq, net=freq))
+
+    def module_routers(self) -> dict[str, ContentRouter]:
+        return {} if self.content_router is None else {"content": self.content_router}
 
     def default_expert_names(self) -> list[str]:
         return expert_names(self.num_content, self.num_freq)
@@ -485,10 +508,6 @@ def _layer(prefix: str, group: dict[str, torch.Tensor], path: str | None, dual: 
                         alpha=alpha_or_rank(stored_alpha(group.get("alpha")), rank), router_weight=router_w,
                         router_bias=router_b, down_f=down_f, content_router=content, centered=centered,
                         inv_scale=None if inv is None else inv.reshape(-1).float(), router=spec)
-
-
-def chimera_layers(layers: Mapping[str, RoutedLayer]) -> list[ChimeraLayer]:
-    return [layer for layer in layers.values() if isinstance(layer, ChimeraLayer)]
 
 
 def expert_names(num_content: int, num_freq: int) -> list[str]:

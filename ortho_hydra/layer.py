@@ -70,6 +70,13 @@ class AdapterLayer(Kind):
             raise ValueError(f"{self.name} has no router nets ({', '.join(nets)})")
         return self
 
+    def module_routers(self) -> dict[str, object]:
+        """Routers that read another module's output once per model call (not this Linear's input), by role.  Each
+        has ``module`` (the path it reads), ``state_key`` (where its gate waits for the layers of the call), ``net``
+        and ``with_net(net)`` (its fp32 MLP, placed once), ``gate(output)``, and ``missing_module(architecture,
+        path)`` (the error for a model without that module).  None by default."""
+        return {}
+
     def factors(self, gate: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """fp32 ``(up (out, r), down (r, in))`` with scale, the constant gate (E,) and inv_scale folded in."""
         raise NotImplementedError
@@ -113,6 +120,12 @@ class AdapterLayer(Kind):
         """A copy whose output rows go through ``transform`` (a row map of an (out, ·) tensor, e.g. ComfyUI's
         ``swap_scale_shift``), so ΔW becomes ``transform(ΔW)``."""
         return replace(self, **{n: _map_rows(getattr(self, n), transform) for n in self.out_tensors})
+
+    def transferred(self, down: torch.Tensor, up_map) -> AdapterLayer:
+        """A copy computing with ``down`` (r, in), inv_scale already folded in, and every up through ``up_map``
+        (an (out, r) -> (out, r) map): the factors of a transfer onto another base model's subspaces."""
+        return replace(self, down=down.to(self.down.dtype), inv_scale=None,
+                       **{n: _map_rows(getattr(self, n), up_map).to(getattr(self, n).dtype) for n in self.out_tensors})
 
     def joined(self, other: AdapterLayer) -> AdapterLayer | None:
         """One layer writing self's outputs then other's, when both share their input side; else None."""
