@@ -15,7 +15,7 @@ from typing import ClassVar
 import torch
 
 from .kind import Kind
-from .routing import GateContext, GateOverride, project_down
+from .routing import GateContext, GateOverride, project_down, rms_pool
 
 # Called with (layer name, routing distribution (B, E), context) each time a routed layer computes its gate.
 GateSink = Callable[[str, torch.Tensor, GateContext], None]
@@ -143,6 +143,11 @@ class RoutedLayer(AdapterLayer):
     @property
     def num_experts(self) -> int:
         return int(self.ups.shape[0])
+
+    def router_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The features (B, r) fp32 this layer's router reads from x, before any σ / FEI columns: the RMS-pooled
+        projection, ``inv_scale`` included.  Fitting, calibration and live routing all read it here."""
+        return rms_pool(self.project(x))
 
     def constant_gate(self, gate: torch.Tensor | None) -> torch.Tensor:
         """A constant gate (E,) as fp32 on the ups' device, or an error saying why it cannot be one."""
