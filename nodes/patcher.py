@@ -72,6 +72,7 @@ class TargetWeights(PlacedModule):
         self.label = label
         self.specs = []
         self.nets = {}  # leg index -> {role: RouterNetWeights}; a plain dict, so ComfyUI loads each holder once
+        self._built: tuple | None = None  # (the parameters the legs were built from, the legs): see legs()
         for i, leg in enumerate(legs):
             layer = leg.layer
             names = []
@@ -90,13 +91,33 @@ class TargetWeights(PlacedModule):
             for net in roles.values():
                 net.ensure_on(device)
 
-    def legs(self):
-        """Yield (offset, size, layer) with tensors wherever ComfyUI has put this module now."""
-        for i, layer, offset, size, names in self.specs:
-            layer = layer.with_tensors(**{n: getattr(self, f"leg{i}_{n}") for n in names})
-            if i in self.nets:
-                layer = layer.with_router_nets(**{role: net.current() for role, net in self.nets[i].items()})
-            yield offset, size, layer
+    def legs(self) -> list[tuple]:
+        """(offset, size, layer) with tensors wherever ComfyUI has put this module now.
+
+        Built once, not per call: the layers hold this module's Parameter objects, which a move keeps (it swaps
+        their storage).  Rebuilt after a move through ``nn.Module`` (:meth:`_apply`, so no stale layer keeps old
+        storage alive) or when a parameter object was replaced."""
+        sources = self._sources()
+        built = self._built
+        if built is None or len(built[0]) != len(sources) or any(
+                a is not b for a, b in zip(built[0], sources, strict=True)):
+            legs = []
+            for i, layer, offset, size, names in self.specs:
+                layer = layer.with_tensors(**{n: getattr(self, f"leg{i}_{n}") for n in names})
+                if i in self.nets:
+                    layer = layer.with_router_nets(**{role: net.current() for role, net in self.nets[i].items()})
+                legs.append((offset, size, layer))
+            built = self._built = (sources, legs)
+        return built[1]
+
+    def _sources(self) -> tuple:
+        """Every parameter object the built legs compute with: this module's and its router nets'."""
+        nets = (p for roles in self.nets.values() for net in roles.values() for p in net._parameters.values())
+        return (*self._parameters.values(), *nets)
+
+    def _apply(self, fn, recurse=True):
+        self._built = None
+        return super()._apply(fn, recurse)
 
 
 class RoutedHook:
@@ -113,7 +134,7 @@ class RoutedHook:
     def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
         x = args[0]
         self.weights.ensure_on(x.device)
-        legs = list(self.weights.legs())
+        legs = self.weights.legs()
         if len(legs) == 1 and legs[0][1] in (None, self.out_features):
             layer = legs[0][2]  # the common case: one layer on the whole output, fused add where the kind has one
             return layer.add_delta(output, x, self.strength, **self.state.routing(layer.name, x.shape[0],
