@@ -48,7 +48,8 @@ class TrainingHook:
 
     While ``router_inputs`` is a dict (the calibration pass), the hook also stores the router's pooled input there;
     while ``router_sink`` is set (label guidance on a detached layer input), it also receives the gate computed on the
-    detached input (``OrthoHydraLinear.guidance_gate``).
+    detached input (``OrthoHydraLinear.guidance_gate``), from the same runtime layer as Δy: the factors are built
+    once per forward.
     """
 
     def __init__(self, name: str, layer, state: SamplingState, sink) -> None:
@@ -63,9 +64,10 @@ class TrainingHook:
         if self.router_inputs is not None:
             self.router_inputs.setdefault(self.name, []).append(self.layer.router_input(args[0]).float().cpu())
         sigma = self.state.sigma if self.layer.router_spec.needs_sigma else None
+        runtime = self.layer.as_runtime()
         if self.router_sink is not None:
-            self.router_sink(self.name, self.layer.guidance_gate(args[0], sigma))
-        return output + self.layer.delta(args[0], sigma, sink=self.sink).to(output.dtype)
+            self.router_sink(self.name, runtime.gate(args[0].detach(), sigma))
+        return output + runtime.delta(args[0], sigma, sink=self.sink).to(output.dtype)
 
 
 def install_training_hooks(mp, network, modules: dict[str, str], sink) -> list[TrainingHook]:
