@@ -14,13 +14,13 @@ from __future__ import annotations
 import logging
 import math
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import comfy.lora
 import torch
 from torch import nn
 
-from ortho_hydra import Adapter, OrthoHydraError, chimera
+from ortho_hydra import Adapter, OrthoHydraError
 from ortho_hydra.bake import plan_factors, target_lora
 from ortho_hydra.fold_error import FOLD_TOLERANCE, fold_error
 from ortho_hydra.lora_dict import kohya_name, lora_state_dict
@@ -77,6 +77,7 @@ class TargetWeights(PlacedModule):
         self.label = label
         self.specs = []
         self.nets = {}  # leg index -> {role: RouterNetWeights}; a plain dict, so ComfyUI loads each holder once
+        self._built: tuple | None = None  # (the parameters the legs were built from, the legs): see legs()
         for i, leg in enumerate(legs):
             layer = leg.layer
             names = []
@@ -98,13 +99,33 @@ class TargetWeights(PlacedModule):
             for net in roles.values():
                 net.ensure_on(device)
 
-    def legs(self):
-        """Yield (offset, size, layer) with tensors wherever ComfyUI has put this module now."""
-        for i, layer, offset, size, names in self.specs:
-            layer = layer.with_tensors(**{n: getattr(self, f"leg{i}_{n}") for n in names})
-            if i in self.nets:
-                layer = layer.with_router_nets(**{role: net.current() for role, net in self.nets[i].items()})
-            yield offset, size, layer
+    def legs(self) -> list[tuple]:
+        """(offset, size, layer) with tensors wherever ComfyUI has put this module now.
+
+        Built once, not per call: the layers hold this module's Parameter objects, which a move keeps (it swaps
+        their storage).  Rebuilt after a move through ``nn.Module`` (:meth:`_apply`, so no stale layer keeps old
+        storage alive) or when a parameter object was replaced."""
+        sources = self._sources()
+        built = self._built
+        if built is None or len(built[0]) != len(sources) or any(
+                a is not b for a, b in zip(built[0], sources, strict=True)):
+            legs = []
+            for i, layer, offset, size, names in self.specs:
+                layer = layer.with_tensors(**{n: getattr(self, f"leg{i}_{n}") for n in names})
+                if i in self.nets:
+                    layer = layer.with_router_nets(**{role: net.current() for role, net in self.nets[i].items()})
+                legs.append((offset, size, layer))
+            built = self._built = (sources, legs)
+        return built[1]
+
+    def _sources(self) -> tuple:
+        """Every parameter object the built legs compute with: this module's and its router nets'."""
+        nets = (p for roles in self.nets.values() for net in roles.values() for p in net._parameters.values())
+        return (*self._parameters.values(), *nets)
+
+    def _apply(self, fn, recurse=True):
+        self._built = None
+        return super()._apply(fn, recurse)
 
 
 class RoutedHook(BoundHook):
@@ -121,7 +142,7 @@ class RoutedHook(BoundHook):
     def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
         x = args[0]
         self.weights.ensure_on(x.device)
-        legs = list(self.weights.legs())
+        legs = self.weights.legs()
         if len(legs) == 1 and legs[0][1] in (None, self.out_features):
             layer = legs[0][2]  # the common case: one layer on the whole output, fused add where the kind has one
             return layer.add_delta(output, x, self.strength, **self.state.routing(layer.name, x.shape[0],
@@ -184,37 +205,34 @@ def reft_module(model, edit: ReFTEdit, adapter: Adapter) -> str:
 
 
 class ContentRouterHook(BoundHook):
-    """Forward hook on the text adapter: one π_c per sample for every Chimera layer of this call."""
+    """Forward hook on the module a layer's module router reads (e.g. ChimeraHydra's content router on the text
+    adapter): one gate per sample for every layer of this call, left in the sampling state."""
 
-    def __init__(self, router: chimera.ContentRouter, state: SamplingState, net: RouterNetWeights) -> None:
+    def __init__(self, router, state: SamplingState, net: RouterNetWeights) -> None:
         self.router, self.state, self.net = router, state, net
 
     def __call__(self, module: nn.Module, args: tuple, output):
         context = output if isinstance(output, torch.Tensor) else output[0]
         self.net.ensure_on(context.device)
-        router = replace(self.router, net=self.net.current())
-        self.state.extra[chimera.CONTENT_GATE_KEY] = router.gate(context.detach())
+        router = self.router.with_net(self.net.current())
+        self.state.extra[router.state_key] = router.gate(context.detach())
 
 
 def _install_content_router(model, adapter: Adapter, state: SamplingState, holder: nn.ModuleDict,
                             notice: MoveNotice) -> None:
-    """The cross-attention content router reads the ``llm_adapter`` output, which only Anima-style models have."""
-    routers = {id(layer.content_router): layer.content_router for layer in chimera.chimera_layers(adapter.layers)
-               if layer.content_router is not None}
-    if not routers:
-        return
-    try:
-        model.model.get_submodule(chimera.CONTENT_ROUTER_MODULE)
-    except AttributeError:
-        raise OrthoHydraError(f"this ChimeraHydra adapter routes its content pool on the text context of "
-                              f"{chimera.CONTENT_ROUTER_MODULE}, which this {model_architecture(model)} model does "
-                              "not have.", path=adapter.path, key="content_router.net.0.weight",
-                              fix="load the Anima model it was trained on") from None
+    """Module routers read another module's output (ChimeraHydra's content router: ``llm_adapter``, which only
+    Anima-style models have)."""
+    routers = {id(router): router for layer in adapter.layers.values()
+               for router in layer.module_routers().values()}
+    for router in routers.values():
+        try:
+            model.model.get_submodule(router.module)
+        except AttributeError:
+            raise router.missing_module(model_architecture(model), adapter.path) from None
     nets = router_net_holders(holder, [router.net for router in routers.values()], "content")
     for router in routers.values():
         nets[id(router.net)].notice = notice
-        install_forward_hook(model, chimera.CONTENT_ROUTER_MODULE, ContentRouterHook(router, state,
-                                                                                     nets[id(router.net)]))
+        install_forward_hook(model, router.module, ContentRouterHook(router, state, nets[id(router.net)]))
 
 
 def _check_hookable(model, target: Target, adapter: Adapter) -> None:

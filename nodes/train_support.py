@@ -92,7 +92,8 @@ class TrainingHook:
 
     While ``router_inputs`` is a dict (the calibration pass), the hook also stores the router's pooled input there;
     while ``router_sink`` is set (label guidance on a detached layer input), it also receives the gate computed on the
-    detached input (``OrthoHydraLinear.guidance_gate``).  While a checkpointed block is re-run for the backward pass
+    detached input (``OrthoHydraLinear.guidance_gate``), from the same runtime layer as Δy: the factors are built
+    once per forward.  While a checkpointed block is re-run for the backward pass
     (:func:`~ortho_hydra.checkpointing.recomputing`), the hook computes exactly what it computed in the forward but
     hands nothing to the stores: the loss and the trace take the forward's gates, and a re-run gate would keep the
     re-run's activations alive through its graph.
@@ -111,11 +112,12 @@ class TrainingHook:
         if self.router_inputs is not None and not rerun:
             self.router_inputs.setdefault(self.name, []).append(self.layer.router_input(args[0]).float().cpu())
         sigma = self.state.sigma if self.layer.router_spec.needs_sigma else None
+        runtime = self.layer.as_runtime()
         if self.router_sink is not None:
-            gate = self.layer.guidance_gate(args[0], sigma)  # computed in a re-run too: the re-run must match
+            gate = runtime.gate(args[0].detach(), sigma)  # computed in a re-run too: the re-run must match
             if not rerun:
                 self.router_sink(self.name, gate)
-        return output + self.layer.delta(args[0], sigma, sink=None if rerun else self.sink).to(output.dtype)
+        return output + runtime.delta(args[0], sigma, sink=None if rerun else self.sink).to(output.dtype)
 
 
 def install_training_hooks(mp, network, modules: dict[str, str], sink) -> list[TrainingHook]:

@@ -10,7 +10,7 @@ from torch import nn
 from .basis import BasisCache, disjoint_basis
 from .cayley import cayley
 from .layer import GateSink
-from .routing import GateOverride, RouterSpec, project_down, rms_pool
+from .routing import GateOverride, RouterSpec
 from .runtime import ExpertLayer
 
 INIT_MODES = ("ortho", "ortho_out", "ortho_init", "zero", "jitter", "jitter_zero_sum")
@@ -126,8 +126,7 @@ class OrthoHydraLinear(nn.Module):
     @torch.no_grad()
     def router_input(self, x: torch.Tensor) -> torch.Tensor:
         """The pooled rank-r projection (B, r) the router reads, before any standardisation."""
-        down, _ = self.factors()
-        return rms_pool(project_down(x, down.to(x.dtype), None))
+        return self.as_runtime().router_input(x)
 
     @torch.no_grad()
     def calibrate_router(self, pooled: torch.Tensor) -> None:
