@@ -41,12 +41,11 @@ def prepare(folder: Path) -> Path:
     from devkit.host import boot
 
     boot(cpu=True)
-    from bench.style_separation import per_image_positive
     from devkit import toy_world as tw
     from ortho_hydra import dataset_cache as dataset
 
     latents, contents, styles = tw.dataset(1, seed=0)
-    dataset.write(folder / "data", latents, per_image_positive(tw, contents.tolist()), labels=styles.tolist(),
+    dataset.write(folder / "data", latents, tw.per_image_conditioning(contents.tolist()), labels=styles.tolist(),
                   style_names=list(tw.STYLES))
     return tw.build_base_model()
 

@@ -32,11 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from safetensors.torch import load_file, save_file
 
-from bench.console_log import stdout_copied_to
 from bench.deuniformization_data import NUM_STYLES, StyledSet, make_data, smooth_fields
 from bench.deuniformization_report import INITS, RunResult, describe, plot, report
 from devkit import tiny_dit
 from devkit.host import boot
+from experiments.console_log import stdout_copied_to
 from ortho_hydra import OrthoHydraLinear, metrics
 from ortho_hydra.atomic import atomic_path
 from ortho_hydra.network import OrthoHydraNetwork

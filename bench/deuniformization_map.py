@@ -41,9 +41,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.console_log import stdout_copied_to
 from bench.deuniformization import CSV_FIELDS, Config, build_model, evaluate, pretrain_base, train_run
 from bench.deuniformization_data import make_data
+from experiments.console_log import stdout_copied_to
 from ortho_hydra.training import StepGates
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -35,9 +35,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.console_log import stdout_copied_to  # noqa: E402
-from bench.style_separation import CFG, SAMPLE_STEPS, host, lora_folder, per_image_positive  # noqa: E402
 from bench.timing import environment  # noqa: E402
+from experiments.console_log import stdout_copied_to  # noqa: E402
+from experiments.toy_harness import CFG, SAMPLE_STEPS, host, lora_folder  # noqa: E402
 
 PALETTE, TEXTURE = 0, 2  # warm (a palette), dots (a texture)
 METHODS = {"direct blend": "blend", "MC dropout": "mc_dropout", "OMCD": "omcd"}
@@ -121,7 +121,7 @@ def run(samples: int, steps: int, stem: Path) -> dict:
                                training_dtype="fp32", seed=1, output_name="mc_compose", label_guidance=1.0,
                                label_guidance_steps=round(0.6 * steps), style_names=tuple(tw.STYLES))
     with tempfile.TemporaryDirectory(prefix="mc_compose_") as loras, lora_folder(folder_paths, loras):
-        _, adapter, _, _ = train.train(base, x, per_image_positive(tw, contents.tolist()), config,
+        _, adapter, _, _ = train.train(base, x, tw.per_image_conditioning(contents.tolist()), config,
                                        labels=styles)
     probes = part_probes(tw)
     ids = [i % len(tw.CONTENTS) for i in range(samples)]

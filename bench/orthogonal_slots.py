@@ -38,9 +38,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.console_log import stdout_copied_to  # noqa: E402
-from bench.style_separation import CFG, LOSS_SIGMAS, NOISE_SEED, SAMPLE_STEPS, host, lora_folder  # noqa: E402
 from bench.timing import environment  # noqa: E402
+from experiments.console_log import stdout_copied_to  # noqa: E402
+from experiments.toy_harness import CFG, LOSS_SIGMAS, NOISE_SEED, SAMPLE_STEPS, host, lora_folder  # noqa: E402
 
 ARMS = {"plain": ("plain LoRA, merged by sum", "hydra_zero"), "slots": ("orthogonal slots, merged by sum",
                                                                           "ortho_out")}
@@ -62,8 +62,7 @@ def tagged(tw, contents: Sequence[int], styles: Sequence[int]) -> list:
 
 
 def per_image(tw, contents, styles) -> list:
-    c = tagged(tw, contents, styles)[0]
-    return [[c[0][i:i + 1], {"pooled_output": c[1]["pooled_output"][i:i + 1]}] for i in range(len(contents))]
+    return tw.per_image(tagged(tw, contents, styles))
 
 
 def train_one(pack, base, tw, data, arm: str, style: int, lr: float, steps: int, seed: int):

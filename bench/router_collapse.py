@@ -30,17 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.console_log import stdout_copied_to  # noqa: E402
-from bench.style_separation import (  # noqa: E402
-    PURITY_SIGMAS,
-    Settings,
-    build_world,
-    heldout,
-    lora_folder,
-    per_image_positive,
-)
-from bench.style_separation_report import collapse_share, routing_purity  # noqa: E402
 from bench.timing import environment  # noqa: E402
+from experiments.console_log import stdout_copied_to  # noqa: E402
+from experiments.gate_measures import collapse_share, routing_purity  # noqa: E402
+from experiments.toy_harness import PURITY_SIGMAS, build_world, heldout, lora_folder  # noqa: E402
 
 # variant -> TrainConfig overrides on top of the node's defaults
 VARIANTS: dict[str, dict] = {
@@ -62,7 +55,7 @@ def train_variant(pack, world, init: str, overrides: dict, steps: int, seed: int
     train = pack.nodes.train
     config = train.TrainConfig(steps=steps, init=init, training_dtype="fp32", seed=seed,
                                output_name=f"router_collapse_{init}_{seed}", **overrides)
-    positive = per_image_positive(_toy_world(), world.train_content.tolist())
+    positive = _toy_world().per_image_conditioning(world.train_content.tolist())
     started = time.perf_counter()
     live, _, loss_map, _ = train.train(world.base, world.train_x, positive, config, labels=world.train_style)
     return live, loss_map["loss"], time.perf_counter() - started
@@ -144,7 +137,7 @@ def run(inits, variants, steps: int, seeds, stem: Path) -> dict:
 
     pack = import_pack()
     wall = time.perf_counter()
-    world = build_world(_toy_world(), pack, Settings(), print)
+    world = build_world(_toy_world(), pack, print)
     rows = []
     with tempfile.TemporaryDirectory(prefix="router_collapse_") as loras, lora_folder(folder_paths, loras):
         for variant in variants:

@@ -49,11 +49,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.console_log import stdout_copied_to  # noqa: E402
-from bench.style_separation import Settings as WorldSettings  # noqa: E402
-from bench.style_separation import World, build_world, generate, heldout, host, per_image_positive, pinned  # noqa: E402
-from bench.style_separation_report import per_style_mean  # noqa: E402
 from bench.timing import environment  # noqa: E402
+from experiments.console_log import stdout_copied_to  # noqa: E402
+from experiments.toy_harness import World, build_world, generate, heldout, host, per_style_mean, pinned  # noqa: E402
 
 KINDS = {"ortho": "Ortho-Hydra (E=4, ortho_init + label guidance, 4 styles)",
          "ortho_frozen": "Ortho-Hydra, frozen bases (E=4, ortho + label guidance, 4 styles)",
@@ -99,7 +97,7 @@ def train_adapter(tw, pack, base, world: World, kind: str, seed: int, s: Setting
                                    init=init, training_dtype="fp32", seed=seed,
                                    output_name=f"transfer_{kind}_{seed}")
         labels = None
-    positive = per_image_positive(tw, world.train_content[idx].tolist())
+    positive = tw.per_image_conditioning(world.train_content[idx].tolist())
     _, adapter, _, _ = train.train(base, world.train_x[idx], positive, config, labels=labels)
     return adapter
 
@@ -297,7 +295,7 @@ def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(1)
     log = print
     started = time.perf_counter()
-    world1 = build_world(tw, pack, WorldSettings(), log)
+    world1 = build_world(tw, pack, log)
     world2 = dataclasses.replace(world1, base=tw.load_base_model(r=tw.recipe_v2(**V2[args.v2]), log=log))
     log(f"v1 and v2 bases ready ({time.perf_counter() - started:.0f} s)")
     from ortho_hydra.subspace import SubspaceCache
