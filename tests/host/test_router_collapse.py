@@ -1,10 +1,10 @@
-"""bench/router_collapse.py --quick end to end on the real host: runs, metrics in range, the table reads the runs."""
+"""experiments/router_collapse --quick end to end on the real host: runs, metrics in range, the table reads the runs."""
 
 import json
 import math
 import statistics
 
-from bench import router_collapse
+from experiments.router_collapse import run as router_collapse
 
 
 def test_quick_run_measures_both_variants_and_tabulates_them(tmp_path):
