@@ -27,7 +27,7 @@ demo: setup
 	$(PY) scripts/demo.py
 
 bench: setup
-	$(PY) bench/core.py
+	$(PY) -m bench.core
 
 clean:
-	rm -rf .venv .host .hosts demo_out bench/out
+	rm -rf .venv .host .hosts demo_out bench/out experiments/*/results/quick
