@@ -9,14 +9,13 @@ module is what every study on it does the same way, so that their numbers are me
 * :func:`generate` samples (euler, 8 steps, cfg 2, zero negative), :func:`pinned` pins one expert;
 * :func:`heldout` is the x0 MSE at fixed noise levels (``LOSS_SIGMAS``), with every routed layer's gates;
 * :func:`per_style_mean` / :func:`sigma_style_means` read per-sample values per style (and per σ);
-* :func:`lora_folder` points ComfyUI's "loras" folder at a temporary folder while a trainer writes there.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -142,14 +141,3 @@ def sigma_style_means(per_sigma: torch.Tensor, sigmas: Sequence[float], labels: 
     if per_sigma.shape[0] != len(sigmas):
         raise ValueError(f"{per_sigma.shape[0]} rows of per-σ values for {len(sigmas)} noise levels")
     return {f"{sigma:g}": per_style_mean(row, labels, num_styles) for sigma, row in zip(sigmas, per_sigma, strict=True)}
-
-
-@contextlib.contextmanager
-def lora_folder(folder_paths, path: str) -> Iterator[None]:
-    """Make ``path`` the default "loras" folder (where the trainer writes) while the block runs."""
-    folder_paths.add_model_folder_path("loras", path, is_default=True)
-    try:
-        yield
-    finally:
-        with contextlib.suppress(KeyError, ValueError):
-            folder_paths.folder_names_and_paths["loras"][0].remove(path)

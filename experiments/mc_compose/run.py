@@ -33,8 +33,9 @@ from pathlib import Path
 import torch
 
 from devkit.environment import environment
+from devkit.host import loras_folder
 from experiments.console_log import stdout_copied_to
-from experiments.toy_harness import CFG, SAMPLE_STEPS, host, lora_folder
+from experiments.toy_harness import CFG, SAMPLE_STEPS, host
 
 from .report import bootstrap, report
 
@@ -105,7 +106,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
 def run(samples: int, steps: int, stem: Path) -> dict:
     wall = time.perf_counter()
     tw, tiny_dit, pack = host()
-    import folder_paths
 
     base = tw.load_base_model(log=print)
     x, contents, styles = tw.dataset(1, seed=0)
@@ -113,7 +113,7 @@ def run(samples: int, steps: int, stem: Path) -> dict:
     config = train.TrainConfig(steps=steps, learning_rate=3e-3, batch_size=4, rank=8, experts=4, init="ortho_init",
                                training_dtype="fp32", seed=1, output_name="mc_compose", label_guidance=1.0,
                                label_guidance_steps=round(0.6 * steps), style_names=tuple(tw.STYLES))
-    with tempfile.TemporaryDirectory(prefix="mc_compose_") as loras, lora_folder(folder_paths, loras):
+    with tempfile.TemporaryDirectory(prefix="mc_compose_") as loras, loras_folder(loras):
         _, adapter, _, _ = train.train(base, x, tw.per_image_conditioning(contents.tolist()), config,
                                        labels=styles)
     probes = part_probes(tw)

@@ -36,8 +36,9 @@ from pathlib import Path
 import torch
 
 from devkit.environment import environment
+from devkit.host import loras_folder
 from experiments.console_log import stdout_copied_to
-from experiments.toy_harness import CFG, LOSS_SIGMAS, NOISE_SEED, SAMPLE_STEPS, host, lora_folder
+from experiments.toy_harness import CFG, LOSS_SIGMAS, NOISE_SEED, SAMPLE_STEPS, host
 
 from .config import ARMS, RANK, SAMPLE_SEED, SAMPLES, SLOTS
 from .report import mean, report
@@ -152,7 +153,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
 def run(steps: int, seeds, lrs, stem: Path) -> dict:
     wall = time.perf_counter()
     tw, tiny_dit, pack = host()
-    import folder_paths
 
     base = tw.load_base_model(log=print)
     probe, probe_report = tw.fit_probe(include_neutral=True)
@@ -162,7 +162,7 @@ def run(steps: int, seeds, lrs, stem: Path) -> dict:
     base_losses = heldout_loss(pack, base, tw, held)
     base_loss = [float(base_losses[held[2] == s].mean()) for s in range(len(styles))]
     results = {}
-    with tempfile.TemporaryDirectory(prefix="orthogonal_slots_") as loras, lora_folder(folder_paths, loras):
+    with tempfile.TemporaryDirectory(prefix="orthogonal_slots_") as loras, loras_folder(loras):
         for arm in ARMS:
             def adapters_for(lr: float, seed: int, arm: str = arm) -> list:
                 return [train_one(pack, base, tw, data, arm, s, lr, steps, seed) for s in range(len(styles))]

@@ -26,9 +26,10 @@ from pathlib import Path
 import torch
 
 from devkit.environment import environment
+from devkit.host import loras_folder
 from experiments.console_log import stdout_copied_to
 from experiments.gate_measures import collapse_share, routing_purity
-from experiments.toy_harness import PURITY_SIGMAS, build_world, heldout, lora_folder
+from experiments.toy_harness import PURITY_SIGMAS, build_world, heldout
 
 from .report import render
 
@@ -108,13 +109,12 @@ def run(inits, variants, steps: int, seeds, stem: Path) -> dict:
     from devkit.host import boot, import_pack
 
     boot(cpu=True)
-    import folder_paths
 
     pack = import_pack()
     wall = time.perf_counter()
     world = build_world(_toy_world(), pack, print)
     rows = []
-    with tempfile.TemporaryDirectory(prefix="router_collapse_") as loras, lora_folder(folder_paths, loras):
+    with tempfile.TemporaryDirectory(prefix="router_collapse_") as loras, loras_folder(loras):
         for variant in variants:
             for init in inits:
                 for seed in seeds:

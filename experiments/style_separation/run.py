@@ -53,6 +53,7 @@ from pathlib import Path
 import torch
 
 from devkit.environment import environment
+from devkit.host import loras_folder
 from experiments.console_log import stdout_copied_to
 from experiments.gate_measures import collapse_share, routing_purity
 from experiments.toy_harness import (
@@ -65,7 +66,6 @@ from experiments.toy_harness import (
     generate,
     heldout,
     host,
-    lora_folder,
     per_style_mean,
     pinned,
     sigma_style_means,
@@ -320,7 +320,6 @@ def run(settings: Settings, stem: Path, quick: bool) -> dict:
     log(f"load average {' '.join(f'{v:.1f}' for v in os.getloadavg())} (1, 5, 15 min) on {os.cpu_count()} cores")
     tw, tiny_dit, pack = host()
     import comfy.utils
-    import folder_paths
 
     world = build_world(tw, pack, log, settings.split)
     world.base_ref = base_reference(tw, tiny_dit, pack, world, log)
@@ -339,7 +338,7 @@ def run(settings: Settings, stem: Path, quick: bool) -> dict:
     done, runs_started = 0, time.perf_counter()
     comfy.utils.ProgressBar.update_absolute = stamped
     try:
-        with tempfile.TemporaryDirectory(prefix="style_separation_") as loras, lora_folder(folder_paths, loras):
+        with tempfile.TemporaryDirectory(prefix="style_separation_") as loras, loras_folder(loras):
 
             def one(arm: str, lr: float, seed: int, full: bool) -> RunRecord:
                 nonlocal done

@@ -2,8 +2,12 @@
 
 import csv
 
+import pytest
+
 from experiments.deuniformization_map import config as grid
 from experiments.deuniformization_map import run as dmap
+
+pytestmark = pytest.mark.study  # a study's smoke run: the slow tier (make test-slow)
 
 
 def test_quick_map_runs_and_its_outputs_agree(tmp_path):

@@ -1,9 +1,12 @@
 """experiments/mc_compose --quick end to end on the real host, and its verdict rule on synthetic intervals."""
 
+import pytest
 import torch
 
 from experiments.mc_compose import report
 from experiments.mc_compose import run as mc_compose
+
+pytestmark = pytest.mark.study  # a study's smoke run: the slow tier (make test-slow)
 
 
 def test_quick_composition_run_reports_every_method_and_part(tmp_path):

@@ -3,7 +3,11 @@
 import json
 import math
 
+import pytest
+
 from experiments.orthogonal_slots import run as orthogonal_slots
+
+pytestmark = pytest.mark.study  # a study's smoke run: the slow tier (make test-slow)
 
 
 def test_quick_run_trains_both_arms_and_measures_them(tmp_path):

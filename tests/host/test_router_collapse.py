@@ -4,7 +4,11 @@ import json
 import math
 import statistics
 
+import pytest
+
 from experiments.router_collapse import run as router_collapse
+
+pytestmark = pytest.mark.study  # a study's smoke run: the slow tier (make test-slow)
 
 
 def test_quick_run_measures_both_variants_and_tabulates_them(tmp_path):

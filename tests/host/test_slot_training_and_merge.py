@@ -1,7 +1,6 @@
 """Orthogonal slots on the real host: train two slot adapters, save, load, merge, and sample against closed forms."""
 
 import comfy.model_management as mm
-import folder_paths
 import pytest
 import torch
 
@@ -12,12 +11,6 @@ from devkit.host import import_pack
 LATENTS = torch.randn(4, 16, 16, 16, generator=torch.Generator().manual_seed(3))
 POSITIVE = tiny_dit.mmdit_conditioning(seed=4)
 NEGATIVE = tiny_dit.mmdit_conditioning(seed=5)
-
-
-@pytest.fixture()
-def loras(tmp_path):
-    folder_paths.add_model_folder_path("loras", str(tmp_path), is_default=True)
-    return tmp_path
 
 
 def _train(pack, base, slot: int, seed: int, name: str):

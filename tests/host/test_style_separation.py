@@ -10,6 +10,8 @@ import pytest
 from experiments.style_separation import run as style_separation
 from experiments.style_separation.report import rerender
 
+pytestmark = pytest.mark.study  # a study's smoke run: the slow tier (make test-slow)
+
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):

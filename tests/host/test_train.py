@@ -5,7 +5,6 @@ import math
 import warnings
 
 import comfy.model_management as mm
-import folder_paths
 import pytest
 import torch
 
@@ -17,12 +16,6 @@ from devkit.host import import_pack
 @pytest.fixture(scope="module")
 def T():
     return import_pack().nodes.train
-
-
-@pytest.fixture()
-def loras(tmp_path):
-    folder_paths.add_model_folder_path("loras", str(tmp_path), is_default=True)
-    return tmp_path
 
 
 LATENTS = torch.randn(4, 16, 16, 16, generator=torch.Generator().manual_seed(0))

@@ -3,8 +3,12 @@ a change to a shared helper (``heldout`` gaining a return value) once broke it w
 
 import json
 
+import pytest
+
 from experiments.transfer import config
 from experiments.transfer import run as transfer
+
+pytestmark = pytest.mark.study  # a study's smoke run: the slow tier (make test-slow)
 
 
 def test_quick_transfer_run_measures_every_arm_and_reports_its_own_numbers(tmp_path):
