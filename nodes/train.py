@@ -87,10 +87,10 @@ class TrainConfig:
     alpha: float = 0.0
     init: str = "ortho"
     jitter_std: float = 0.1
-    balance_weight: float = 1e-2  # < 50 % collapsed layers where 1e-5 had 90-97 % (bench/router_collapse.py)
+    balance_weight: float = 1e-2  # < 50 % collapsed layers where 1e-5 had 90-97 % (experiments/router_collapse)
     balance_start: float = 0.0  # a step, or a fraction of the run when < 1
     balance_memory: int = 1  # micro-batches the balance term's expert usage is averaged over (UsageBalance)
-    router_lr_scale: float = 1.0  # x10 kept AdamW routers re-assigning styles (bench/style_separation.py)
+    router_lr_scale: float = 1.0  # x10 kept AdamW routers re-assigning styles (experiments/style_separation)
     targets: str = "attention+mlp"
     target_regex: str = ""
     timestep_sampling: str = "logit_normal"

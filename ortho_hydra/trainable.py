@@ -161,7 +161,8 @@ class OrthoHydraLinear(nn.Module):
         Its value is the forward's gate; its gradient reaches this layer's router and the down projection the router
         reads through, never x (hence no adapter upstream).  Label guidance trains on it: with the gradient through
         x, every layer's gate/label cross-entropy also reshaped all earlier adapters into style classifiers, which
-        cost ortho_init + guidance 14-50 % of the single LoRA's held-out loss at σ 0.1-0.25 (bench/style_separation.py).
+        cost ortho_init + guidance 14-50 % of the single LoRA's held-out loss at σ 0.1-0.25
+        (experiments/style_separation).
         """
         return self.as_runtime().gate(x.detach(), sigma)
 

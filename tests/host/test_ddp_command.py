@@ -15,6 +15,8 @@ from devkit.host import COMFY_DIR, ROOT
 from ortho_hydra import dataset_cache as dataset
 from ortho_hydra import load
 
+pytestmark = pytest.mark.multiprocess  # torchrun, several processes: the slow tier (make test-slow)
+
 CONFIG = """steps = 10
 learning_rate = 1e-2
 rank = 4

@@ -26,3 +26,18 @@ def test_what_requirements_txt_leaves_to_comfyui_is_in_this_hosts_requirements()
 
     host = declared((COMFY_DIR / "requirements.txt").read_text().splitlines())
     assert COMFYUI_PROVIDES <= host, COMFYUI_PROVIDES - host
+
+
+def test_a_loras_folder_is_gone_from_folder_paths_and_its_file_list_afterwards(tmp_path):
+    import folder_paths
+
+    from devkit.host import loras_folder
+
+    before = folder_paths.get_folder_paths("loras")
+    listed_before = folder_paths.get_filename_list("loras")  # the file-list cache holds the folders it saw
+    (tmp_path / "only_here.safetensors").write_bytes(b"")
+    with loras_folder(tmp_path):
+        assert folder_paths.get_folder_paths("loras") == [str(tmp_path), *before]
+        assert "only_here.safetensors" in folder_paths.get_filename_list("loras")
+    assert folder_paths.get_folder_paths("loras") == before
+    assert folder_paths.get_filename_list("loras") == listed_before

@@ -3,7 +3,6 @@
 The model is loaded, and trained, inside ``torch.inference_mode()``, as ComfyUI's executor runs nodes."""
 
 import comfy.model_management as mm
-import folder_paths
 import pytest
 import torch
 
@@ -20,12 +19,6 @@ NEGATIVE = tiny_dit.mmdit_conditioning(seed=5)
 def base():
     with torch.inference_mode():
         return tiny_dit.load_mmdit(depth=2, seed=0)
-
-
-@pytest.fixture()
-def loras(tmp_path):
-    folder_paths.add_model_folder_path("loras", str(tmp_path), is_default=True)
-    return tmp_path
 
 
 def _train(pack, base, slot: int, seed: int, name: str):

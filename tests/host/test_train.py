@@ -8,7 +8,6 @@ import math
 import warnings
 
 import comfy.model_management as mm
-import folder_paths
 import pytest
 import torch
 
@@ -33,12 +32,6 @@ def train(*args, **kwargs):
     """``train`` called as the node's ``execute`` is: inside inference mode."""
     with torch.inference_mode():
         return import_pack().nodes.train.train(*args, **kwargs)
-
-
-@pytest.fixture()
-def loras(tmp_path):
-    folder_paths.add_model_folder_path("loras", str(tmp_path), is_default=True)
-    return tmp_path
 
 
 LATENTS = torch.randn(4, 16, 16, 16, generator=torch.Generator().manual_seed(0))

@@ -14,142 +14,77 @@ Metrics (per arm, mean ± std over seeds): pin accuracy (pin each expert, sample
 Hungarian match experts to styles), routing purity (NMI of style and argmax expert on held-out noisy latents),
 style bleed (per-style held-out x0 MSE against the single LoRA), collapse (layers where one expert takes
 >= 90 % of samples), live routing (router-live img2img at denoise 0.6 keeps the input's style) and the probe's
-own held-out accuracy.  Tables, verdict and plot: ``bench/style_separation_report.py``.
+own held-out accuracy.  Arms and settings: ``config.py``; tables, verdict and plot: ``report.py``; the world,
+sampling and the held-out loss: ``experiments/toy_harness.py``.
 
-Writes bench/out/style_separation.{md,json,csv,png,log} and style_separation_{gallery,matrix}.png
-(``--quick``: ``style_separation_quick.*``, 2 arms, 1 seed, 1 lr, 40 steps).
+Writes results/style_separation.{md,json,csv,png,log} and style_separation_{gallery,matrix}.png
+(``--quick``: results/quick/style_separation_quick.*, 2 arms, 1 seed, 1 lr, 40 steps).
 
 Settings (see ``Settings``): rank 8 (E·r = 32 fits Ortho-Hydra's disjoint slices in every 128-wide Linear),
 240 steps, lr grid {3e-3, 1e-2, 3e-2}, batch 4, 24 training latents, 1 intra-op thread (1 thread beat 2 by 1.5-6x
 on the shared cores for these tiny steps).  ``--arms``, ``--lrs`` and ``--seeds`` narrow a run, e.g. to the paired
 comparison of target 2 (README).
 
-    .venv/bin/python bench/style_separation.py            # full run: 8 arms, 3 lrs, 3 seeds; ~10 min on 2 shared cores
-    .venv/bin/python bench/style_separation.py --quick    # smoke test, ~30 s
+    .venv/bin/python -m experiments.style_separation.run          # full run: 8 arms, 3 lrs, 3 seeds; ~10 min
+    .venv/bin/python -m experiments.style_separation.run --quick  # smoke test, ~30 s
 
 Both need the toy world's cached base model; when its recipe changed, the first run trains it once (1-15 min
 depending on the machine's load; reported separately in the footer).
-Re-render a report with extra notes: ``python -m bench.style_separation_report OUT.json --notes NOTES.md``.
+Re-render a report with extra notes: ``python -m experiments.style_separation.report OUT.json --notes NOTES.md``.
 
-Past 350 lines because one experiment's driver is kept in one place: building the world, training an arm,
+Past 350 lines because one experiment's driver is kept in one place: the base reference, training an arm,
 evaluating it on five instruments, galleries and the outputs; the metrics and the report are in their own module.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import itertools
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from devkit.environment import environment
+from devkit.host import loras_folder
+from experiments.console_log import stdout_copied_to
+from experiments.gate_measures import collapse_share, routing_purity
+from experiments.toy_harness import (
+    CFG,
+    LOSS_SIGMAS,
+    PURITY_SIGMAS,
+    SAMPLE_STEPS,
+    World,
+    build_world,
+    generate,
+    heldout,
+    host,
+    per_style_mean,
+    pinned,
+    sigma_style_means,
+)
 
-from bench.console_log import stdout_copied_to  # noqa: E402
-from bench.style_separation_report import (  # noqa: E402
+from .config import (
     ARMS,
+    IMG2IMG_DENOISE,
+    IMG2IMG_SEED,
+    PIN_SAMPLES,
+    PIN_SEED,
     REFERENCE,
     SUBJECT,
     SUBJECT_INIT,
-    RunRecord,
-    chosen,
-    collapse_share,
-    per_style_mean,
-    pin_accuracy,
-    plot,
-    reachable_share,
-    report,
-    routing_purity,
-    sigma_style_means,
-    summary,
+    Settings,
 )
-from bench.timing import environment  # noqa: E402
+from .report import RunRecord, chosen, pin_accuracy, plot, reachable_share, report, summary
 
-LOSS_SIGMAS = (0.1, 0.25, 0.5, 0.75, 0.9)  # held-out denoising loss levels (flow σ)
-PURITY_SIGMAS = (0.25, 0.5, 0.75)  # routing purity and collapse levels
-SAMPLE_STEPS, CFG = 8, 2.0  # toy_world.sample_base's sampler: euler, simple, zero negative
-PIN_SAMPLES = 16
-IMG2IMG_DENOISE = 0.6
-PIN_SEED, IMG2IMG_SEED, NOISE_SEED = 4242, 777, 12345
-
-
-@dataclass(frozen=True)
-class Settings:
-    steps: int = 240
-    lrs: tuple[float, ...] = (3e-3, 1e-2, 3e-2)
-    seeds: tuple[int, ...] = (0, 1, 2)
-    arms: tuple[str, ...] = tuple(ARMS)
-    rank: int = 8
-    batch_size: int = 4  # the trainer predicts each image with its own conditioning (per_image_conditioning)
-    grad_accumulation: int = 1
-    label_guidance: float = 1.0
-    guidance_fraction: float = 0.6  # label_guidance_steps = this x steps
-    train_per_pair: int = 1  # renders per (content, style) in the training set
-    heldout_per_pair: int = 2
-    train_seed: int = 0
-    heldout_seed: int = 101
-    threads: int = 1  # on 2 shared cores, 1 intra-op thread ran these tiny steps 1.5-6x faster than 2
-
-    @property
-    def guidance_steps(self) -> int:
-        return round(self.guidance_fraction * self.steps)
-
-
-@dataclass
-class World:
-    """Training and held-out data, the probe and its report, the base model and its reference numbers."""
-
-    base: object
-    probe: object
-    probe_report: dict
-    train_x: torch.Tensor
-    train_content: torch.Tensor
-    train_style: torch.Tensor
-    held_x: torch.Tensor
-    held_content: torch.Tensor
-    held_style: torch.Tensor
-    held_x_in: torch.Tensor  # process_in'd: what the model sees
-    held_cond: list  # one batched conditioning entry: the held-out contents
-    noises: list[torch.Tensor]
-    base_ref: dict = field(default_factory=dict)
-    base_seconds: float = 0.0  # loading (or, when its recipe changed, first training) the base model
-
-
-# ------------------------------------------------------------------------------------------------------- host
-
-
-def host():
-    """Boot ComfyUI on the CPU; (toy_world, tiny_dit, pack) modules."""
-    from devkit.host import boot, import_pack
-
-    boot(cpu=True)
-    from devkit import tiny_dit, toy_world
-
-    return toy_world, tiny_dit, import_pack()
-
-
-def per_image_positive(tw, content_ids: Sequence[int]) -> list:
-    c = tw.conditioning(list(content_ids))
-    return [[c[0][0][i:i + 1], {"pooled_output": c[0][1]["pooled_output"][i:i + 1]}] for i in range(len(content_ids))]
-
-
-def generate(tiny_dit, tw, model, contents: Sequence[int], seed: int) -> torch.Tensor:
-    """One batched txt2img call (euler, 8 steps, cfg 2, zero negative): one sample per content id."""
-    latent = torch.zeros(len(contents), 16, tw.SIZE, tw.SIZE)
-    return tiny_dit.sample(model, latent, tw.conditioning(list(contents)), tw.unconditional(len(contents)),
-                           steps=SAMPLE_STEPS, cfg=CFG, seed=seed)
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def img2img(tw, model, latents: torch.Tensor, contents: Sequence[int], seed: int,
@@ -161,63 +96,7 @@ def img2img(tw, model, latents: torch.Tensor, contents: Sequence[int], seed: int
                                tw.unconditional(len(contents)), latents, denoise=denoise, disable_pbar=True, seed=seed)
 
 
-def pinned(pack, base, adapter, expert: int):
-    from ortho_hydra.overrides import GateRule, Keyframe, Override
-
-    pin = adapter.with_override(Override((Keyframe(0.0, GateRule("pin", expert)),)))
-    return pack.nodes.patcher.apply_adapter(base, pin)[0]
-
-
-@torch.no_grad()
-def heldout(pack, model, world: World, routed: bool) -> tuple[torch.Tensor, dict[float, dict[str, torch.Tensor]],
-                                                              torch.Tensor]:
-    """Per-sample x0 MSE averaged over LOSS_SIGMAS (fixed noise), per σ the gates of every routed layer, and the
-    per-σ per-sample MSE (len(LOSS_SIGMAS), N) whose mean over σ is the first value."""
-    import comfy.model_management as mm
-
-    mm.load_models_gpu([model])
-    inner = model.model
-    options = model.model_options.get("transformer_options", {})
-    x0 = world.held_x_in
-    context, pooled = world.held_cond[0][0], world.held_cond[0][1]["pooled_output"]
-    per_sigma = torch.zeros(len(LOSS_SIGMAS), x0.shape[0], dtype=torch.float64)
-    recorder = pack.nodes.gate_recording.recording(model) if routed else contextlib.nullcontext()
-    with recorder as rec:
-        for k, (sigma, noise) in enumerate(zip(LOSS_SIGMAS, world.noises, strict=True)):
-            xs = (1 - sigma) * x0 + sigma * noise
-            out = inner.apply_model(xs, torch.full((x0.shape[0],), sigma), c_crossattn=context, y=pooled,
-                                    transformer_options=options)
-            per_sigma[k] = (out.float() - x0).pow(2).mean((1, 2, 3)).double()
-        records = rec.records() if routed else {}
-    gates: dict[float, dict[str, torch.Tensor]] = {s: {} for s in LOSS_SIGMAS}
-    for layer, entries in records.items():
-        if len(entries) != len(LOSS_SIGMAS):
-            raise RuntimeError(f"{layer}: {len(entries)} gate records for {len(LOSS_SIGMAS)} model calls")
-        for sigma, entry in zip(LOSS_SIGMAS, entries, strict=True):
-            gates[sigma][layer] = entry["gate"]
-    return per_sigma.mean(0), gates, per_sigma
-
-
-# ------------------------------------------------------------------------------------------------ the world
-
-
-def build_world(tw, pack, settings: Settings, log) -> World:
-    started = time.perf_counter()
-    base = tw.load_base_model(log=log)
-    base_seconds = time.perf_counter() - started
-    log(f"base model ready ({base_seconds:.1f}s)")
-    started = time.perf_counter()
-    probe, probe_report = tw.fit_probe(include_neutral=True)
-    log(f"probe: held-out accuracy {probe_report['held_out_accuracy']:.3f} (5 classes incl. neutral; degraded "
-        f"{probe_report['held_out_accuracy_degraded']:.3f}, strongly degraded "
-        f"{probe_report['held_out_accuracy_strongly_degraded']:.3f}) ({time.perf_counter() - started:.1f}s)")
-    train_x, train_c, train_s = tw.dataset(settings.train_per_pair, seed=settings.train_seed)
-    held_x, held_c, held_s = tw.dataset(settings.heldout_per_pair, seed=settings.heldout_seed)
-    held_x_in = tw.latent_format().process_in(held_x.clone())
-    gen = torch.Generator().manual_seed(NOISE_SEED)
-    noises = [torch.randn(held_x_in.shape, generator=gen) for _ in LOSS_SIGMAS]
-    return World(base, probe, probe_report, train_x, train_c, train_s, held_x, held_c, held_s, held_x_in,
-                 tw.conditioning(held_c.tolist()), noises, base_seconds=base_seconds)
+# --------------------------------------------------------------------------------------------- the base model
 
 
 def base_reference(tw, tiny_dit, pack, world: World, log) -> dict:
@@ -261,7 +140,7 @@ def train_arm(tw, pack, world: World, settings: Settings, arm: str, lr: float, s
         label_guidance=settings.label_guidance if guided else 0.0,
         label_guidance_steps=settings.guidance_steps if guided else 0,
         style_names=tuple(tw.STYLES) if experts > 1 else ())
-    positive = per_image_positive(tw, world.train_content.tolist())
+    positive = tw.per_image_conditioning(world.train_content.tolist())
     labels = world.train_style if experts > 1 else None
     stamps.clear()
     started = time.perf_counter()
@@ -380,8 +259,9 @@ def describe(settings: Settings, world: World, tw, adapter_layers: int, ms_per_s
     return (
         f"Toy world: {len(tw.CONTENTS)} contents × {len(tw.STYLES)} styles ({', '.join(tw.STYLES)}), SD3 16-channel "
         f"{tw.SIZE}×{tw.SIZE} latents; the base MMDiT (depth 2, hidden 128) was pretrained on the neutral palette "
-        f"only.  Training set: {len(world.train_x)} styled latents ({settings.train_per_pair} per content × style); "
-        f"held out: {len(world.held_x)} renders with other seeds (seed {settings.heldout_seed}: other grain draws"
+        f"only.  Training set: {len(world.train_x)} styled latents ({settings.split.train_per_pair} per content × "
+        f"style); held out: {len(world.held_x)} renders with other seeds (seed {settings.split.heldout_seed}: other "
+        f"grain draws"
         f"{f', positions jittered by up to {tw.JITTER} px' if tw.JITTER else NO_JITTER}).  "
         f"Every arm: the pack's trainer (nodes/train.py), rank {settings.rank}, {settings.steps} steps, AdamW "
         f"(trainer defaults: router lr ×{defaults.router_lr_scale:g}, balance {defaults.balance_weight:g} over "
@@ -418,7 +298,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--rank", type=int, default=Settings.rank)
     parser.add_argument("--threads", type=int, default=Settings.threads)
     parser.add_argument("--tag", default="", help="suffix for the output files")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
+    parser.add_argument("--out", type=Path, default=None, help="default: results/ (--quick: results/quick/)")
     return parser.parse_args(argv)
 
 
@@ -432,18 +312,6 @@ def settings_from(args: argparse.Namespace) -> Settings:
                     arms=tuple(args.arms or base.arms), rank=args.rank, threads=args.threads)
 
 
-@contextlib.contextmanager
-def lora_folder(folder_paths, path: str):
-    """Make ``path`` the default "loras" folder (where the trainer writes) while the block runs."""
-    folder_paths.add_model_folder_path("loras", path, is_default=True)
-    try:
-        yield
-    finally:
-        with contextlib.suppress(KeyError, ValueError):
-            folder_paths.folder_names_and_paths["loras"][0].remove(path)
-
-
-
 def run(settings: Settings, stem: Path, quick: bool) -> dict:
     wall = time.perf_counter()
 
@@ -453,9 +321,8 @@ def run(settings: Settings, stem: Path, quick: bool) -> dict:
     log(f"load average {' '.join(f'{v:.1f}' for v in os.getloadavg())} (1, 5, 15 min) on {os.cpu_count()} cores")
     tw, tiny_dit, pack = host()
     import comfy.utils
-    import folder_paths
 
-    world = build_world(tw, pack, settings, log)
+    world = build_world(tw, pack, log, settings.split)
     world.base_ref = base_reference(tw, tiny_dit, pack, world, log)
     stamps: list[float] = []
     original = comfy.utils.ProgressBar.update_absolute
@@ -472,7 +339,7 @@ def run(settings: Settings, stem: Path, quick: bool) -> dict:
     done, runs_started = 0, time.perf_counter()
     comfy.utils.ProgressBar.update_absolute = stamped
     try:
-        with tempfile.TemporaryDirectory(prefix="style_separation_") as loras, lora_folder(folder_paths, loras):
+        with tempfile.TemporaryDirectory(prefix="style_separation_") as loras, loras_folder(loras):
 
             def one(arm: str, lr: float, seed: int, full: bool) -> RunRecord:
                 nonlocal done
@@ -576,7 +443,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(settings.threads)
     torch.set_flush_denormal(True)  # Adam moments of near-zero gradients must not hit the slow subnormal path
-    out_dir = args.out.resolve()
+    out_dir = (args.out or (RESULTS / "quick" if args.quick else RESULTS)).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / ("style_separation" + ("_quick" if args.quick else "") + (f"_{args.tag}" if args.tag else ""))
     try:

@@ -1,42 +1,30 @@
-"""Router de-uniformisation: Ortho-Hydra against the two HydraLoRA baselines on a tiny real MMDiT.
+"""The de-uniformisation study's machinery: the model, its pretrained base, adapters as hooks, training, evaluation.
 
-Claim under test: with identical optimisation, data and a 1,000-step budget, HydraLoRA (``zero``, and
-``jitter`` with σ=0.1) leaves the router at its uniform prior while Ortho-Hydra (``ortho``) moves it off
-within a few hundred steps.  Every arm gets the same frozen, briefly pretrained W0, the same routed layers,
-rank, experts, optimiser, batches, balance-loss weight and router-lr multiplier, at two learning rates
-(a base and 10x), 3 seeds each.  The table, verdict and plot are in ``bench/deuniformization_report.py``.
-
-Writes bench/out/deuniformization.{csv,md,png,log} (``--quick``: ``deuniformization_quick.*``).
-
-    .venv/bin/python bench/deuniformization.py            # full run, ~15 min on 2 CPU cores
-    .venv/bin/python bench/deuniformization.py --quick    # 60-step smoke test
+One arm (:func:`train_run`) attaches fresh adapters to the routed Linears of a frozen, briefly pretrained MMDiT and
+trains them with the settings of :class:`~experiments.deuniformization.config.Config`, logging the router's entropy,
+KL to uniform and gradient norms.  ``run.py`` drives the study; ``experiments/deuniformization_map`` reuses it.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
+import hashlib
+import json
 import math
+import os
 import statistics
-import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from safetensors.torch import load_file, save_file
-
-from bench.console_log import stdout_copied_to
-from bench.deuniformization_data import NUM_STYLES, StyledSet, make_data, smooth_fields
-from bench.deuniformization_report import INITS, RunResult, describe, plot, report
 from devkit import tiny_dit
-from devkit.host import boot
+from devkit.host import COMFY_DIR, boot
 from ortho_hydra import OrthoHydraLinear, metrics
 from ortho_hydra.atomic import atomic_path
 from ortho_hydra.network import OrthoHydraNetwork
@@ -48,39 +36,13 @@ from ortho_hydra.training import (
     optimizer_groups,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+from .config import Config
+from .data import StyledSet, smooth_fields
+from .report import RunResult
 
-
-@dataclass(frozen=True)
-class Config:
-    depth: int = 4  # hidden = 64 * depth
-    latent: int = 8  # latent side; patch 2 -> (latent/2)^2 image tokens
-    channels: int = 16  # fixed by devkit.tiny_dit
-    ctx_tokens: int = 4
-    ctx_dim: int = 64  # context and pooled (adm) width, fixed by devkit.tiny_dit
-    batch: int = 16
-    rank: int = 4
-    experts: int = 4
-    jitter_std: float = 0.1
-    balance: float = 1e-5  # Switch-style balance-loss weight, every arm
-    balance_start: float = 0.0  # the step it switches on, or a fraction of the run when < 1 (the paper: 0.4)
-    router_lr_mult: float = 10.0
-    weight_decay: float = 0.0
-    steps: int = 1000
-    log_every: int = 10
-    threshold: float = 0.005  # 1 - H̄ above this counts as "off the uniform prior"
-    pretrain_steps: int = 400
-    pretrain_lr: float = 5e-4
-    train_contents: int = 24
-    heldout_contents: int = 8
-    phases: int = 4  # texture phases drawn per (content, style) pair
-    eval_sigmas: tuple[float, ...] = (0.25, 0.5, 0.75)
-    data_seed: int = 0
-    base_seed: int = 0
-    optimizer: str = "adamw"  # or "sgd" (momentum 0.9): under SGD a tiny symmetric gradient stays tiny
-    router_std: float = 0.01  # router weight init; 0 gives exactly uniform gates
-    dense_log_until: int = 0  # log every step before this one (router-gradient evidence)
-    threads: int = 2
+BASE_VERSION = 1  # part of the cached base's key: bump it when the pretraining data or loop change
+PRETRAIN_KEYS = ("depth", "latent", "channels", "ctx_tokens", "ctx_dim", "batch", "pretrain_steps", "pretrain_lr",
+                 "base_seed")
 
 
 # ---------------------------------------------------------------------------------------------- model
@@ -101,9 +63,18 @@ def flow_matching_loss(model: nn.Module, x0: torch.Tensor, context: torch.Tensor
     return F.mse_loss(pred, noise - x0)
 
 
-def pretrain_base(model: nn.Module, cfg: Config, out_dir: Path) -> None:
+def base_path(cfg: Config, models_dir: Path | None = None) -> Path:
+    """Where the pretrained W0 is cached: the host's ``models/diffusion_models``, keyed by what pretraining reads, as
+    the toy world's base is (so every run, test and second host reuses one file)."""
+    key = {"version": BASE_VERSION, **{k: v for k, v in asdict(cfg).items() if k in PRETRAIN_KEYS}}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    models_dir = models_dir if models_dir is not None else COMFY_DIR / "models"
+    return models_dir / "diffusion_models" / f"ortho_hydra_deuniformization_{digest}.safetensors"
+
+
+def pretrain_base(model: nn.Module, cfg: Config, models_dir: Path | None = None) -> None:
     """Pretrain every base weight on smooth random fields once; cached so all arms share W0 exactly."""
-    path = out_dir / f"deuniformization_base_d{cfg.depth}_s{cfg.latent}_p{cfg.pretrain_steps}.safetensors"
+    path = base_path(cfg, models_dir)
     if path.is_file():  # safetensors: the project never unpickles
         print(f"base: cached pretrained W0 {path}")
         model.load_state_dict(load_file(str(path)))
@@ -118,6 +89,7 @@ def pretrain_base(model: nn.Module, cfg: Config, out_dir: Path) -> None:
         model.requires_grad_(False)
     with atomic_path(path) as tmp:
         save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only
 
 
 def _pretrain(model: nn.Module, cfg: Config) -> None:
@@ -282,89 +254,3 @@ def train_run(model: nn.Module, train: StyledSet, heldout: StyledSet, cfg: Confi
     return result
 
 
-# ----------------------------------------------------------------------------------------------- main
-
-
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="smoke test: 60 steps, 1 seed, base lr only")
-    parser.add_argument("--steps", type=int, default=None, help="training steps per run (default 1000)")
-    parser.add_argument("--seeds", type=int, default=None, help="seeds per arm (default 3)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="base learning rate; 10x is also run")
-    parser.add_argument("--lrs", type=float, nargs="+", default=None, help="explicit lr list (overrides --lr)")
-    parser.add_argument("--balance", type=float, default=Config.balance, help="balance-loss weight, every arm")
-    parser.add_argument("--balance-start", type=float, default=Config.balance_start,
-                        help="step the balance term switches on, or a fraction of the run when < 1 (paper: 0.4)")
-    parser.add_argument("--inits", nargs="+", default=list(INITS), choices=INITS)
-    parser.add_argument("--tag", default="", help="suffix for the output files (supplementary runs)")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
-    return parser.parse_args()
-
-
-
-def run(args: argparse.Namespace, cfg: Config, stem: Path) -> None:
-    seeds = list(range(args.seeds or (1 if args.quick else 3)))
-    lrs = args.lrs or ([args.lr] if args.quick else [args.lr, 10 * args.lr])
-    wall = time.perf_counter()
-    train, heldout = make_data(cfg)
-    print(f"data: {len(train.x0)} train / {len(heldout.x0)} held-out latents ({NUM_STYLES} styles, "
-          f"{cfg.train_contents}+{cfg.heldout_contents} contents), {cfg.channels}x{cfg.latent}x{cfg.latent}")
-    model = build_model(cfg)
-    pretrain_base(model, cfg, stem.parent)
-    model.requires_grad_(False).eval()
-    base_loss = evaluate(model, StepGates(), heldout, cfg)["loss"]
-    for name, linear in routed_targets(model).items():
-        out_f, in_f = linear.weight.shape
-        fits = cfg.experts * cfg.rank <= min(out_f, in_f)
-        print(f"routed {name}: {in_f}->{out_f}, E·r = {cfg.experts * cfg.rank} "
-              f"{'<=' if fits else '>'} {min(out_f, in_f)}{'' if fits else '  (ortho falls back!)'}")
-
-    runs = [(lr, seed, init) for lr in lrs for seed in seeds for init in args.inits]
-    total_steps, stamps = len(runs) * (cfg.steps + 1), []
-
-    def progress() -> None:  # one estimate of the whole run's time, from steps 5..25
-        stamps.append(time.perf_counter())
-        if len(stamps) == 25:
-            per_step = (stamps[-1] - stamps[4]) / 20
-            print(f"time per training step: {per_step * 1000:.1f} ms -> ~{per_step * total_steps / 60:.1f} min "
-                  f"for {total_steps} steps", flush=True)
-
-    results: list[RunResult] = []
-    with open(f"{stem}.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        for k, (lr, seed, init) in enumerate(runs):
-            result = train_run(model, train, heldout, cfg, init, lr, seed, writer, progress)
-            handle.flush()
-            results.append(result)
-            print(f"[{k + 1}/{len(runs)}] {init:6s} lr {lr:g} seed {seed}: 1−H̄ final {result.one_minus_h[-1]:.2e}, "
-                  f"first >{cfg.threshold}: {result.first_cross(cfg.threshold)}, held-out loss "
-                  f"{result.final_eval['loss']:.4f}, purity {result.final_eval['purity']:.2f}, "
-                  f"{result.seconds:.1f}s ({time.perf_counter() - wall:.0f}s elapsed)", flush=True)
-
-    per_step = statistics.fmean(r.seconds / (cfg.steps + 1) for r in results)
-    footer = (f"Time per training step {per_step * 1000:.1f} ms (2 threads); total wall time "
-              f"{(time.perf_counter() - wall) / 60:.1f} min.")
-    text = report(results, cfg, lrs, describe(cfg, seeds, len(routed_targets(model)), len(heldout.x0), base_loss),
-                  f"Router de-uniformisation ({'quick' if args.quick else 'full'} run)", footer)
-    print("\n" + text)
-    Path(f"{stem}.md").write_text(text)
-    plot(results, cfg, lrs, Path(f"{stem}.png"))
-    print(f"wrote {stem}.csv, .md, .png, .log")
-
-
-def main() -> None:
-    args = parse_args()
-    torch.set_flush_denormal(True)  # Adam moments of near-zero gradients must not hit the slow subnormal path
-    torch.set_num_threads(Config.threads)
-    cfg = Config(steps=args.steps or (60 if args.quick else 1000), balance=args.balance,
-                 balance_start=args.balance_start)
-    out_dir = args.out.resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = out_dir / ("deuniformization" + ("_quick" if args.quick else "") + (f"_{args.tag}" if args.tag else ""))
-    with stdout_copied_to(f"{stem}.log"):
-        run(args, cfg, stem)
-
-
-if __name__ == "__main__":
-    main()

@@ -2,7 +2,7 @@
 
 The paper proves OMCD's per-element masks make the merged adapters' contributions exactly orthogonal and unbiased,
 and reports that this orthogonality does not improve semantic composition.  We test that on the toy world
-(``devkit/toy_world.py``): one label-guided 4-expert adapter (``ortho_init``, the style-separation benchmark's
+(``devkit/toy_world.py``): one label-guided 4-expert adapter (``ortho_init``, the style-separation study's
 winning arm, trained by the pack's trainer), then the "warm" expert (a palette) composed with the "dots" expert (a
 texture) by
 
@@ -15,15 +15,16 @@ probe: a nearest-centroid probe on the palette features only ("is the palette wa
 features only ("is the texture dots?"), both fitted on clean renders.  Reported: each part's success and both at
 once, with 95 % bootstrap intervals (2,000 resamples).
 
-    .venv/bin/python bench/mc_compose.py           # writes bench/out/mc_compose.{md,json,log}
-    .venv/bin/python bench/mc_compose.py --quick   # 8 samples, 40 training steps (a test runs it)
+    .venv/bin/python -m experiments.mc_compose.run           # writes results/mc_compose.{md,json,log}
+    .venv/bin/python -m experiments.mc_compose.run --quick   # 8 samples, 40 training steps (a test runs it)
+
+The interval, verdict and table: ``report.py``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -31,13 +32,14 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from devkit.environment import environment
+from devkit.host import loras_folder
+from experiments.console_log import stdout_copied_to
+from experiments.toy_harness import CFG, SAMPLE_STEPS, host
 
-from bench.console_log import stdout_copied_to  # noqa: E402
-from bench.style_separation import CFG, SAMPLE_STEPS, host, lora_folder, per_image_positive  # noqa: E402
-from bench.timing import environment  # noqa: E402
+from .report import bootstrap, report
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 PALETTE, TEXTURE = 0, 2  # warm (a palette), dots (a texture)
 METHODS = {"direct blend": "blend", "MC dropout": "mc_dropout", "OMCD": "omcd"}
@@ -72,15 +74,6 @@ def judge(probes, tw, samples: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"palette": palette, "texture": texture, "both": palette & texture}
 
 
-def bootstrap(hits: torch.Tensor, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """(mean, 2.5 %, 97.5 %) of a success rate."""
-    values = hits.double()
-    gen = torch.Generator().manual_seed(seed)
-    idx = torch.randint(len(values), (resamples, len(values)), generator=gen)
-    means = values[idx].mean(1)
-    return float(values.mean()), float(means.quantile(0.025)), float(means.quantile(0.975))
-
-
 def composed(pack, base, adapter, method: str, seed: int):
     from ortho_hydra.overrides import GateRule, Keyframe, Override
 
@@ -97,12 +90,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--samples", type=int, default=64)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
+    parser.add_argument("--out", type=Path, default=None, help="default: results/ (--quick: results/quick/)")
     args = parser.parse_args(argv)
     samples = 8 if args.quick else args.samples
     steps = 40 if args.quick else 240
-    stem = args.out / ("mc_compose_quick" if args.quick else "mc_compose")
-    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out or (RESULTS / "quick" if args.quick else RESULTS)
+    stem = out / ("mc_compose_quick" if args.quick else "mc_compose")
+    out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
     with stdout_copied_to(Path(f"{stem}.log")):
@@ -112,7 +106,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
 def run(samples: int, steps: int, stem: Path) -> dict:
     wall = time.perf_counter()
     tw, tiny_dit, pack = host()
-    import folder_paths
 
     base = tw.load_base_model(log=print)
     x, contents, styles = tw.dataset(1, seed=0)
@@ -121,8 +114,8 @@ def run(samples: int, steps: int, stem: Path) -> dict:
                                training_dtype="fp32", gradient_checkpointing=False, seed=1, output_name="mc_compose",
                                label_guidance=1.0, label_guidance_steps=round(0.6 * steps),
                                style_names=tuple(tw.STYLES))
-    with tempfile.TemporaryDirectory(prefix="mc_compose_") as loras, lora_folder(folder_paths, loras):
-        _, adapter, _, _ = train.train(base, x, per_image_positive(tw, contents.tolist()), config,
+    with tempfile.TemporaryDirectory(prefix="mc_compose_") as loras, loras_folder(loras):
+        _, adapter, _, _ = train.train(base, x, tw.per_image_conditioning(contents.tolist()), config,
                                        labels=styles)
     probes = part_probes(tw)
     ids = [i % len(tw.CONTENTS) for i in range(samples)]
@@ -140,34 +133,12 @@ def run(samples: int, steps: int, stem: Path) -> dict:
         print(f"{name}: " + ", ".join(f"{p} {v[0]:.2f} [{v[1]:.2f}, {v[2]:.2f}]" for p, v in results[name].items()),
               flush=True)
     minutes = (time.perf_counter() - wall) / 60
-    text = report(results, samples, steps, minutes)
+    text = report(results, samples, steps, minutes, environment())
     Path(f"{stem}.md").write_text(text)
     out = {"results": results, "samples": samples, "steps": steps, "minutes": minutes}
     Path(f"{stem}.json").write_text(json.dumps(out, indent=2))
     print(text)
     return out
-
-
-def verdict(results: dict) -> str:
-    """OMCD helps if its 'both' success interval lies above the direct blend's."""
-    omcd, direct = results["OMCD"]["both"], results["direct blend"]["both"]
-    if omcd[1] > direct[2]:
-        return (f"**OMCD helps here**: both parts {omcd[0]:.2f} [{omcd[1]:.2f}, {omcd[2]:.2f}] against the direct "
-                f"blend's {direct[0]:.2f} [{direct[1]:.2f}, {direct[2]:.2f}].")
-    return (f"**OMCD does not help here**, as the paper reports: both parts {omcd[0]:.2f} [{omcd[1]:.2f}, "
-            f"{omcd[2]:.2f}] against the direct blend's {direct[0]:.2f} [{direct[1]:.2f}, {direct[2]:.2f}].")
-
-
-def report(results: dict, samples: int, steps: int, minutes: float) -> str:
-    lines = ["# Composing two styles: direct blend, MC dropout, OMCD", "",
-             f"One label-guided ortho_init adapter ({steps} steps); 'warm' (palette) + 'dots' (texture), {samples} "
-             "samples per method; 95 % bootstrap intervals.", "",
-             "| method | palette is warm | texture is dots | both |", "|---|---|---|---|"]
-    for name, parts in results.items():
-        lines.append(f"| {name} | " + " | ".join(f"{parts[p][0]:.2f} [{parts[p][1]:.2f}, {parts[p][2]:.2f}]"
-                                                   for p in ("palette", "texture", "both")) + " |")
-    lines += ["", verdict(results), "", f"Wall time {minutes:.1f} min; {environment()}.", ""]
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The report half of ``bench/deuniformization.py``: per-run results, the table, the verdict, the plot.
+"""The de-uniformisation study's report: per-run results, the table, the verdict, the plot.
 
 Import-safe without the ComfyUI host (the unit tests build synthetic :class:`RunResult` lists and judge them).
 """
@@ -9,12 +9,10 @@ import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
-if TYPE_CHECKING:
-    from bench.deuniformization import Config
+from .config import Config
 
 INITS = ("ortho", "zero", "jitter")  # arm order in tables and plots (jitter: i.i.d., as published)
 BASELINES = ("zero", "jitter")

@@ -1,4 +1,4 @@
-"""Everything a benchmark prints also goes to its ``.log``, beside its other outputs."""
+"""Everything a study prints also goes to its ``.log``, beside its other outputs."""
 
 from __future__ import annotations
 

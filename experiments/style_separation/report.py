@@ -1,8 +1,8 @@
-"""The report half of ``bench/style_separation.py``: metric functions, per-run records, tables, verdict, plot.
+"""The style-separation study's report: expert matching, per-run records, tables, verdict, plot.
 
-Pure torch (plus matplotlib for the plot): it never imports ComfyUI, so the metrics are unit-tested on synthetic
-inputs (``tests/unit/test_style_separation_metrics.py``).  Past 350 lines because every table and verdict of
-one report lives here, next to the metric functions they read.
+Pure torch (plus matplotlib for the plot): it never imports ComfyUI, so it is unit-tested on synthetic inputs
+(``tests/unit/test_style_separation_metrics.py``).  Past 350 lines because every table and verdict of one report
+lives here, next to the metric functions they read.
 """
 
 from __future__ import annotations
@@ -18,26 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ortho_hydra import metrics
-
-# arm key -> (display name, experts, trainer init, label guidance on)
-ARMS: dict[str, tuple[str, int, str, bool]] = {
-    "single": ("single LoRA (E=1)", 1, "hydra_zero", False),
-    "hydra_zero": ("HydraLoRA zero", 4, "hydra_zero", False),
-    "hydra_jitter": ("HydraLoRA jitter", 4, "hydra_jitter", False),
-    "ortho": ("Ortho-Hydra", 4, "ortho", False),
-    "ortho_lg": ("Ortho-Hydra + label guidance", 4, "ortho", True),
-    "ortho_init": ("Ortho-Hydra ortho_init", 4, "ortho_init", False),
-    "ortho_init_lg": ("Ortho-Hydra ortho_init + label guidance", 4, "ortho_init", True),
-    "hydra_zero_lg": ("HydraLoRA zero + label guidance", 4, "hydra_zero", True),
-}
-REFERENCE = "single"  # style bleed is measured against this arm
-SUBJECT = "ortho_lg"  # the arm the targets are about
-SUBJECT_INIT = "ortho_init_lg"  # its trainable-basis variant, judged the same way (the capacity answer)
-PIN_TARGET = 0.9
-COLLAPSE_SHARE = 0.9  # one expert is the argmax for >= this share of samples: the layer collapsed
-UNIFORM_TOL = 1e-3  # a sample whose max gate is within this of 1/E is unassigned
-
+from .config import ARMS, PIN_TARGET, REFERENCE, SUBJECT, SUBJECT_INIT
 
 # ---------------------------------------------------------------------------------------------------- metrics
 
@@ -87,55 +68,6 @@ def pin_accuracy(predictions: Sequence[Sequence[int]], num_styles: int, num_clas
     else:
         mapping, matched = match_experts(conf, num_styles)
     return {"accuracy": matched / total, "mapping": mapping, "confusion": conf.tolist()}
-
-
-def routing_purity(gates: dict[str, torch.Tensor], labels: torch.Tensor) -> float:
-    """NMI(style, argmax expert), averaged over routed layers; ``gates[layer]`` is (N, E), rows as ``labels``."""
-    if not gates:
-        return float("nan")
-    values = []
-    for gate in gates.values():
-        values.append(metrics.style_purity(labels, gate.argmax(-1), gate.shape[-1]))
-    return statistics.fmean(values)
-
-
-def layer_collapse(gate: torch.Tensor, share: float = COLLAPSE_SHARE, tol: float = UNIFORM_TOL) -> tuple[bool, bool]:
-    """(collapsed, uniform) for one layer's (N, E) gates.
-
-    A sample is *unassigned* when its max gate is within ``tol`` of 1/E (the router has no opinion).  The layer
-    *collapsed* when one expert is the argmax of at least ``share`` of all N samples (unassigned ones count in
-    N, never for an expert); it is *uniform* when at least ``share`` of the samples are unassigned.
-    """
-    num = gate.shape[0]
-    num_experts = gate.shape[-1]
-    top, arg = gate.max(-1)
-    assigned = top > 1.0 / num_experts + tol
-    counts = torch.bincount(arg[assigned], minlength=num_experts)
-    collapsed = bool(num) and int(counts.max()) >= share * num
-    uniform = bool(num) and int((~assigned).sum()) >= share * num
-    return collapsed, uniform
-
-
-def collapse_share(gates: dict[str, torch.Tensor], share: float = COLLAPSE_SHARE,
-                   tol: float = UNIFORM_TOL) -> tuple[float, float]:
-    """(share of routed layers that collapsed, share that are uniform); NaN without routed layers."""
-    if not gates:
-        return float("nan"), float("nan")
-    flags = [layer_collapse(g, share, tol) for g in gates.values()]
-    return (sum(c for c, _ in flags) / len(flags), sum(u for _, u in flags) / len(flags))
-
-
-def per_style_mean(values: torch.Tensor, labels: torch.Tensor, num_styles: int) -> list[float]:
-    """Mean of per-sample ``values`` within each style label 0..num_styles-1."""
-    return [float(values[labels == s].mean()) for s in range(num_styles)]
-
-
-def sigma_style_means(per_sigma: torch.Tensor, sigmas: Sequence[float], labels: torch.Tensor,
-                      num_styles: int) -> dict[str, list[float]]:
-    """Per noise level (key ``f"{σ:g}"``): the mean of ``per_sigma[k]`` (per-sample values at σ_k) within each style."""
-    if per_sigma.shape[0] != len(sigmas):
-        raise ValueError(f"{per_sigma.shape[0]} rows of per-σ values for {len(sigmas)} noise levels")
-    return {f"{sigma:g}": per_style_mean(row, labels, num_styles) for sigma, row in zip(sigmas, per_sigma, strict=True)}
 
 
 def reachable_share(delta: torch.Tensor, in_basis: torch.Tensor, out_bases: torch.Tensor) -> tuple[float, float, float]:

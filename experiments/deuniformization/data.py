@@ -1,4 +1,4 @@
-"""The data of ``bench/deuniformization.py``: styled synthetic latents, and style-neutral pretraining fields.
+"""The de-uniformisation study's data: styled synthetic latents, and style-neutral pretraining fields.
 
 Four styles (per-channel gain and offset plus an oriented texture) render the same contents; the conditioning
 names only the content, so a router that separates styles must read them from the activations.
@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-if TYPE_CHECKING:
-    from bench.deuniformization import Config
+from .config import Config
 
 NUM_STYLES = 4
 

@@ -5,20 +5,19 @@ variant trains with the pack's own trainer at the node's defaults (lr 2e-4, batc
 balance term from step 0, router-input calibration on, logit-normal noise levels, 500 steps), fp32 on the CPU,
 and changes one thing at a time; the old defaults (balance weight 1e-5 on the micro-batch's own usage) are the
 first rows.  Collapse is the share of routed layers where one expert is the argmax for >= 90 % of
-held-out samples at σ in {0.25, 0.5, 0.75} (the style-separation benchmark's instrument); purity is
-NMI(style, argmax expert) on the same gates; held-out loss is the x0 MSE over 5 noise levels.
+held-out samples at σ in {0.25, 0.5, 0.75} (the style-separation study's instrument); purity is
+NMI(style, argmax expert) on the same gates; held-out loss is the x0 MSE over 5 noise levels.  The table:
+``report.py``.
 
-    .venv/bin/python bench/router_collapse.py            # writes bench/out/router_collapse.{md,json,log}
-    .venv/bin/python bench/router_collapse.py --quick    # 1 init, 2 variants, 40 steps (a test runs it)
+    .venv/bin/python -m experiments.router_collapse.run            # writes results/router_collapse.{md,json,log}
+    .venv/bin/python -m experiments.router_collapse.run --quick    # 1 init, 2 variants, 40 steps (a test runs it)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -26,21 +25,15 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from devkit.environment import environment
+from devkit.host import loras_folder
+from experiments.console_log import stdout_copied_to
+from experiments.gate_measures import collapse_share, routing_purity
+from experiments.toy_harness import PURITY_SIGMAS, build_world, heldout
 
-from bench.console_log import stdout_copied_to  # noqa: E402
-from bench.style_separation import (  # noqa: E402
-    PURITY_SIGMAS,
-    Settings,
-    build_world,
-    heldout,
-    lora_folder,
-    per_image_positive,
-)
-from bench.style_separation_report import collapse_share, routing_purity  # noqa: E402
-from bench.timing import environment  # noqa: E402
+from .report import render
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 # variant -> TrainConfig overrides on top of the node's defaults
 VARIANTS: dict[str, dict] = {
@@ -62,7 +55,7 @@ def train_variant(pack, world, init: str, overrides: dict, steps: int, seed: int
     train = pack.nodes.train
     config = train.TrainConfig(steps=steps, init=init, training_dtype="fp32", gradient_checkpointing=False, seed=seed,
                                output_name=f"router_collapse_{init}_{seed}", **overrides)
-    positive = per_image_positive(_toy_world(), world.train_content.tolist())
+    positive = _toy_world().per_image_conditioning(world.train_content.tolist())
     started = time.perf_counter()
     live, _, loss_map, _ = train.train(world.base, world.train_x, positive, config, labels=world.train_style)
     return live, loss_map["loss"], time.perf_counter() - started
@@ -90,31 +83,6 @@ def _top_share(gates: torch.Tensor) -> float:
     return float(counts.max() / counts.sum())
 
 
-def table(rows: list[dict], inits: Sequence[str], variants: Sequence[str]) -> str:
-    lines = ["| variant | " + " | ".join(f"{i}: collapsed / NMI / held-out" for i in inits) + " |",
-             "|---|" + "---|" * len(inits)]
-    for variant in variants:
-        cells = []
-        for init in inits:
-            runs = [r for r in rows if r["variant"] == variant and r["init"] == init]
-            if not runs:
-                cells.append("–")
-                continue
-            c = statistics.fmean(r["collapse"] for r in runs)
-            p = statistics.fmean(r["purity"] for r in runs)
-            h = statistics.fmean(r["heldout_loss"] for r in runs)
-            cells.append(f"{c:.0%} / {p:.2f} / {h:.3f}")
-        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def render(rows: list[dict], steps: int, seeds, minutes: float, inits, variants) -> str:
-    return (f"# Router collapse on the toy world\n\n{steps} steps, seeds {list(seeds)}, node defaults otherwise "
-            f"(fp32).  Cells: share of routed layers collapsed / NMI(style, expert) / held-out x0 MSE "
-            f"(mean over seeds).\n\n{table(rows, inits, variants)}\n\nWall time {minutes:.1f} min on "
-            f"{os.cpu_count()} cores (load average {os.getloadavg()[1]:.1f} over 5 min); {environment()}.\n")
-
-
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -122,14 +90,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--inits", nargs="+", default=list(INITS))
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
+    parser.add_argument("--out", type=Path, default=None, help="default: results/ (--quick: results/quick/)")
     args = parser.parse_args(argv)
     inits = ["ortho"] if args.quick else args.inits
     variants = [QUICK_BEFORE, QUICK_AFTER] if args.quick else args.variants
     steps = args.steps or (40 if args.quick else 500)
     seeds = range(1 if args.quick else args.seeds)
-    stem = args.out / ("router_collapse_quick" if args.quick else "router_collapse")
-    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out or (RESULTS / "quick" if args.quick else RESULTS)
+    stem = out / ("router_collapse_quick" if args.quick else "router_collapse")
+    out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
     with stdout_copied_to(Path(f"{stem}.log")):
@@ -140,13 +109,12 @@ def run(inits, variants, steps: int, seeds, stem: Path) -> dict:
     from devkit.host import boot, import_pack
 
     boot(cpu=True)
-    import folder_paths
 
     pack = import_pack()
     wall = time.perf_counter()
-    world = build_world(_toy_world(), pack, Settings(), print)
+    world = build_world(_toy_world(), pack, print)
     rows = []
-    with tempfile.TemporaryDirectory(prefix="router_collapse_") as loras, lora_folder(folder_paths, loras):
+    with tempfile.TemporaryDirectory(prefix="router_collapse_") as loras, loras_folder(loras):
         for variant in variants:
             for init in inits:
                 for seed in seeds:
@@ -158,7 +126,7 @@ def run(inits, variants, steps: int, seeds, stem: Path) -> dict:
                           f"NMI {row['purity']:.2f}, top share {row['top_share']:.2f}, held-out "
                           f"{row['heldout_loss']:.4f} ({seconds:.0f}s)", flush=True)
     minutes = (time.perf_counter() - wall) / 60
-    text = render(rows, steps, seeds, minutes, inits, variants)
+    text = render(rows, steps, seeds, minutes, inits, variants, environment())
     Path(f"{stem}.md").write_text(text)
     result = {"steps": steps, "rows": rows, "minutes": minutes, "environment": environment()}
     Path(f"{stem}.json").write_text(json.dumps(result, indent=2))

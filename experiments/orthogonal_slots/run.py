@@ -16,8 +16,10 @@ Reported per arm: crosstalk (each style's held-out loss with its style token, me
 the adapter's own gain over the base model that the merge loses), probe accuracy of 16 samples per style token
 (alone and merged), and the mean pairwise output-subspace overlap ‖P_iᵀP_j‖_F / √r.
 
-    .venv/bin/python bench/orthogonal_slots.py          # writes bench/out/orthogonal_slots.{md,json,log}
-    .venv/bin/python bench/orthogonal_slots.py --quick  # 1 seed, 1 lr, 30 steps (a test runs it)
+    .venv/bin/python -m experiments.orthogonal_slots.run          # writes results/orthogonal_slots.{md,json,log}
+    .venv/bin/python -m experiments.orthogonal_slots.run --quick  # 1 seed, 1 lr, 30 steps (a test runs it)
+
+Arms and constants: ``config.py``; tables and verdict: ``report.py``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -34,17 +35,15 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from devkit.environment import environment
+from devkit.host import loras_folder
+from experiments.console_log import stdout_copied_to
+from experiments.toy_harness import CFG, LOSS_SIGMAS, NOISE_SEED, SAMPLE_STEPS, host
 
-from bench.console_log import stdout_copied_to  # noqa: E402
-from bench.style_separation import CFG, LOSS_SIGMAS, NOISE_SEED, SAMPLE_STEPS, host, lora_folder  # noqa: E402
-from bench.timing import environment  # noqa: E402
+from .config import ARMS, RANK, SAMPLE_SEED, SAMPLES, SLOTS
+from .report import mean, report
 
-ARMS = {"plain": ("plain LoRA, merged by sum", "hydra_zero"), "slots": ("orthogonal slots, merged by sum",
-                                                                          "ortho_out")}
-RANK, SLOTS, SAMPLES, SAMPLE_SEED = 8, 4, 16, 4242
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def style_token(style: int, dim: int) -> torch.Tensor:
@@ -62,8 +61,7 @@ def tagged(tw, contents: Sequence[int], styles: Sequence[int]) -> list:
 
 
 def per_image(tw, contents, styles) -> list:
-    c = tagged(tw, contents, styles)[0]
-    return [[c[0][i:i + 1], {"pooled_output": c[1]["pooled_output"][i:i + 1]}] for i in range(len(contents))]
+    return tw.per_image(tagged(tw, contents, styles))
 
 
 def train_one(pack, base, tw, data, arm: str, style: int, lr: float, steps: int, seed: int):
@@ -132,84 +130,20 @@ def evaluate(pack, tiny_dit, tw, probe, base, adapters, held, base_loss) -> dict
     return {"styles": rows, "overlap": statistics.fmean(pairs)}
 
 
-def _mean(values) -> float:
-    values = list(values)
-    return statistics.fmean(values) if values else float("nan")
-
-
-def _sd(values) -> float:
-    values = list(values)
-    return statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def _per_seed(runs: list[dict], key: str) -> list[float]:
-    """Each seed's mean over styles of ``key``."""
-    return [_mean(r[key] for r in run["styles"]) for run in runs]
-
-
-def report(results: dict, styles: Sequence[str], base_loss: Sequence[float], setup: str, footer: str) -> str:
-    lines = ["# Orthogonal slots: do independently trained style adapters merge without crosstalk?", "", setup, "",
-             "| arm | lr | alone: held-out loss | merged: held-out loss | crosstalk (rise) | share of own gain lost "
-             "| probe alone | probe merged | output overlap |", "|---|---|---|---|---|---|---|---|---|"]
-    for arm, entry in results.items():
-        runs = entry["runs"]
-        flat = [row for run in runs for row in run["styles"]]
-        cells = [f"{_mean(_per_seed(runs, k)):.4f} ± {_sd(_per_seed(runs, k)):.4f}"
-                 for k in ("alone", "merged", "rise")]
-        cells.append(f"{_mean(r['gain_lost'] for r in flat):.2f}")
-        cells += [f"{_mean(_per_seed(runs, k)):.2f}" for k in ("probe_alone", "probe_merged")]
-        cells.append(f"{_mean(run['overlap'] for run in runs):.2e}")
-        lines.append(f"| {ARMS[arm][0]} | {entry['lr']:g} | " + " | ".join(cells) + " |")
-    lines += ["", "Per style (mean over seeds): held-out loss alone → merged, probe merged", "",
-              "| arm | " + " | ".join(styles) + " |", "|---|" + "---|" * len(styles)]
-    for arm, entry in results.items():
-        cells = []
-        for s in range(len(styles)):
-            rows = [run["styles"][s] for run in entry["runs"]]
-            cells.append(f"{_mean(r['alone'] for r in rows):.3f} → {_mean(r['merged'] for r in rows):.3f}, "
-                         f"{_mean(r['probe_merged'] for r in rows):.2f}")
-        lines.append(f"| {ARMS[arm][0]} | " + " | ".join(cells) + " |")
-    lines += ["", f"Base model with the style tokens: {', '.join(f'{v:.3f}' for v in base_loss)}.", "",
-              *verdict(results, base_loss), "", footer, ""]
-    return "\n".join(lines)
-
-
-def verdict(results: dict, base_loss: Sequence[float]) -> list[str]:
-    """The claim holds if the slots' crosstalk is clearly below the plain LoRAs' (beyond seed spread) while the slot
-    adapters, alone, learn their styles about as well; no crosstalk from adapters that learned nothing proves
-    nothing."""
-    if set(results) != set(ARMS):
-        return ["Verdict: both arms are needed."]
-    rise = {arm: _per_seed(results[arm]["runs"], "rise") for arm in ARMS}
-    alone = {arm: _mean(_per_seed(results[arm]["runs"], "alone")) for arm in ARMS}
-    base = _mean(base_loss)
-    learned = (base - alone["slots"]) / (base - alone["plain"]) if base > alone["plain"] else float("nan")
-    slots, plain = _mean(rise["slots"]), _mean(rise["plain"])
-    lower = slots + _sd(rise["slots"]) < plain - _sd(rise["plain"])
-    numbers = (f"Crosstalk (merged minus alone, held-out loss): slots {slots:.4f} ± {_sd(rise['slots']):.4f}, "
-               f"plain LoRA {plain:.4f} ± {_sd(rise['plain']):.4f}; alone, the slot adapters recover "
-               f"{learned:.0%} of the plain LoRAs' loss reduction over the base model.")
-    if not lower:
-        return [f"**Verdict: the claim does not hold here.**  {numbers}"]
-    if not learned >= 0.5:
-        return [f"**Verdict: not informative.**  {numbers}  The slot adapters learn too little alone for their "
-                "low crosstalk to mean anything."]
-    return [f"**Verdict: the claim holds here.**  {numbers}"]
-
-
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--lrs", type=float, nargs="+", default=[3e-3, 1e-2])
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
+    parser.add_argument("--out", type=Path, default=None, help="default: results/ (--quick: results/quick/)")
     args = parser.parse_args(argv)
     steps = args.steps or (30 if args.quick else 240)
     seeds = range(1 if args.quick else args.seeds)
     lrs = [args.lrs[0]] if args.quick else args.lrs
-    stem = args.out / ("orthogonal_slots_quick" if args.quick else "orthogonal_slots")
-    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out or (RESULTS / "quick" if args.quick else RESULTS)
+    stem = out / ("orthogonal_slots_quick" if args.quick else "orthogonal_slots")
+    out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
     with stdout_copied_to(Path(f"{stem}.log")):
@@ -219,7 +153,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
 def run(steps: int, seeds, lrs, stem: Path) -> dict:
     wall = time.perf_counter()
     tw, tiny_dit, pack = host()
-    import folder_paths
 
     base = tw.load_base_model(log=print)
     probe, probe_report = tw.fit_probe(include_neutral=True)
@@ -229,7 +162,7 @@ def run(steps: int, seeds, lrs, stem: Path) -> dict:
     base_losses = heldout_loss(pack, base, tw, held)
     base_loss = [float(base_losses[held[2] == s].mean()) for s in range(len(styles))]
     results = {}
-    with tempfile.TemporaryDirectory(prefix="orthogonal_slots_") as loras, lora_folder(folder_paths, loras):
+    with tempfile.TemporaryDirectory(prefix="orthogonal_slots_") as loras, loras_folder(loras):
         for arm in ARMS:
             def adapters_for(lr: float, seed: int, arm: str = arm) -> list:
                 return [train_one(pack, base, tw, data, arm, s, lr, steps, seed) for s in range(len(styles))]
@@ -239,7 +172,7 @@ def run(steps: int, seeds, lrs, stem: Path) -> dict:
                 for style, adapter in enumerate(adapters):
                     model, _ = pack.nodes.patcher.apply_adapter(base, adapter)
                     losses.append(float(heldout_loss(pack, model, tw, held)[held[2] == style].mean()))
-                return _mean(losses)
+                return mean(losses)
 
             grid = {lr: adapters_for(lr, seeds[0]) for lr in lrs}
             scores = {lr: alone_loss(a) for lr, a in grid.items()}
@@ -250,8 +183,8 @@ def run(steps: int, seeds, lrs, stem: Path) -> dict:
                 adapters = grid[best] if seed == seeds[0] else adapters_for(best, seed)
                 runs.append({"seed": seed, **evaluate(pack, tiny_dit, tw, probe, base, adapters, held, base_loss)})
                 row = runs[-1]
-                print(f"{arm} seed {seed}: rise {_mean(r['rise'] for r in row['styles']):.4f}, probe merged "
-                      f"{_mean(r['probe_merged'] for r in row['styles']):.2f}, overlap {row['overlap']:.2e}",
+                print(f"{arm} seed {seed}: rise {mean(r['rise'] for r in row['styles']):.4f}, probe merged "
+                      f"{mean(r['probe_merged'] for r in row['styles']):.2f}, overlap {row['overlap']:.2e}",
                       flush=True)
             results[arm] = {"lr": best, "grid": scores, "runs": runs}
     minutes = (time.perf_counter() - wall) / 60
