@@ -32,14 +32,14 @@ time ratios use it).
 ``--before DIR`` adds our trainer from another checkout (the commit before issue 31) beside the current one.  Our
 checkpointed run also times a second setup, whose bases come from the cache.
 
-    .venv/bin/python bench/train_full_size.py --steps 3                  # 2B at 512 px: bench/results/train_full_size.*
-    .venv/bin/python bench/train_full_size.py --name train_full_size_depth --blocks 4 8 --px 512 1024 \\
+    .venv/bin/python -m bench.train_full_size --steps 3                  # 2B at 512 px: bench/results/train_full_size.*
+    .venv/bin/python -m bench.train_full_size --name train_full_size_depth --blocks 4 8 --px 512 1024 \\
         --configs ours-on --steps 2                                      # memory against depth, for 1024 px at 2B
-    .venv/bin/python bench/train_full_size.py --name train_full_size_before --blocks 4 \\
+    .venv/bin/python -m bench.train_full_size --name train_full_size_before --blocks 4 \\
         --configs ours-on ours-off before-on before-off --before DIR      # step time against the earlier trainer
-    .venv/bin/python bench/train_full_size.py --quick                    # toy size, a minute (a test runs it)
-    .venv/bin/python bench/train_full_size.py --device cuda              # on a CUDA machine (not run yet)
-    .venv/bin/python bench/train_full_size.py --docs                     # README blocks from the committed JSON
+    .venv/bin/python -m bench.train_full_size --quick                    # toy size, a minute (a test runs it)
+    .venv/bin/python -m bench.train_full_size --device cuda              # on a CUDA machine (not run yet)
+    .venv/bin/python -m bench.train_full_size --docs                     # README blocks from the committed JSON
 """
 
 from __future__ import annotations
@@ -164,11 +164,9 @@ class _SetupDone(Exception):
 
 
 def child(spec: dict) -> dict:
-    sys.path.insert(0, spec["root"])  # this checkout, or another one whose trainer runs beside ours
-    from devkit.host import COMFY_DIR, boot
+    import comfy.cli_args  # run_child put the host on PYTHONPATH
 
-    sys.path.insert(0, str(COMFY_DIR))
-    import comfy.cli_args
+    from devkit.host import boot
 
     comfy.cli_args.args.use_pytorch_cross_attention = True  # read when comfy.model_management is imported
     boot(cpu=spec["device"] == "cpu")
@@ -211,7 +209,7 @@ def child(spec: dict) -> dict:
     if spec["trainer"] == "core":
         _run_core(spec, model, latents, positive, phases, gemm)
     else:
-        out.update(_run_ours(spec, model, latents, positive, phases, import_pack().nodes.train, gemm))
+        out.update(_run_ours(spec, model, latents, positive, phases, import_pack(Path(spec["root"])).nodes.train, gemm))
     intervals = [b[0] - a[0] for a, b in itertools.pairwise(stamps)]
     cpu = [b[1] - a[1] for a, b in itertools.pairwise(stamps)]  # the process's CPU time: what other jobs cannot stretch
     out.update(phases=phases.rows, step_seconds=intervals, step_cpu_seconds=cpu,
@@ -328,11 +326,15 @@ def runs(args) -> list[dict]:
 
 
 def run_child(spec: dict) -> dict:
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    from devkit.host import COMFY_DIR
+
+    path = os.pathsep.join([str(COMFY_DIR), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "PYTHONPATH": path.rstrip(os.pathsep)}
     if spec["threads"]:
         env["OMP_NUM_THREADS"] = str(spec["threads"])
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "bench.train_full_size", "--child", json.dumps(spec)],
+                          capture_output=True, text=True,
                           env=env, cwd=ROOT)
     wall = time.perf_counter() - started
     if proc.returncode != 0:
@@ -566,11 +568,10 @@ def main() -> None:
         sync_docs()
         return
     out_dir = Path(args.out) if args.out else (ROOT / "bench" / "out" if args.quick else RESULTS)
-    sys.path.insert(0, str(ROOT))
     from bench.timing import environment
 
     size = QUICK if args.quick else FULL
-    results = {"command": ("python bench/train_full_size.py " + " ".join(sys.argv[1:])).strip(),
+    results = {"command": ("python -m bench.train_full_size " + " ".join(sys.argv[1:])).strip(),
                "environment": {**environment(args.device), "cpu_capability": _capability(),
                                "load_average_before": list(os.getloadavg())},
                "model": f"Cosmos-Predict2, width {size['channels']}, random bf16", "runs": []}

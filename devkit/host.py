@@ -26,10 +26,10 @@ def boot(cpu: bool | None = None) -> Path:
     return COMFY_DIR
 
 
-def import_pack() -> ModuleType:
-    """Import this repository as the custom-node package ComfyUI would see."""
+def import_pack(root: Path = ROOT) -> ModuleType:
+    """Import this repository (or the checkout at ``root``) as the custom-node package ComfyUI would see."""
     boot()
-    return comfy_host.import_pack()
+    return comfy_host.import_pack(Path(root))
 
 
 @contextlib.contextmanager

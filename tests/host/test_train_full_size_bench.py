@@ -13,8 +13,8 @@ from devkit.host import ROOT
 def test_quick_run_measures_every_configuration_and_phase(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     steps = 2
-    command = ["bench/train_full_size.py", "--quick", "--steps", str(steps), "--threads", "1", "--out", str(tmp_path),
-               "--configs", "ours-on", "core-off", "before-on", "--before", str(ROOT)]
+    command = ["-m", "bench.train_full_size", "--quick", "--steps", str(steps), "--threads", "1",
+               "--out", str(tmp_path), "--configs", "ours-on", "core-off", "before-on", "--before", str(ROOT)]
     proc = subprocess.run([sys.executable, *command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / f"{bench.NAME}.json").read_text())
