@@ -38,6 +38,7 @@ from ortho_hydra.training import (
     UsageBalance,
     balance_starts_at,
     draw_noise_levels,
+    guidance_hold,
     guidance_weight,
     label_guidance_loss,
     lr_factor,
@@ -104,7 +105,7 @@ class TrainConfig:
     trace_every: int = 0
     calibrate_router: bool = True  # standardise each router's input on the data before step 1 (anti-collapse)
     label_guidance: float = 0.0  # weight of the gate/label cross-entropy
-    label_guidance_steps: int = 0  # hold it this long, then decay to 0
+    label_guidance_steps: int = 0  # hold it this long, then decay to 0; 0: 60 % of the run
     label_guidance_detached: bool = True  # the gate/label term sees each layer's input detached (no upstream grads)
     lr_schedule: str = "cosine"  # a constant lr let fast runs undo their fit at the end (style_separation)
     style_names: tuple[str, ...] = ()
@@ -304,7 +305,7 @@ class OrthoHydraTrainSampler(comfy.samplers.Sampler):
             if cfg.training_dtype == "bf16" else contextlib.nullcontext()
         run.gates.clear()
         run.router_gates.clear()
-        guidance = guidance_weight(run.step, cfg.label_guidance, cfg.label_guidance_steps)
+        guidance = guidance_weight(run.step, cfg.label_guidance, guidance_hold(cfg.label_guidance_steps, cfg.steps))
         detached = bool(guidance) and run.labels is not None and cfg.label_guidance_detached
         run.gates.needs_graph = bool(balance_on and cfg.balance_weight) or (
             bool(guidance) and run.labels is not None and not detached)
@@ -564,7 +565,8 @@ class OrthoHydraTrain(io.ComfyNode):
                                        "expert (label i -> expert i). 0 turns it off; needs style labels."),
                 io.Int.Input("label_guidance_steps", default=0, min=0, max=1_000_000,
                              tooltip="Hold the label guidance this many steps, then decay it to 0 over half as "
-                                     "many, so the router carries the style alone at the end."),
+                                     "many, so the router carries the style alone at the end. 0: hold it for 60 % "
+                                     "of the run."),
                 io.Float.Input("balance_start", default=0.0, min=0.0, max=1_000_000.0, step=0.01,
                                tooltip="Switch the balance term on at this step, or at this fraction of the run "
                                        "when < 1 (the Ortho-Hydra paper: 0.4)."),

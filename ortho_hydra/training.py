@@ -119,6 +119,17 @@ def label_guidance_loss(gates: Mapping[str, torch.Tensor], labels: torch.Tensor)
     return torch.stack(losses).mean() if losses else None
 
 
+GUIDANCE_HOLD_FRACTION = 0.6  # the studies' recipe: guidance held for 60 % of the run, then decayed
+
+
+def guidance_hold(hold_steps: int, total_steps: int) -> int:
+    """How long label guidance is held: ``hold_steps``, or when it is 0, :data:`GUIDANCE_HOLD_FRACTION` of the run
+    (so a guidance weight with the step count left at 0 is never a silent no-op)."""
+    if hold_steps < 0:
+        raise ValueError(f"label_guidance_steps must be >= 0, got {hold_steps}")
+    return hold_steps or max(round(GUIDANCE_HOLD_FRACTION * total_steps), 1)
+
+
 def guidance_weight(step: int, weight: float, hold_steps: int) -> float:
     """``weight`` for the first ``hold_steps`` steps, then a linear decay to 0 over the next ``hold_steps // 2``.
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from factories import trained_layer
 
-from ortho_hydra.training import StepGates, balance_starts_at, guidance_weight, label_guidance_loss
+from ortho_hydra.training import StepGates, balance_starts_at, guidance_hold, guidance_weight, label_guidance_loss
 
 
 def _pooled64(layer, x):
@@ -49,6 +49,15 @@ def test_guidance_holds_then_decays_to_zero():
     assert weights[10] == pytest.approx(2.0 * (1 - 1 / 5)) and weights[13] == pytest.approx(2.0 * (1 - 4 / 5))
     assert weights[14:] == [0.0] * 6 and all(a >= b for a, b in itertools.pairwise(weights))
     assert guidance_weight(0, 0.0, 10) == 0.0 and guidance_weight(0, 1.0, 0) == 0.0
+
+
+def test_guidance_steps_left_at_zero_hold_for_most_of_the_run():
+    """label_guidance > 0 with label_guidance_steps = 0 (the node's default) used to apply no guidance at all."""
+    assert guidance_hold(0, 400) == 240 and guidance_hold(0, 1) == 1 and guidance_hold(50, 400) == 50
+    weights = [guidance_weight(step, 1.0, guidance_hold(0, 10)) for step in range(10)]
+    assert weights[:6] == [1.0] * 6 and weights[6] == pytest.approx(1 - 1 / 3) and weights[9] == 0.0
+    with pytest.raises(ValueError, match="label_guidance_steps"):
+        guidance_hold(-1, 10)
 
 
 def test_balance_start_is_a_step_or_a_fraction():
