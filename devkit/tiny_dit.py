@@ -100,6 +100,38 @@ def load_cosmos(num_blocks: int = 2, seed: int = 0, channels: int = 256, dtype: 
                                             offload_device=mm.unet_offload_device())
 
 
+def load_anima(num_blocks: int = 2, seed: int = 0, channels: int = 256):
+    """ComfyUI's native Anima (a Cosmos-Predict2 DiT with its ``llm_adapter``; ComfyUI 0.33 and later) as a
+    ModelPatcher, tiny blocks and the real 6-layer text adapter, random weights; None on a host without it."""
+    boot()
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    if not hasattr(comfy.supported_models, "Anima"):
+        return None
+    from comfy.ldm.anima.model import Anima
+
+    config = {**COSMOS_CONFIG, "image_model": "anima", "num_blocks": num_blocks, "model_channels": channels}
+    torch.manual_seed(seed)
+    raw = Anima(**{k: v for k, v in config.items() if k not in ("image_model", "min_fps", "max_fps")},
+                device="cpu", operations=torch.nn)
+    model_config = comfy.supported_models.Anima(dict(config))
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model({}, "", device=None)
+    model.load_model_weights({k: v.clone() for k, v in raw.state_dict().items()}, "")
+    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+                                            offload_device=mm.unet_offload_device())
+
+
+def anima_conditioning(tokens: int = 6, seed: int = 0):
+    """Text-encoder features with the T5 token ids and weights Anima's text adapter reads (as ComfyUI's Anima text
+    encoder returns them)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 32128, (tokens,), generator=g, dtype=torch.int)
+    return [[torch.randn(1, tokens, 1024, generator=g), {"t5xxl_ids": ids, "t5xxl_weights": torch.ones(tokens)}]]
+
+
 def cosmos_conditioning(tokens: int = 6, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     return [[torch.randn(1, tokens, 1024, generator=g), {}]]

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import comfy.model_sampling
 import comfy.patcher_extension
 import torch
+from torch import nn
 
 from ortho_hydra.chimera import CONTENT_GATE_KEY
 from ortho_hydra.fei import frequency_energy_index
@@ -63,11 +64,13 @@ class SamplingState:
     override: OverrideStack | None = None  # its keyframe positions are resolved once per model call
     extra: dict = field(default_factory=dict)
     sinks: list[Callable] = field(default_factory=list)  # gate listeners (recordings) while one is open
+    text_modules: tuple[str, ...] = ()  # modules whose output a module router reads (e.g. the text adapter)
 
     def sibling(self) -> SamplingState:
         """The state of another copy of the same patched model: the same override, FEI divisor and gate listeners
         (a recording hears every copy), its own per-call values."""
-        return SamplingState(override=self.override, fei_div=self.fei_div, sinks=self.sinks)
+        return SamplingState(override=self.override, fei_div=self.fei_div, sinks=self.sinks,
+                             text_modules=self.text_modules)
 
     def sink(self, layer: str, gate: torch.Tensor, context: GateContext) -> None:
         for listener in self.sinks:
@@ -126,6 +129,11 @@ def _apply_model_wrapper(key: str, default: SamplingState, to_router_sigma):
         state.cond_or_uncond = list(transformer_options.get("cond_or_uncond") or []) or None
         if state.fei_div is not None:  # scale-invariant, so the raw sampler latent is as good as the model input
             state.fei = frequency_energy_index(x, state.fei_div)
+        state.extra.pop(CONTENT_GATE_KEY, None)  # one computed outside a model call is no call's
+        if state.text_modules and text_adapted_before_call(kwargs):
+            context = args[1] if len(args) > 1 else kwargs.get("c_crossattn")
+            if context is not None:
+                route_from_conditioning(executor.class_obj, state, context)
         try:
             return executor(x, t, *args, **kwargs)
         finally:
@@ -135,6 +143,24 @@ def _apply_model_wrapper(key: str, default: SamplingState, to_router_sigma):
             state.extra.pop(CONTENT_GATE_KEY, None)  # a Chimera content gate belongs to one model call
 
     return wrapper
+
+
+def text_adapted_before_call(model_kwargs: Mapping) -> bool:
+    """Whether this model call's ``c_crossattn`` is already its text adapter's output.  ComfyUI 0.33's native Anima runs
+    ``llm_adapter`` in ``extra_conds`` while sampling (inference mode: once per conditioning, before the first step)
+    and then hands the model no ``t5xxl_ids``; with ``t5xxl_ids`` (training, or a model that adapts its text inside
+    the call) the adapter runs inside the call and its own hook routes."""
+    return "t5xxl_ids" not in model_kwargs
+
+
+def route_from_conditioning(base_model: nn.Module, state: SamplingState, context: torch.Tensor) -> None:
+    """Let each hook of ``state`` on a text module (:attr:`SamplingState.text_modules`) route from ``context``, as it
+    would from that module's output.  The hooks are looked up on the model copy that runs (multi-GPU copies carry
+    copies of them) rather than kept in ``state``.  A module that does run inside the call overwrites the gate."""
+    for path in state.text_modules:
+        for hook in base_model.get_submodule(path)._forward_hooks.values():
+            if getattr(hook, "state", None) is state and hasattr(hook, "route"):
+                hook.route(context)
 
 
 def install_sampling_state(model, key: str, state: SamplingState) -> None:

@@ -212,7 +212,10 @@ class ContentRouterHook(BoundHook):
         self.router, self.state, self.net = router, state, net
 
     def __call__(self, module: nn.Module, args: tuple, output):
-        context = output if isinstance(output, torch.Tensor) else output[0]
+        self.route(output if isinstance(output, torch.Tensor) else output[0])
+
+    def route(self, context: torch.Tensor) -> None:
+        """The gate from what the module gave (or, where the host ran it before the call, the conditioning)."""
         self.net.ensure_on(context.device)
         router = self.router.with_net(self.net.current())
         self.state.extra[router.state_key] = router.gate(context.detach())
@@ -233,6 +236,7 @@ def _install_content_router(model, adapter: Adapter, state: SamplingState, holde
     for router in routers.values():
         nets[id(router.net)].notice = notice
         install_forward_hook(model, router.module, ContentRouterHook(router, state, nets[id(router.net)]))
+    state.text_modules = tuple(dict.fromkeys(router.module for router in routers.values()))
 
 
 def _check_hookable(model, target: Target, adapter: Adapter) -> None:

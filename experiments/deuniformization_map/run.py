@@ -34,9 +34,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
-from experiments.console_log import stdout_copied_to
+from experiments.console_log import stdout_copied_to, study_stem
 from experiments.deuniformization.config import Config
 from experiments.deuniformization.data import make_data
 from experiments.deuniformization.study import CSV_FIELDS, build_model, evaluate, pretrain_base, train_run
@@ -56,11 +54,7 @@ def main(argv: Sequence[str] | None = None) -> dict[Cell, CellResult]:
     args = parser.parse_args(argv)
     cfg = dataclasses.replace(MAP_CONFIG, steps=40) if args.quick else MAP_CONFIG
     seeds = range(1 if args.quick else args.seeds)
-    out = args.out or (RESULTS / "quick" if args.quick else RESULTS)
-    stem = out / ("deuniformization_map_quick" if args.quick else "deuniformization_map")
-    out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(cfg.threads)
-    torch.set_flush_denormal(True)
+    stem = study_stem(RESULTS, "deuniformization_map", args.quick, args.out, cfg.threads)
     with stdout_copied_to(f"{stem}.log"):
         return run(cells(args.quick), cfg, seeds, stem)
 

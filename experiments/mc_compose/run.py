@@ -34,7 +34,7 @@ import torch
 
 from devkit.environment import environment
 from devkit.host import loras_folder
-from experiments.console_log import stdout_copied_to
+from experiments.console_log import stdout_copied_to, study_stem
 from experiments.toy_harness import CFG, SAMPLE_STEPS, host
 
 from .report import bootstrap, report
@@ -94,11 +94,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     samples = 8 if args.quick else args.samples
     steps = 40 if args.quick else 240
-    out = args.out or (RESULTS / "quick" if args.quick else RESULTS)
-    stem = out / ("mc_compose_quick" if args.quick else "mc_compose")
-    out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(1)
-    torch.set_flush_denormal(True)
+    stem = study_stem(RESULTS, "mc_compose", args.quick, args.out)
     with stdout_copied_to(Path(f"{stem}.log")):
         return run(samples, steps, stem)
 

@@ -37,7 +37,7 @@ import torch
 
 from devkit.environment import environment
 from devkit.host import loras_folder
-from experiments.console_log import stdout_copied_to
+from experiments.console_log import stdout_copied_to, study_stem
 from experiments.toy_harness import CFG, LOSS_SIGMAS, NOISE_SEED, SAMPLE_STEPS, host
 
 from .config import ARMS, RANK, SAMPLE_SEED, SAMPLES, SLOTS
@@ -141,11 +141,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     steps = args.steps or (30 if args.quick else 240)
     seeds = range(1 if args.quick else args.seeds)
     lrs = [args.lrs[0]] if args.quick else args.lrs
-    out = args.out or (RESULTS / "quick" if args.quick else RESULTS)
-    stem = out / ("orthogonal_slots_quick" if args.quick else "orthogonal_slots")
-    out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(1)
-    torch.set_flush_denormal(True)
+    stem = study_stem(RESULTS, "orthogonal_slots", args.quick, args.out)
     with stdout_copied_to(Path(f"{stem}.log")):
         return run(steps, seeds, lrs, stem)
 

@@ -27,7 +27,7 @@ import torch
 
 from devkit.environment import environment
 from devkit.host import loras_folder
-from experiments.console_log import stdout_copied_to
+from experiments.console_log import stdout_copied_to, study_stem
 from experiments.gate_measures import collapse_share, routing_purity
 from experiments.toy_harness import PURITY_SIGMAS, build_world, heldout
 
@@ -96,11 +96,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     variants = [QUICK_BEFORE, QUICK_AFTER] if args.quick else args.variants
     steps = args.steps or (40 if args.quick else 500)
     seeds = range(1 if args.quick else args.seeds)
-    out = args.out or (RESULTS / "quick" if args.quick else RESULTS)
-    stem = out / ("router_collapse_quick" if args.quick else "router_collapse")
-    out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(1)
-    torch.set_flush_denormal(True)
+    stem = study_stem(RESULTS, "router_collapse", args.quick, args.out)
     with stdout_copied_to(Path(f"{stem}.log")):
         return run(inits, variants, steps, seeds, stem)
 

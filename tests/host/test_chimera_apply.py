@@ -174,6 +174,31 @@ def test_cross_attention_content_router_needs_the_llm_adapter(cosmos, tmp_path):
     assert err.value.key == "content_router.net.0.weight"
 
 
+def content_router_file(model, scale: float) -> tuple[dict, dict, dict]:
+    """A dual-A file whose content pool is routed by a cross-attention content router (layer norm on) of
+    ``scale``-sized first-layer weights: (tensors, metadata, the router net's tensors)."""
+    t, meta = chimera_tensors(model, dual=True)
+    for k in [k for k in t if ".router." in k]:
+        del t[k]
+    g = torch.Generator().manual_seed(3)
+    net = {"content_router.net.0.weight": scale * torch.randn(HID, 1024, generator=g),
+           "content_router.net.0.bias": torch.randn(HID, generator=g),
+           "content_router.net.2.weight": 2 * torch.randn(KC, HID, generator=g),
+           "content_router.net.2.bias": torch.randn(KC, generator=g)}
+    t.update(net)
+    meta.update({"ss_chimera_content_router_source": "crossattn_emb", "ss_chimera_content_router_layer_norm": "true"})
+    return t, meta, net
+
+
+def content_gate(text: torch.Tensor, net: dict) -> torch.Tensor:
+    """π_c in fp64: RMS over the text zero-padded to 512 tokens, layer norm, the SiLU MLP, softmax."""
+    pooled = (text.double().square().sum(1) / 512).sqrt()
+    pooled = (pooled - pooled.mean(-1, keepdim=True)) / (pooled.var(-1, unbiased=False, keepdim=True) + 1e-5).sqrt()
+    n = {k: v.double() for k, v in net.items()}
+    hidden = F.silu(pooled @ n["content_router.net.0.weight"].T + n["content_router.net.0.bias"])
+    return torch.softmax(hidden @ n["content_router.net.2.weight"].T + n["content_router.net.2.bias"], -1)
+
+
 def test_cross_attention_content_router_on_a_model_with_an_llm_adapter(tmp_path):
     """A stand-in text adapter the DiT calls on its context before the blocks, as Anima's does."""
     pack = import_pack()
@@ -186,27 +211,13 @@ def test_cross_attention_content_router_on_a_model_with_an_llm_adapter(tmp_path)
     dm.llm_adapter.register_forward_hook(lambda m, a, out: text.append(out.detach().clone()))
     dm.register_forward_pre_hook(lambda m, args, kwargs: (m.llm_adapter(kwargs["context"]), None)[1],
                                  with_kwargs=True)
-    t, meta = chimera_tensors(model, dual=True)
-    for k in [k for k in t if ".router." in k]:
-        del t[k]
-    g = torch.Generator().manual_seed(3)
-    net = {"content_router.net.0.weight": 3 * torch.randn(HID, 1024, generator=g),
-           "content_router.net.0.bias": torch.randn(HID, generator=g),
-           "content_router.net.2.weight": 2 * torch.randn(KC, HID, generator=g),
-           "content_router.net.2.bias": torch.randn(KC, generator=g)}
-    t.update(net)
-    meta.update({"ss_chimera_content_router_source": "crossattn_emb", "ss_chimera_content_router_layer_norm": "true"})
+    t, meta, net = content_router_file(model, scale=3.0)
     adapter = lib.load(write(tmp_path / "x_chimera.safetensors", t, meta))
     patched, _ = pack.nodes.patcher.apply_adapter(model, adapter, strength=1.0)
     prefix, module = "lora_unet_blocks_0_mlp_layer1", "blocks.0.mlp.layer1"
     x, y, sigma, fei, pi_c = _captured(pack, patched, f"diffusion_model.{module}",
                                        extra=lib.chimera.CONTENT_GATE_KEY)
-    ctx = text[-1].double()
-    pooled = (ctx.square().sum(1) / 512).sqrt()  # RMS over the context zero-padded to 512 tokens
-    pooled = (pooled - pooled.mean(-1, keepdim=True)) / (pooled.var(-1, unbiased=False, keepdim=True) + 1e-5).sqrt()
-    n = {k: v.double() for k, v in net.items()}
-    hidden = F.silu(pooled @ n["content_router.net.0.weight"].T + n["content_router.net.0.bias"])
-    expected_pi = torch.softmax(hidden @ n["content_router.net.2.weight"].T + n["content_router.net.2.bias"], -1)
+    expected_pi = content_gate(text[-1], net)
     torch.testing.assert_close(pi_c.double(), expected_pi, rtol=1e-5, atol=1e-6)
     assert float(expected_pi.max() - expected_pi.min()) > 0.05  # not the uniform fallback
     linear = dm.get_submodule(module)
@@ -251,3 +262,40 @@ def test_load_and_apply_node_lists_the_pools_as_applied_and_strict_refuses_only_
         node.execute(cosmos, "tokens_chimera.safetensors", 1.0, "training", True)
     _, summary = node.execute(cosmos, "tokens_chimera.safetensors", 1.0, "training", False).args
     assert "ChimeraHydra (dual-A, 2 layers): applied" in summary and "NOT APPLIED: soft tokens (1 keys)" in summary
+
+
+def test_content_router_on_native_anima_routes_every_call_from_its_own_text(tmp_path):
+    """ComfyUI 0.33's Anima runs its text adapter once per conditioning, before sampling (``extra_conds``), and hands
+    each model call the adapted text as ``c_crossattn``: every call must route each row from its own conditioning's
+    adapted text (before the fix the gate came from the last conditioning encoded, for one call, then uniform)."""
+    model = tiny_dit.load_anima(num_blocks=2, seed=7)
+    if model is None:
+        pytest.skip("this host has no native Anima (ComfyUI < 0.33)")
+    pack = import_pack()
+    lib = library()
+    dm = model.model.diffusion_model
+    adapted = []
+    dm.llm_adapter.register_forward_hook(lambda m, a, out: adapted.append(out.detach().clone()))
+    t, meta, net = content_router_file(model, scale=1 / 16)  # unsaturated: the two prompts route apart
+    adapter = lib.load(write(tmp_path / "a_chimera.safetensors", t, meta))
+    patched, _ = pack.nodes.patcher.apply_adapter(model, adapter, strength=1.0)
+    state = pack.nodes.patcher.applied_adapters(patched)[0].state
+    seen = []
+    clone = patched.clone()
+    pack.nodes.hooks.install_forward_hook(
+        clone, "diffusion_model.blocks.0.mlp.layer1",
+        lambda m, args, out: seen.append((list(state.cond_or_uncond),
+                                          state.extra[lib.chimera.CONTENT_GATE_KEY].clone())))
+    with torch.inference_mode():  # as ComfyUI's executor samples
+        tiny_dit.sample(clone, torch.zeros(1, 16, 1, 8, 8), tiny_dit.anima_conditioning(seed=1),
+                        tiny_dit.anima_conditioning(seed=2), steps=2, cfg=2.0)
+    mm.unload_all_models()
+    assert len(adapted) == 2  # the text adapter ran once per conditioning, outside the model calls
+    # the positive conditioning is encoded first, then the negative
+    by_kind = {0: content_gate(adapted[0], net)[0], 1: content_gate(adapted[1], net)[0]}
+    assert float((by_kind[0] - by_kind[1]).abs().max()) > 0.05  # the two prompts route apart
+    assert len(seen) == 2  # two steps, cond and uncond batched in one call each
+    for kinds, pi_c in seen:
+        expected = torch.stack([by_kind[k] for k in kinds])
+        torch.testing.assert_close(pi_c.double(), expected, rtol=1e-5, atol=1e-6)
+    assert len(dm.llm_adapter._forward_hooks) == 1  # unpatched: only the test's own recorder is left
