@@ -136,28 +136,37 @@ def test_every_mutated_file_loads_or_is_refused_with_a_clear_error(valid_bytes, 
     assert outcomes["refused"] > CORPUS // 2 and outcomes["loaded"] > 0, outcomes  # the corpus does both
 
 
-# A fresh interpreter's peak resident memory (the kernel's high-water mark) starts at what its imports took, so its
-# growth over the corpus is the corpus's own; in the test process the mark was set long before by other tests.
+# A fresh interpreter, whose high-water mark of resident memory (VmHWM) is reset to its current resident memory
+# (writing 5 to /proc/self/clear_refs) just before the corpus and again before the control, so each reading is that
+# phase's own peak over where it started: what imports or warm-up once touched and freed cannot hide it.
 PEAK_CHILD = textwrap.dedent("""
-    import json, resource, sys, tempfile
+    import json, sys, tempfile
     from pathlib import Path
     import torch
     from test_fuzz_moe import corpus, load_or_refusal, valid_file_bytes
 
-    def peak_mib():
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    def status_mib(field):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024  # kB
+        raise RuntimeError(field)
+
+    def reset_peak():
+        Path("/proc/self/clear_refs").write_text("5")
+        return status_mib("VmRSS")
 
     folder = Path(tempfile.mkdtemp())
     valid = valid_file_bytes(folder)
     load_or_refusal(folder / "valid_moe.safetensors")  # allocator and lazy imports warmed up
-    start = peak_mib()
+    start = reset_peak()
     for i, data in corpus(valid):
         path = folder / "case_moe.safetensors"
         path.write_bytes(data)
         load_or_refusal(path)
-    after_corpus = peak_mib()
+    corpus_mib = status_mib("VmHWM") - start
+    start = reset_peak()
     control = torch.ones(64 * 2**20)  # 256 MiB, every page written: the instrument must see it
-    print(json.dumps({"corpus_mib": after_corpus - start, "control_mib": peak_mib() - after_corpus,
+    print(json.dumps({"corpus_mib": corpus_mib, "control_mib": status_mib("VmHWM") - start,
                       "control_sum": float(control.sum())}))
 """)
 
