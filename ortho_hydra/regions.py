@@ -23,17 +23,14 @@ from .errors import OrthoHydraError
 
 @dataclass(frozen=True)
 class TokenGrid:
-    """The rows of one Linear input: ``text_before`` rows, then the image tokens, then ``text_after`` rows.
-
-    ``spatial_dims``: the input keeps the grid as separate axes (``(B, T, H, W, D)``, Cosmos) instead of one
-    sequence axis (``(B, L, D)``)."""
+    """The rows of one Linear input: ``text_before`` rows, then the image tokens, then ``text_after`` rows; or the
+    image tokens alone as separate axes (``(B, T, H, W, D)``: Cosmos' MLPs)."""
 
     frames: int
     height: int
     width: int
     text_before: int = 0
     text_after: int = 0
-    spatial_dims: bool = False
 
     @property
     def image_tokens(self) -> int:
@@ -82,23 +79,19 @@ def mask_on_grid(mask: torch.Tensor, grid: TokenGrid) -> torch.Tensor:
     return covered.expand(grid.frames, -1, -1).contiguous()
 
 
-def token_coverage(mask: torch.Tensor, grid: TokenGrid) -> torch.Tensor:
-    """Coverage per row of the Linear's input, shaped to broadcast against its output: (L, 1) for a sequence, (T, H,
-    W, 1) for a spatial input.  Text rows get 0."""
-    covered = mask_on_grid(mask, grid)
-    if grid.spatial_dims:
-        if grid.text_before or grid.text_after:
-            raise ValueError("a spatial token grid has no text rows")
-        return covered.unsqueeze(-1)
-    rows = torch.cat([covered.new_zeros(grid.text_before), covered.reshape(-1), covered.new_zeros(grid.text_after)])
+def token_coverage(mask: torch.Tensor, grid: TokenGrid,
+                   input_shape: torch.Size | tuple[int, ...]) -> torch.Tensor | None:
+    """Coverage per row of a Linear input of ``input_shape``, shaped to broadcast against its output: (L, 1) for a
+    sequence (B, L, D) of the grid's length (text rows 0), (T, H, W, 1) for the bare grid as axes (B, T, H, W, D);
+    None for an input whose rows are not this grid's (text-only or per-sample inputs keep the outside gate)."""
+    shape = tuple(input_shape)
+    if len(shape) == 5 and shape[1:4] == (grid.frames, grid.height, grid.width):
+        return mask_on_grid(mask, grid).unsqueeze(-1)
+    if len(shape) != 3 or shape[1] != grid.length:
+        return None
+    covered = mask_on_grid(mask, grid).reshape(-1)
+    rows = torch.cat([covered.new_zeros(grid.text_before), covered, covered.new_zeros(grid.text_after)])
     return rows.unsqueeze(-1)
-
-
-def grid_for_input(shape: torch.Size | tuple[int, ...], grid: TokenGrid) -> bool:
-    """Whether a Linear input of ``shape`` ((B, L, D) or (B, T, H, W, D)) has this grid's rows."""
-    if grid.spatial_dims:
-        return tuple(shape[1:-1]) == (grid.frames, grid.height, grid.width)
-    return len(shape) == 3 and shape[1] == grid.length
 
 
 def blend_regions(inside: torch.Tensor, outside: torch.Tensor, coverage: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,6 @@ from ortho_hydra.regions import (
     TokenGrid,
     blend_regions,
     feather,
-    grid_for_input,
     mask_on_grid,
     regional_delta,
     token_coverage,
@@ -53,13 +52,16 @@ def test_video_masks_are_one_for_all_frames_or_one_per_frame():
 
 def test_text_rows_of_a_joint_sequence_keep_the_outside_gate():
     grid = TokenGrid(frames=1, height=2, width=3, text_before=4, text_after=1)
-    coverage = token_coverage(torch.ones(4, 6), grid)
+    coverage = token_coverage(torch.ones(4, 6), grid, (2, 11, 64))
     assert coverage.shape == (grid.length, 1) == (11, 1)
     assert coverage[:4].sum() == 0 and coverage[-1].sum() == 0 and torch.equal(coverage[4:10], torch.ones(6, 1))
-    assert grid_for_input((2, 11, 64), grid) and not grid_for_input((2, 6, 64), grid)
-    spatial = TokenGrid(frames=2, height=2, width=3, spatial_dims=True)
-    assert token_coverage(torch.ones(4, 6), spatial).shape == (2, 2, 3, 1)
-    assert grid_for_input((1, 2, 2, 3, 64), spatial) and not grid_for_input((1, 12, 64), spatial)
+    assert token_coverage(torch.ones(4, 6), grid, (2, 6, 64)) is None  # not this grid's rows: text or per sample
+    assert token_coverage(torch.ones(4, 6), grid, (2, 64)) is None
+    video = TokenGrid(frames=2, height=2, width=3)
+    mask = torch.rand(2, 4, 6, generator=torch.Generator().manual_seed(0))
+    as_axes = token_coverage(mask, video, (1, 2, 2, 3, 64))  # Cosmos keeps (B, T, H, W, D) in its MLPs
+    as_rows = token_coverage(mask, video, (1, 12, 64))  # and flattens (t h w) for attention
+    assert as_axes.shape == (2, 2, 3, 1) and torch.equal(as_axes.reshape(-1, 1), as_rows)
 
 
 def test_feathering_keeps_complementary_masks_complementary():
@@ -81,7 +83,7 @@ def test_regional_delta_is_a_gate_per_token(centered):
     grid = TokenGrid(frames=1, height=3, width=4, text_before=2)
     x = torch.randn(2, grid.length, layer.down.shape[1], generator=g)
     mask = torch.rand(6, 8, generator=g)
-    coverage = token_coverage(mask, grid)
+    coverage = token_coverage(mask, grid, x.shape)
     got = regional_delta(layer, x, coverage, {"override": pin(2)}, {})
 
     x64 = x.double()
@@ -104,8 +106,7 @@ def test_a_full_mask_is_the_inside_rule_and_an_empty_one_the_outside_rule():
     x = torch.randn(1, 12, layer.down.shape[1], generator=torch.Generator().manual_seed(3))
     grid = TokenGrid(frames=1, height=3, width=4)
     inside, outside = layer.delta(x, override=pin(1)), layer.delta(x)
-    assert torch.equal(regional_delta(layer, x, token_coverage(torch.ones(3, 4), grid), {"override": pin(1)}, {}),
-                       inside)
-    assert torch.equal(regional_delta(layer, x, token_coverage(torch.zeros(3, 4), grid), {"override": pin(1)}, {}),
-                       outside)
+    full, empty = (token_coverage(torch.full((3, 4), v), grid, x.shape) for v in (1.0, 0.0))
+    assert torch.equal(regional_delta(layer, x, full, {"override": pin(1)}, {}), inside)
+    assert torch.equal(regional_delta(layer, x, empty, {"override": pin(1)}, {}), outside)
     assert torch.equal(blend_regions(inside, outside, torch.full((12, 1), 0.5)), (inside + outside) * 0.5)
