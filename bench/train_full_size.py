@@ -502,7 +502,7 @@ def readme_paragraph(full: dict, depth: dict) -> str:
             f"with the defaults (E 4, r 16, attention+MLP, batch 1, gradient checkpointing on) needs its bf16 weights "
             f"({ours['weight_bytes'] / GIB:.1f} GiB) plus {need_low:.2f} GiB at {low} px and about {need_high:.2f} GiB "
             f"at {high} px: the largest of the setup, calibration and step peaks, measured on the {where} by "
-            f"`bench/train_full_size.py` ({high} px extrapolated from {blocks}-block models).  For another DiT, count "
+            f"`python -m bench.train_full_size` ({high} px extrapolated from {blocks}-block models).  For another DiT, count "
             f"2 bytes per parameter for the bf16 weights plus about {need_low * per:.2f} bytes per parameter at {low} "
             f"px ({need_high * per:.2f} at {high} px); the activations grow with the image's tokens.  Setup took "
             f"{ours['phases']['setup']['seconds']:.0f} s on that {where} (an SVD per adapted Linear) and "
