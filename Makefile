@@ -4,7 +4,7 @@ export PYTHONUNBUFFERED := 1
 # The slow tiers (pytest markers, pyproject.toml): the browser, the studies' smoke runs, the multi-process torchrun
 SLOW := browser or study or multiprocess
 
-.PHONY: setup test test-slow test-all test-host lint unit demo bench clean
+.PHONY: setup test test-slow test-all test-host lint unit demo demo-assets bench clean
 
 setup:
 	@bash scripts/setup_host.sh
@@ -34,6 +34,10 @@ unit: setup
 
 demo: setup
 	$(PY) scripts/demo.py
+
+# The files the toy-world graphs in example_workflows/demo/ load, written into the test host (.host/ComfyUI)
+demo-assets: setup
+	$(PY) scripts/demo_assets.py
 
 bench: setup
 	$(PY) -m bench.core

@@ -6,7 +6,7 @@ from .demo_assets import BANK_LORAS, DIT_NAME
 from .host import ROOT
 from .workflow import WorkflowGraph, apply_sample_save, write_json
 
-WORKFLOW = ROOT / "example_workflows" / "08_lora_bank_mixer.json"
+WORKFLOW = ROOT / "example_workflows" / "demo" / "08_lora_bank_mixer.json"
 NAMES = "style 1, style 2, style 3, style 4"
 BLEND = "0.6, 0.4, 0, 0"
 

@@ -2,7 +2,7 @@
 
 Assets go into a ComfyUI folder tree: the toy world's pretrained base under a stable name in
 ``models/diffusion_models`` and the styled training set as a ``.latent`` in ``input/``.  The graph
-(``example_workflows/06_train_styles_and_pin.json``) is generated here from the same dataset definition, so its
+(``example_workflows/demo/06_train_styles_and_pin.json``) is generated here from the same dataset definition, so its
 style labels and per-image conditioning seeds can never drift from the data; a test compares the committed file
 with :func:`workflow`.
 
@@ -24,7 +24,7 @@ from .workflow import WorkflowGraph
 
 MODEL_NAME = "ortho_hydra_toy_world.safetensors"
 LATENT_NAME = "ortho_hydra_toy_styles.latent"
-WORKFLOW = Path(__file__).resolve().parents[1] / "example_workflows" / "06_train_styles_and_pin.json"
+WORKFLOW = Path(__file__).resolve().parents[1] / "example_workflows" / "demo" / "06_train_styles_and_pin.json"
 PER_PAIR = 2  # renders per (content, style): 6 contents x 4 styles x 2 = 48 training images
 CONTENT_SEED = 7919  # toy_world.content_embedding seeds its generator with 7919 + content
 TRAIN = {"steps": 300, "learning_rate": 2e-3, "batch_size": 8, "rank": 8, "experts": 4, "init": "ortho_init",

@@ -6,7 +6,7 @@ from .demo_assets import ADAPTER_NAME, DIT_NAME, DIT_V2_NAME
 from .host import ROOT
 from .workflow import WorkflowGraph, apply_sample_save, write_json
 
-WORKFLOW = ROOT / "example_workflows" / "07_transfer_to_new_base.json"
+WORKFLOW = ROOT / "example_workflows" / "demo" / "07_transfer_to_new_base.json"
 OUTPUT_NAME = "ortho_hydra_demo_moe_v2"
 
 

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+FRONTEND_ONLY = {"Note", "MarkdownNote"}  # drawn by the front end, never sent to the server
 
 
 def _ordered_inputs(info: dict) -> list[tuple[str, object, dict]]:
@@ -27,7 +28,7 @@ def to_api(workflow: dict, object_info: dict) -> dict:
     links = {link[0]: link for link in workflow["links"]}
     prompt = {}
     for node in workflow["nodes"]:
-        if node.get("mode", 0) in (2, 4):  # muted / bypassed
+        if node.get("mode", 0) in (2, 4) or node["type"] in FRONTEND_ONLY:  # muted / bypassed / a note
             continue
         node_type = node["type"]
         if node_type not in object_info:

@@ -2,7 +2,7 @@
 
 1. builds the toy world's pretrained base model (cached by recipe) and its 4-style training set (ComfyUI .latent);
 2. starts ComfyUI on loopback with this pack;
-3. submits example_workflows/06_train_styles_and_pin.json: trains a 4-expert adapter in the graph with label
+3. submits example_workflows/demo/06_train_styles_and_pin.json: trains a 4-expert adapter in the graph with label
    guidance (style i -> expert i, names stamped), then renders every content with each named expert pinned and
    with live routing (the gallery), and plots the training;
 4. classifies every gallery tile with the toy world's style probe and writes, under demo_out/, the gallery, the

@@ -303,7 +303,9 @@ app.registerExtension({
       canvas.className = "ortho-hydra-train-chart";
       node.ohChart = canvas;
       node.ohPoints = [];
-      node.addDOMWidget("training_chart", "ortho_hydra_chart", canvas, { serialize: false, getValue() {}, setValue() {} });
+      // not saved: the front end writes a DOM widget into widgets_values unless the widget itself says no
+      transient(node.addDOMWidget("training_chart", "ortho_hydra_chart", canvas,
+        { serialize: false, getValue() {}, setValue() {} }));
       drawChart(node);
     }
   },

@@ -32,7 +32,7 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def example(server):
     srv, _ = server
-    return workflow.to_api(workflow.load(ROOT / "example_workflows" / "01_load_and_apply.json"),
+    return workflow.to_api(workflow.load(ROOT / "example_workflows" / "demo" / "01_load_and_apply.json"),
                            srv.get("/object_info"))
 
 
@@ -103,7 +103,7 @@ def test_wrong_architecture_fails_the_run_naming_both_sides_and_server_keeps_ser
 def test_every_example_workflow_uses_registered_nodes_and_runs(server, name):
     srv, base = server
     info = srv.get("/object_info")
-    wf = workflow.load(ROOT / "example_workflows" / name)
+    wf = workflow.load(ROOT / "example_workflows" / "demo" / name)
     missing = {n["type"] for n in wf["nodes"]} - set(info)
     assert not missing
     entry = srv.run(workflow.to_api(wf, info), timeout=600)
@@ -191,7 +191,7 @@ def test_twenty_bad_graphs_then_a_good_one_and_the_model_is_clean(server, exampl
     server keeps serving, and the good graph afterwards gives the very pictures it gave before."""
     srv, base = server
     info = srv.get("/object_info")
-    router = workflow.to_api(workflow.load(ROOT / "example_workflows" / "02_pin_blend_gallery.json"), info)
+    router = workflow.to_api(workflow.load(ROOT / "example_workflows" / "demo" / "02_pin_blend_gallery.json"), info)
     before = [np.asarray(Image.open(p)) for p in output_images(srv.run(example, timeout=300), base / "output")]
     bad = [
         _with(example, "OrthoHydraLoadAndApply", lora_name="missing_moe.safetensors"),
