@@ -1,8 +1,9 @@
 # Two commands matter: `make demo` and `make test`.  Both set up everything first.
 PY := .venv/bin/python
 export PYTHONUNBUFFERED := 1
-# The slow tiers (pytest markers, pyproject.toml): the browser, the studies' smoke runs, the multi-process torchrun
-SLOW := browser or study or multiprocess
+# The slow tiers (pytest markers, pyproject.toml): the browser, the studies' smoke runs, the multi-process torchrun,
+# the example graphs end to end
+SLOW := browser or study or multiprocess or graphs
 
 .PHONY: setup test test-slow test-all test-host lint unit demo demo-assets bench clean
 

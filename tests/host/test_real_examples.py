@@ -36,6 +36,8 @@ from devkit.host import ROOT
 from devkit.server import ComfyServer, execution_error, link_pack, output_images
 from devkit.text_encoder import random_clip_l_state_dict
 
+pytestmark = pytest.mark.graphs  # a slow tier: three graphs on stand-in models, about 3 minutes
+
 STYLES = ["ink", "pixel", "watercolor"]
 SIZE = 64
 
