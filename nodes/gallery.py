@@ -12,10 +12,10 @@ from PIL import Image, ImageDraw
 
 from ortho_hydra.overrides import GateRule, Keyframe, Override
 
+from ..comfy_glue.patcher import apply_adapter
+from ..comfy_glue.types import OrthoHydraAdapterType, sampler_inputs
+from ..comfy_glue.widgets import split_list
 from .latent_preview import latent_to_rgb
-from .patcher import apply_adapter
-from .types import OrthoHydraAdapterType, sampler_inputs
-from .widgets import split_list
 
 
 def pinned(adapter, expert: int):

@@ -21,8 +21,8 @@ from ortho_hydra.overrides import (
 )
 from ortho_hydra.profiles import check_matches
 
-from .types import OrthoHydraAdapterType, StyleProfileType
-from .widgets import parse_list
+from ..comfy_glue.types import OrthoHydraAdapterType, StyleProfileType
+from ..comfy_glue.widgets import parse_list
 
 KEYFRAMES_TIP = ("Optional schedule, one keyframe per line: '<start_percent> <mode> [args]', e.g. '0.0 live' / "
                  "'0.4 pin 2' / '0.7 blend 1,1,0,0' / 'bias 0,2,0,0' / 'temperature 0.5' / 'top_k 2'. "

@@ -12,9 +12,9 @@ from comfy_api.v0_0_2 import io, ui
 
 from ortho_hydra.metrics import normalized_entropy
 
-from .gate_recording import recording
-from .types import sampler_inputs
-from .widgets import figure_to_image, pyplot
+from ..comfy_glue.gate_recording import recording
+from ..comfy_glue.types import sampler_inputs
+from ..comfy_glue.widgets import figure_to_image, pyplot
 
 
 def summarize_records(records: dict, num_experts: int) -> dict:

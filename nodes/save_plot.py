@@ -9,9 +9,9 @@ from comfy_api.v0_0_2 import io
 from ortho_hydra import OrthoHydraError, save
 from ortho_hydra.training import RouterTrace
 
-from .adapter_files import lora_output_path
-from .types import OrthoHydraAdapterType, RouterTraceType
-from .widgets import figure_to_image, pyplot, split_list
+from ..comfy_glue.adapter_files import lora_output_path
+from ..comfy_glue.types import OrthoHydraAdapterType, RouterTraceType
+from ..comfy_glue.widgets import figure_to_image, pyplot, split_list
 
 
 class OrthoHydraSave(io.ComfyNode):

@@ -56,7 +56,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def train_adapter(tw, pack, base, world: World, kind: str, seed: int, s: Settings):
-    train = pack.nodes.train
+    train = pack.comfy_glue.training
     init, lr = RECIPES[kind]
     if kind in ROUTED:
         idx = torch.arange(len(world.train_x))
@@ -89,7 +89,7 @@ def evaluate(tw, tiny_dit, pack, world: World, kind: str, adapter, probe: bool =
     if adapter is None:
         model, routed = base, False
     else:
-        model, routed = pack.nodes.patcher.apply_adapter(base, adapter)[0], kind in ROUTED
+        model, routed = pack.comfy_glue.patcher.apply_adapter(base, adapter)[0], kind in ROUTED
     out = {"loss": held_loss(pack, model, world, kind, routed)}
     if not probe:
         return out
@@ -121,7 +121,7 @@ def per_layer(pack, world2: World, kind: str, adapter, result, copy_loss: float)
         one = dataclasses.replace(adapter, layers={**adapter.layers}, plain_layers={**adapter.plain_layers})
         target = one.layers if row.name in one.layers else one.plain_layers
         target[row.name] = (result.adapter.layers | result.adapter.plain_layers)[row.name]
-        model = pack.nodes.patcher.apply_adapter(world2.base, one)[0]
+        model = pack.comfy_glue.patcher.apply_adapter(world2.base, one)[0]
         rows.append({"layer": row.name, "similarity": row.similarity, "similarity_out": row.similarity_out,
                      "similarity_in": row.similarity_in, "retained": row.retained,
                      "benefit": copy_loss - held_loss(pack, model, world2, kind, routed)})

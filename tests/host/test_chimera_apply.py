@@ -98,9 +98,9 @@ def _captured(pack, patched, module, extra=None):
     """(input, output, router σ, FEI[, state.extra[extra]]) of ``module`` in one sampling step, seen after the
     adapter's hook."""
     seen = []
-    state = pack.nodes.patcher.applied_adapters(patched)[0].state
+    state = pack.comfy_glue.patcher.applied_adapters(patched)[0].state
     clone = patched.clone()
-    pack.nodes.hooks.install_forward_hook(
+    pack.comfy_glue.hooks.install_forward_hook(
         clone, module, lambda m, args, out: seen.append((args[0].detach().clone(), out.detach().clone(),
                                                          state.sigma.clone(), state.fei.clone())
                                                         + ((state.extra[extra].clone(),) if extra else ())))
@@ -118,7 +118,7 @@ def test_hooked_linears_add_both_pools_exactly_and_unpatching_restores(cosmos, t
     t, meta = chimera_tensors(cosmos, dual, mode, centered=centered)
     adapter = lib.load(write(tmp_path / "c_chimera.safetensors", t, meta))
     before = {k: v.clone() for k, v in cosmos.model.state_dict().items()}
-    patched, plan = pack.nodes.patcher.apply_adapter(cosmos, adapter, strength=0.8)
+    patched, plan = pack.comfy_glue.patcher.apply_adapter(cosmos, adapter, strength=0.8)
     assert plan.unmatched == [] and len(plan.matched) == 2
     for prefix, module in TARGETS.items():
         x, y, sigma, fei = _captured(pack, patched, f"diffusion_model.{module}")
@@ -142,7 +142,7 @@ def test_a_pinned_frequency_expert_folds_into_the_weights(cosmos, tmp_path):
     pinned = adapter.with_override(ov.Override((ov.Keyframe(0.0, ov.GateRule("pin", expert=KC + 1)),)))
     prefix, module = "lora_unet_blocks_0_mlp_layer1", "blocks.0.mlp.layer1"
     w0 = cosmos.model.diffusion_model.get_submodule(module).weight.detach().clone()  # patched in place on load
-    patched, _ = pack.nodes.patcher.apply_adapter(cosmos, pinned, strength=1.0)
+    patched, _ = pack.comfy_glue.patcher.apply_adapter(cosmos, pinned, strength=1.0)
     mm.load_models_gpu([patched])
     try:
         linear = patched.model.diffusion_model.get_submodule(module)
@@ -170,7 +170,7 @@ def test_cross_attention_content_router_needs_the_llm_adapter(cosmos, tmp_path):
     adapter = lib.load(write(tmp_path / "x_chimera.safetensors", t, meta))
     assert "cross-attention router" in adapter.summary()
     with pytest.raises(lib.OrthoHydraError, match="llm_adapter") as err:
-        pack.nodes.patcher.apply_adapter(cosmos, adapter)
+        pack.comfy_glue.patcher.apply_adapter(cosmos, adapter)
     assert err.value.key == "content_router.net.0.weight"
 
 
@@ -197,7 +197,7 @@ def test_cross_attention_content_router_on_a_model_with_an_llm_adapter(tmp_path)
     t.update(net)
     meta.update({"ss_chimera_content_router_source": "crossattn_emb", "ss_chimera_content_router_layer_norm": "true"})
     adapter = lib.load(write(tmp_path / "x_chimera.safetensors", t, meta))
-    patched, _ = pack.nodes.patcher.apply_adapter(model, adapter, strength=1.0)
+    patched, _ = pack.comfy_glue.patcher.apply_adapter(model, adapter, strength=1.0)
     prefix, module = "lora_unet_blocks_0_mlp_layer1", "blocks.0.mlp.layer1"
     x, y, sigma, fei, pi_c = _captured(pack, patched, f"diffusion_model.{module}",
                                        extra=lib.chimera.CONTENT_GATE_KEY)

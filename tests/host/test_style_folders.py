@@ -86,7 +86,7 @@ def test_loads_a_sorted_batch_with_labels_and_names(sf, input_dir):
     assert torch.allclose(means, expected, atol=0.03)
     again = _run(sf, "art", width=48, height=32)
     assert torch.equal(again[0], images) and again[1] == styles
-    train = import_pack().nodes.train
+    train = import_pack().comfy_glue.training
     assert train.style_labels_from(labels, count).tolist() == list(styles.labels)  # the trainer's widget reads it
 
 

@@ -18,7 +18,7 @@ from devkit.host import import_pack
 
 @pytest.fixture(scope="module")
 def T():
-    return import_pack().nodes.train
+    return import_pack().comfy_glue.training
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def base():
 def train(*args, **kwargs):
     """``train`` called as the node's ``execute`` is: inside inference mode."""
     with torch.inference_mode():
-        return import_pack().nodes.train.train(*args, **kwargs)
+        return import_pack().comfy_glue.training.train(*args, **kwargs)
 
 
 LATENTS = torch.randn(4, 16, 16, 16, generator=torch.Generator().manual_seed(0))
