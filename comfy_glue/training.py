@@ -1,12 +1,12 @@
-"""In-graph Ortho-Hydra training on ComfyUI's own MODEL (any DiT), with per-sample routing.
+"""The training loop on ComfyUI's own MODEL (any DiT), with per-sample routing: the one loop that the trainer node
+(``nodes/train.py``), the torchrun command (``ortho_hydra_train``), the studies and the demo all run.
 
 ComfyUI's core trainer drives its loop through a custom ``comfy.samplers.Sampler``, so noising, conditioning
 and the x0-space loss all come from the model's own ``model_sampling``; we do the same.  Unlike its weight
 wrappers, our adapters are forward hooks (object patches), so the router sees every sample.
 
 Layers: the math and the checkpoint assembly live in ``ortho_hydra`` (``training``, ``training_state``), the
-ComfyUI plumbing in :mod:`.train_support`; this module is the loop and the node.  It runs past 350 lines because
-the node's schema alone (31 inputs, each with a tooltip) takes about 100; the loop itself reads top to bottom.
+ComfyUI plumbing in :mod:`.train_support`; this module is the run's state and the loop, read top to bottom.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import comfy.samplers
 import comfy.utils
 import folder_paths
 import torch
-from comfy_api.v0_0_2 import io
 from comfy_extras import nodes_custom_sampler, nodes_train
 
 from ortho_hydra import OrthoHydraError, save
@@ -31,8 +30,6 @@ from ortho_hydra.replicas import Replicas
 from ortho_hydra.sampling import EpochBatches
 from ortho_hydra.slots import base_fingerprint, slot_metadata
 from ortho_hydra.training import (
-    LR_SCHEDULES,
-    TIMESTEP_SAMPLING,
     RouterTrace,
     StepGates,
     UsageBalance,
@@ -53,9 +50,8 @@ from ortho_hydra.training_state import (
     save_training_state,
 )
 
-from .adapter_files import checked_file_name
 from .compile_support import require_hook_guards
-from .model_linears import TARGETS, adaptable_linears
+from .model_linears import adaptable_linears
 from .patcher import apply_adapter
 from .train_support import (
     drop_restored_forwards,
@@ -67,8 +63,7 @@ from .train_support import (
     per_image_conditioning,
     wrap_inference_weights,
 )
-from .types import OrthoHydraAdapterType, RouterTraceType, StyleSetType
-from .widgets import parse_list, split_list
+from .widgets import parse_list
 
 log = logging.getLogger("ortho_hydra")
 BASES = BasisCache()  # SVD bases by weight content, for the next run on the same model (one per process)
@@ -487,126 +482,6 @@ def _new_run(config: TrainConfig, targets: dict, fingerprint: dict, labels: torc
                       extra_metadata=extra, balance=UsageBalance(config.balance_memory))
     run.trace = RouterTrace(num_experts=config.experts, init=config.init, replicated_layers=list(network.replicated))
     return run
-
-
-class OrthoHydraTrain(io.ComfyNode):
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="OrthoHydraTrain",
-            display_name="Train Ortho-Hydra",
-            category="training/ortho_hydra",
-            description="Fine-tunes a mixture-of-experts adapter on this MODEL inside the graph, with per-sample "
-                        "routing. Checkpoints (adapter + resume file) go to models/loras every save_every steps, at "
-                        "the end, and when interrupted.",
-            is_experimental=True,
-            hidden=[io.Hidden.unique_id],
-            inputs=[
-                io.Model.Input("model", tooltip="The diffusion model (DiT) to train on; its weights stay frozen."),
-                io.Latent.Input("latents", tooltip="The training images, VAE-encoded (one batch)."),
-                io.Conditioning.Input("positive", tooltip="One conditioning per image, or one for all."),
-                io.Int.Input("steps", default=500, min=1, max=1_000_000, tooltip="Total optimizer steps (when "
-                                                                                "resuming: train up to this step)."),
-                io.Float.Input("learning_rate", default=2e-4, min=1e-7, max=1.0, step=1e-6,
-                               tooltip="AdamW learning rate for the rotations, λ (or ups/down for Hydra)."),
-                io.Int.Input("batch_size", default=1, min=1, max=256, tooltip="Images per micro-batch."),
-                io.Int.Input("grad_accumulation", default=1, min=1, max=256, tooltip="Micro-batches per step."),
-                io.Int.Input("rank", default=16, min=1, max=1024, tooltip="Rank r of each expert."),
-                io.Int.Input("experts", default=4, min=1, max=64, tooltip="Number of experts E."),
-                io.Float.Input("alpha", default=0.0, min=0.0, max=4096.0, tooltip="LoRA alpha; 0 means alpha = r."),
-                io.Combo.Input("init", options=list(INITS), default="ortho",
-                               tooltip="ortho: Ortho-Hydra (frozen disjoint SVD bases, Cayley-rotated); ortho_init: "
-                                       "the same slices as a start, then trained freely (more capacity, no "
-                                       "subspace guarantee); hydra_zero / hydra_jitter (i.i.d., as published) / "
-                                       "hydra_jitter_zero_sum: the HydraLoRA baselines."),
-                io.Float.Input("jitter_std", default=0.1, min=0.0, max=10.0, step=0.01,
-                               tooltip="hydra_jitter / hydra_jitter_zero_sum: std of the expert ups at init."),
-                io.Float.Input("balance_weight", default=TrainConfig.balance_weight, min=0.0, max=1.0, step=1e-5,
-                               tooltip="Switch load-balancing weight. Too small and routers collapse onto one "
-                                       "expert (toy world: 90-97% of layers at 1e-5, 10-46% at 1e-2 with the "
-                                       "held-out loss unchanged or better)."),
-                io.Float.Input("router_lr_scale", default=TrainConfig.router_lr_scale, min=0.0, max=1000.0, step=0.1,
-                               tooltip="Router learning rate = learning_rate x this. Above 1 the routers keep "
-                                       "re-assigning samples under AdamW (toy world: x10 doubled the held-out loss "
-                                       "of label-guided training)."),
-                io.Combo.Input("targets", options=list(TARGETS), default="attention+mlp",
-                               tooltip="Which Linears get experts."),
-                io.String.Input("target_regex", default="", tooltip="targets=regex: matched against lora_unet_* "
-                                                                    "names."),
-                io.Combo.Input("timestep_sampling", options=list(TIMESTEP_SAMPLING), default="logit_normal",
-                               tooltip="How noise levels are drawn."),
-                io.Float.Input("shift", default=3.0, min=1.0, max=20.0, step=0.1, tooltip="timestep_sampling=shift."),
-                io.Boolean.Input("gradient_checkpointing", default=TrainConfig.gradient_checkpointing,
-                                 tooltip="Keep only each DiT block's inputs and re-run the block in the backward pass: "
-                                         "the activations of one block at a time instead of all of them, for one more "
-                                         "forward pass per step. On by default, as in ComfyUI's own trainer; the loss "
-                                         "and the trained adapter are the same either way."),
-                io.Combo.Input("training_dtype", options=["fp32", "bf16"], default="bf16",
-                               tooltip="Autocast dtype of the forward; adapter weights stay fp32."),
-                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=True,
-                             tooltip="Seed for init, batches and noise."),
-                io.Int.Input("save_every", default=0, min=0, max=1_000_000, tooltip="Checkpoint every N steps "
-                                                                                    "(0: only at the end)."),
-                io.String.Input("output_name", default="ortho_hydra_trained",
-                                tooltip="Name of the adapter file in models/loras."),
-                io.Boolean.Input("fixed_noise", default=False,
-                                 tooltip="Debugging aid: reuse one noise draw and level per image every step, to "
-                                         "check the set-up can overfit a fixed batch."),
-                io.String.Input("style_labels", default="", tooltip="Optional per-image style ids (e.g. 0,0,1,1): "
-                                                                    "the purity diagnostic, and label guidance."),
-                io.Combo.Input("resume", options=["none", *resume_choices()], default="none",
-                               tooltip="Continue from a *.resume.safetensors written by an earlier run."),
-                io.String.Input("style_names", default="", tooltip="Optional style names, comma-separated, in label "
-                                                                   "order; stamped as expert names (style i -> "
-                                                                   "expert i). Taken from 'styles' when connected."),
-                io.Float.Input("label_guidance", default=0.0, min=0.0, max=100.0, step=0.01,
-                               tooltip="Weight of the cross-entropy between each image's gate and its style's "
-                                       "expert (label i -> expert i). 0 turns it off; needs style labels."),
-                io.Int.Input("label_guidance_steps", default=0, min=0, max=1_000_000,
-                             tooltip="Hold the label guidance this many steps, then decay it to 0 over half as "
-                                     "many, so the router carries the style alone at the end."),
-                io.Float.Input("balance_start", default=0.0, min=0.0, max=1_000_000.0, step=0.01,
-                               tooltip="Switch the balance term on at this step, or at this fraction of the run "
-                                       "when < 1 (the Ortho-Hydra paper: 0.4)."),
-                io.Int.Input("balance_memory", default=TrainConfig.balance_memory, min=1, max=100_000,
-                             tooltip="Micro-batches over which the balance term counts each expert's share of "
-                                     "samples (1: this micro-batch only). Longer memory made no measurable "
-                                     "difference on the toy world at batch 1; kept for large-batch parity."),
-                io.Int.Input("slots", default=0, min=0, max=64,
-                             tooltip="Orthogonal slots: 0 is off. With N > 0 the adapter is one expert whose "
-                                     "output basis is slice 'slot' of W0's top N·rank singular vectors, so "
-                                     "adapters trained on different slots (by anyone, separately) merge without "
-                                     "sharing output directions. Needs experts 1 and init ortho_out."),
-                io.Int.Input("slot", default=0, min=0, max=63,
-                             tooltip="Which slice of the N slots this adapter trains on (0 .. slots-1)."),
-                io.Combo.Input("lr_schedule", options=list(LR_SCHEDULES), default=TrainConfig.lr_schedule,
-                               tooltip="How the learning rate moves over the run: cosine and linear decay it to 0 "
-                                       "by the last step. At a constant lr the last steps of a fast run can undo "
-                                       "its fit (toy world: 1 seed in 5 lost a style at lr 1e-2; cosine lost "
-                                       "none)."),
-                StyleSetType.Input("styles", optional=True,
-                                   tooltip="Labels and style names from the style-folders loader; overrides "
-                                           "style_labels and style_names."),
-            ],
-            outputs=[io.Model.Output(display_name="model"), OrthoHydraAdapterType.Output(display_name="adapter"),
-                     io.Custom("LOSS_MAP").Output(display_name="loss_map"),
-                     RouterTraceType.Output(display_name="router_trace")],
-        )
-
-    @classmethod
-    def execute(cls, model, latents, positive, output_name: str, style_labels: str, style_names: str, resume: str,
-                styles=None, **settings) -> io.NodeOutput:
-        checked_file_name(output_name, "output_name")
-        count = latents["samples"].shape[0]
-        if styles is not None:
-            labels, names = torch.tensor(list(styles.labels)), tuple(styles.names)
-        else:
-            labels, names = style_labels_from(style_labels, count), tuple(split_list(style_names))
-        config = TrainConfig(output_name=output_name, style_names=names, **settings)
-        resume_path = None if resume == "none" else folder_paths.get_full_path_or_raise("loras", resume)
-        live, adapter, loss_map, trace = train(model, latents["samples"], positive, config, resume=resume_path,
-                                               labels=labels, unique_id=cls.hidden.unique_id)
-        return io.NodeOutput(live, adapter, loss_map, trace)
 
 
 def resume_choices() -> list[str]:

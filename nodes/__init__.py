@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from comfy_api.v0_0_2 import ComfyExtension, io
 
-from ..comfy_glue.training import OrthoHydraTrain
 from ..comfy_glue.web_routes import register_routes
 from .bake import OrthoHydraBakeLoRA
 from .dataset_cache import OrthoHydraCacheDataset
@@ -20,6 +19,7 @@ from .save_plot import OrthoHydraPlotTraining, OrthoHydraSave
 from .slots import OrthoHydraMergeSlots
 from .style_folders import OrthoHydraLoadStyleFolders
 from .style_profiles import OrthoHydraCaptureStyle, OrthoHydraLoadStyle, OrthoHydraSaveStyle, register_profile_folder
+from .train import OrthoHydraTrain
 from .transfer import OrthoHydraTransfer
 
 NODES: list[type[io.ComfyNode]] = [
