@@ -29,6 +29,7 @@ from ortho_hydra.network import OrthoHydraNetwork
 from ortho_hydra.replicas import Replicas
 from ortho_hydra.sampling import EpochBatches
 from ortho_hydra.slots import base_fingerprint, slot_metadata
+from ortho_hydra.text_lists import parse_list
 from ortho_hydra.training import (
     RouterTrace,
     StepGates,
@@ -63,7 +64,6 @@ from .train_support import (
     per_image_conditioning,
     wrap_inference_weights,
 )
-from .widgets import parse_list
 
 log = logging.getLogger("ortho_hydra")
 BASES = BasisCache()  # SVD bases by weight content, for the next run on the same model (one per process)

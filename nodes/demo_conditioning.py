@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from comfy_api.v0_0_2 import io
 
-from ..comfy_glue.widgets import parse_list
+from ortho_hydra.text_lists import parse_list
 
 
 def context_widths(model) -> tuple[int, int]:

@@ -5,35 +5,19 @@ from __future__ import annotations
 import comfy.model_management
 import comfy.sample
 import comfy.utils
-import numpy as np
 import torch
 from comfy_api.v0_0_2 import io
-from PIL import Image, ImageDraw
 
 from ortho_hydra.overrides import GateRule, Keyframe, Override
+from ortho_hydra.text_lists import split_list
 
+from ..comfy_glue.images import labelled_row, latent_to_rgb
 from ..comfy_glue.patcher import apply_adapter
 from ..comfy_glue.types import OrthoHydraAdapterType, sampler_inputs
-from ..comfy_glue.widgets import split_list
-from .latent_preview import latent_to_rgb
 
 
 def pinned(adapter, expert: int):
     return adapter.with_override(Override((Keyframe(0.0, GateRule("pin", expert)),)))
-
-
-def labelled_row(images: list[torch.Tensor], labels: list[str], strip: int = 18) -> torch.Tensor:
-    """(H, W, 3) tiles side by side, each with its label drawn on a strip above it."""
-    tiles = []
-    for image, label in zip(images, labels, strict=True):
-        array = (image.clamp(0, 1).cpu().numpy() * 255).astype(np.uint8)
-        canvas = Image.new("RGB", (array.shape[1], array.shape[0] + strip), (24, 24, 24))
-        canvas.paste(Image.fromarray(array), (0, strip))
-        ImageDraw.Draw(canvas).text((3, 3), label[: max(4, array.shape[1] // 7)], fill=(235, 235, 235))
-        tiles.append(np.asarray(canvas))
-    gap = np.full((tiles[0].shape[0], 4, 3), 255, np.uint8)
-    row = np.concatenate([t for tile in tiles for t in (tile, gap)][:-1], axis=1)
-    return torch.from_numpy(row.astype(np.float32) / 255.0).unsqueeze(0)
 
 
 class OrthoHydraExpertGallery(io.ComfyNode):

@@ -8,9 +8,9 @@ from comfy_api.v0_0_2 import io
 
 from ortho_hydra import OrthoHydraError
 from ortho_hydra.slots import merge_slot_adapters
+from ortho_hydra.text_lists import split_list
 
 from ..comfy_glue.types import OrthoHydraAdapterType
-from ..comfy_glue.widgets import split_list
 
 MAX_ADAPTERS = 8
 

@@ -7,13 +7,13 @@ import folder_paths
 import torch
 from comfy_api.v0_0_2 import io
 
+from ortho_hydra.text_lists import split_list
 from ortho_hydra.training import LR_SCHEDULES, TIMESTEP_SAMPLING
 
 from ..comfy_glue.adapter_files import checked_file_name
 from ..comfy_glue.model_linears import TARGETS
 from ..comfy_glue.training import INITS, TrainConfig, resume_choices, style_labels_from, train
 from ..comfy_glue.types import OrthoHydraAdapterType, RouterTraceType, StyleSetType
-from ..comfy_glue.widgets import split_list
 
 DEFAULT = TrainConfig()  # every widget's default is this field's default
 

@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         seconds = time.perf_counter() - started
         if rank == 0:
             plot = Path(adapter.path).with_suffix(".png")
-            image = pack.nodes.save_plot.plot_training(losses["loss"], [trace])
+            image = pack.comfy_glue.images.plot_training(losses["loss"], [trace])
             from PIL import Image
 
             Image.fromarray((image[0].numpy() * 255).astype("uint8")).save(plot)

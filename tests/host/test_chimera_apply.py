@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 from devkit import tiny_dit
 from devkit.adapters import library
 from devkit.host import import_pack
+from ortho_hydra.override_settings import norm_controlled
 
 KC, KF, R, SIG, HID = 3, 2, 4, 4, 8
 TARGETS = {"lora_unet_blocks_0_mlp_layer1": "blocks.0.mlp.layer1",
@@ -217,14 +218,13 @@ def test_cross_attention_content_router_on_a_model_with_an_llm_adapter(tmp_path)
 
 
 def test_router_node_refuses_norm_control_on_chimera_pools(cosmos, tmp_path):
-    pack = import_pack()
     lib = library()
     t, meta = chimera_tensors(cosmos, dual=False)
     adapter = lib.load(write(tmp_path / "n_chimera.safetensors", t, meta))
     ov = lib.overrides
     blend = ov.Override((ov.Keyframe(0.0, ov.GateRule("blend", weights=(1, 0, 0, 1, 0))),))
     with pytest.raises(lib.OrthoHydraError, match="norm_control does not apply to ChimeraHydra") as err:
-        pack.nodes.router.norm_controlled(adapter, blend)
+        norm_controlled(adapter, blend)
     assert err.value.key == "norm_control"
 
 
