@@ -24,3 +24,16 @@ def parse_list(text: str, convert: Callable[[str], T], *, key: str, example: str
         kind = {int: "integers", float: "numbers"}.get(convert, "values")
         raise OrthoHydraError(f"{key} must be comma-separated {kind}, got {text!r}.", key=key,
                               fix=f"e.g. {example}") from exc
+
+
+def adapter_names_from(defaults: list[str], typed: str) -> list[str]:
+    """Typed names (comma-separated), else ``defaults``; one per adapter and no duplicates (they become expert
+    names)."""
+    names = split_list(typed) or list(defaults)
+    if len(names) != len(defaults):
+        raise OrthoHydraError(f"{len(names)} names for {len(defaults)} adapters.", key="names",
+                              fix="give one name per connected adapter, or leave names empty")
+    if len(set(names)) != len(names):
+        raise OrthoHydraError(f"duplicate names: {', '.join(names)}.", key="names",
+                              fix="give every adapter its own name")
+    return names

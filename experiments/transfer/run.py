@@ -107,7 +107,7 @@ def evaluate(tw, tiny_dit, pack, world: World, kind: str, adapter, probe: bool =
 def moved(pack, adapter, v1, v2, mode: str, rank: int, tau: float = 0.0, cache=None):
     from ortho_hydra.transfer import TransferOptions, transfer
 
-    node = pack.nodes.transfer
+    node = pack.comfy_glue.transfer
     layers = {**adapter.layers, **adapter.plain_layers}
     return transfer(adapter, node.weight_sources(v1, layers, "source"), node.weight_sources(v2, layers, "target"),
                     TransferOptions(rank=rank, threshold=tau, mode=mode), cache=cache)

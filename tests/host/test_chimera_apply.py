@@ -234,7 +234,7 @@ def test_router_fitting_is_refused_for_chimera_adapters(cosmos, tmp_path):
     t, meta = chimera_tensors(cosmos, dual=True)
     adapter = lib.load(write(tmp_path / "f_chimera.safetensors", t, meta))
     with pytest.raises(lib.OrthoHydraError, match="fitting routers is not available for ChimeraHydra"):
-        pack.nodes.router_fit.fit_bank_router(cosmos, adapter, torch.zeros(2, 16, 1, 8, 8), [],
+        pack.comfy_glue.router_fit.fit_bank_router(cosmos, adapter, torch.zeros(2, 16, 1, 8, 8), [],
                                               torch.tensor([0, 1]), holdout=0.5, steps=1, seed=0)
 
 

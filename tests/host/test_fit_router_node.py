@@ -24,7 +24,7 @@ def test_fitted_routers_send_held_out_latents_to_their_expert(base):
     adapter = randomized_adapter(lora_weights(base, pattern=r"x_block_mlp_fc1$"), rank=4, experts=2, seed=4)
     latents, labels = _two_styles(24, seed=1)
     positive = tiny_dit.mmdit_conditioning(seed=3)
-    node = pack.nodes.router_fit.OrthoHydraFitRouter
+    node = pack.comfy_glue.router_fit.OrthoHydraFitRouter
     fitted, report = node.execute(base, adapter, {"samples": latents}, positive, ",".join(map(str, labels.tolist())),
                                   holdout=0.25, steps=200, seed=0).args
     assert "held-out (6) routing accuracy" in report
@@ -57,9 +57,9 @@ def test_a_router_fitted_on_an_adapter_with_inv_scale_routes_live_as_it_was_fitt
     adapter = dataclasses.replace(adapter, layers={name: dataclasses.replace(layer, inv_scale=inv_scale)})
     latents, labels = _two_styles(10, seed=1)
     positive = tiny_dit.mmdit_conditioning(seed=3)
-    fitted, _ = pack.nodes.router_fit.fit_bank_router(base, adapter, latents, positive, labels, holdout=0.0,
+    fitted, _ = pack.comfy_glue.router_fit.fit_bank_router(base, adapter, latents, positive, labels, holdout=0.0,
                                                       steps=100, seed=0)
-    features = pack.nodes.router_fit.collect_features(base, adapter, latents, positive, seed=0)[name].double()
+    features = pack.comfy_glue.router_fit.collect_features(base, adapter, latents, positive, seed=0)[name].double()
     router = fitted.layers[name]
     predicted = torch.softmax(features @ router.router_weight.double().T + router.router_bias.double(), -1)
     live, _ = pack.comfy_glue.patcher.apply_adapter(base, fitted)

@@ -29,7 +29,7 @@ def input_dir(tmp_path):
 
 @pytest.fixture(scope="module")
 def sf():
-    return import_pack().nodes.style_folders
+    return import_pack().comfy_glue.style_folders
 
 
 def _solid(path, size, colour, **save):

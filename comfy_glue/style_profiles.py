@@ -16,9 +16,9 @@ from ortho_hydra import OrthoHydraError
 from ortho_hydra.profiles import StyleProfile, adapter_fingerprint, load_profile, save_profile
 from ortho_hydra.text_lists import parse_list
 
-from ..comfy_glue.adapter_files import checked_file_name
-from ..comfy_glue.gate_recording import recording
-from ..comfy_glue.types import StyleProfileType
+from .adapter_files import checked_file_name
+from .gate_recording import recording
+from .types import StyleProfileType
 
 PROFILE_FOLDER = "ortho_hydra_profiles"
 

@@ -19,8 +19,8 @@ from comfy_api.v0_0_2 import io
 from ortho_hydra import OrthoHydraError
 from ortho_hydra.dataset_cache import DatasetWriter, read, read_manifest
 
-from ..comfy_glue.adapter_files import checked_file_name
-from ..comfy_glue.types import StyleSetType
+from .adapter_files import checked_file_name
+from .types import StyleSetType
 
 DATASETS = "ortho_hydra_datasets"
 

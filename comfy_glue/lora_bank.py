@@ -21,10 +21,10 @@ from ortho_hydra import Adapter, OrthoHydraError
 from ortho_hydra.expert_stack import LoraPiece, lora_expert, stack_as_experts
 from ortho_hydra.safetensors_io import read_safetensors
 from ortho_hydra.targets import layout_rows
+from ortho_hydra.text_lists import adapter_names_from
 
-from ..comfy_glue.key_space import key_space
-from ..comfy_glue.types import OrthoHydraAdapterType
-from .slots import adapter_names_from
+from .key_space import key_space
+from .types import OrthoHydraAdapterType
 
 _LORA_SUFFIX = re.compile(r"\.(lora_[AB]|lora_down|lora_up|lora\.down|lora\.up)\.weight$|\.alpha$")  # file key -> layer
 

@@ -23,14 +23,14 @@ from ortho_hydra.lora_dict import lora_state_dict
 from ortho_hydra.safetensors_io import write_safetensors
 from ortho_hydra.transfer import MODES, TransferOptions, TransferResult, transfer
 
-from ..comfy_glue.adapter_files import lora_output_path
-from ..comfy_glue.gate_recording import recording
-from ..comfy_glue.key_space import key_space
-from ..comfy_glue.level_sampling import predict_at_levels
-from ..comfy_glue.patcher import apply_adapter, model_architecture
-from ..comfy_glue.types import OrthoHydraAdapterType
-from ..comfy_glue.weight_storage import is_quantized_tensor, stored_weight
-from .expert_bank import NONE, lora_choices, lora_pieces, read_lora
+from .adapter_files import lora_output_path
+from .gate_recording import recording
+from .key_space import key_space
+from .level_sampling import predict_at_levels
+from .lora_bank import NONE, lora_choices, lora_pieces, read_lora
+from .patcher import apply_adapter, model_architecture
+from .types import OrthoHydraAdapterType
+from .weight_storage import is_quantized_tensor, stored_weight
 
 
 def _weight_of(model, key: str) -> torch.Tensor:

@@ -19,11 +19,11 @@ from ortho_hydra.kind import Capability
 from ortho_hydra.router_fit import fit_router, with_router
 from ortho_hydra.routing import RouterSpec, router_logits
 
-from ..comfy_glue.hooks import install_forward_hook
-from ..comfy_glue.level_sampling import LEVELS, predict_at_levels
-from ..comfy_glue.patcher import make_plan
-from ..comfy_glue.training import style_labels_from
-from ..comfy_glue.types import OrthoHydraAdapterType, StyleSetType
+from .hooks import install_forward_hook
+from .level_sampling import LEVELS, predict_at_levels
+from .patcher import make_plan
+from .training import style_labels_from
+from .types import OrthoHydraAdapterType, StyleSetType
 
 
 class _FeatureHook:

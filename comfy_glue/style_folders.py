@@ -18,7 +18,7 @@ from PIL import Image, ImageOps
 
 from ortho_hydra import OrthoHydraError
 
-from ..comfy_glue.types import StyleSet, StyleSetType
+from .types import StyleSet, StyleSetType
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 RESIZE_MODES = ("crop", "stretch", "pad")
