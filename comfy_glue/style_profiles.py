@@ -10,15 +10,12 @@ import comfy.samplers
 import comfy.utils
 import folder_paths
 import torch
-from comfy_api.v0_0_2 import io
 
 from ortho_hydra import OrthoHydraError
-from ortho_hydra.profiles import StyleProfile, adapter_fingerprint, load_profile, save_profile
+from ortho_hydra.profiles import StyleProfile, adapter_fingerprint
 from ortho_hydra.text_lists import parse_list
 
-from .adapter_files import checked_file_name
 from .gate_recording import recording
-from .types import StyleProfileType
 
 PROFILE_FOLDER = "ortho_hydra_profiles"
 
@@ -69,90 +66,10 @@ def capture(model, latent: torch.Tensor, conditioning, percents: list[float], se
                         source=os.path.basename(adapter.path or "adapter"))
 
 
-def _percents(text: str) -> list[float]:
+def parse_percents(text: str) -> list[float]:
     values = parse_list(text, float, key="percents", example="0.2, 0.5, 0.8")
     if not values or any(not 0.0 <= v < 1.0 for v in values):
         raise OrthoHydraError(f"percents must be in [0, 1), got {values}.", key="percents", fix="e.g. 0.2, 0.5, 0.8")
     return values
 
 
-class OrthoHydraCaptureStyle(io.ComfyNode):
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="OrthoHydraCaptureStyle",
-            display_name="Capture Ortho-Hydra Style",
-            category="loaders/ortho_hydra",
-            description="Runs the router-live model on a reference latent (a VAE-encoded image of the style) at a "
-                        "few noise levels and records each layer's mean gate: a profile you can replay at zero "
-                        "cost with the router node.",
-            inputs=[
-                io.Model.Input("model", tooltip="The model patched by Apply Ortho-Hydra (router-live)."),
-                io.Latent.Input("latent", tooltip="The reference: a VAE-encoded image of the style."),
-                io.Conditioning.Input("conditioning", tooltip="Conditioning for the reference (its caption)."),
-                io.String.Input("percents", default="0.2, 0.5, 0.8",
-                                tooltip="Noise levels as fractions of the denoise (0 = pure noise end)."),
-                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=True,
-                             tooltip="Noise seed; same seed, same profile."),
-                io.String.Input("name", default="style", tooltip="Profile name."),
-            ],
-            outputs=[StyleProfileType.Output(display_name="profile"), io.String.Output(display_name="summary")],
-        )
-
-    @classmethod
-    def execute(cls, model, latent, conditioning, percents: str, seed: int, name: str) -> io.NodeOutput:
-        profile = capture(model, latent["samples"], conditioning, _percents(percents), seed, name)
-        usage = ", ".join(f"{n}: {w:.2f}" for n, w in zip(profile.expert_names, profile.mean_usage(), strict=False))
-        return io.NodeOutput(profile, f"profile '{name}' over {len(profile.layers)} layers; mean usage {usage}")
-
-
-class OrthoHydraSaveStyle(io.ComfyNode):
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="OrthoHydraSaveStyle",
-            display_name="Save Ortho-Hydra Style",
-            category="loaders/ortho_hydra",
-            description="Saves a style profile as models/ortho_hydra_profiles/<name>.json.",
-            inputs=[StyleProfileType.Input("profile", tooltip="The profile to save."),
-                    io.String.Input("name", default="style", tooltip="File name (letters, digits, - _ . space).")],
-            outputs=[io.String.Output(display_name="path")],
-            is_output_node=True,
-        )
-
-    @classmethod
-    def execute(cls, profile: StyleProfile, name: str) -> io.NodeOutput:
-        checked_file_name(name, "name")
-        path = os.path.join(profile_dir(), f"{name}.json")
-        save_profile(profile, path)
-        return io.NodeOutput(path)
-
-
-class OrthoHydraLoadStyle(io.ComfyNode):
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        register_profile_folder()
-        return io.Schema(
-            node_id="OrthoHydraLoadStyle",
-            display_name="Load Ortho-Hydra Style",
-            category="loaders/ortho_hydra",
-            description="Loads a saved style profile; the router node checks it belongs to the adapter.",
-            inputs=[io.Combo.Input("profile_name", options=folder_paths.get_filename_list(PROFILE_FOLDER),
-                                   tooltip="A profile from models/ortho_hydra_profiles.")],
-            outputs=[StyleProfileType.Output(display_name="profile")],
-        )
-
-    @classmethod
-    def validate_inputs(cls, profile_name: str) -> bool | str:
-        path = folder_paths.get_full_path(PROFILE_FOLDER, profile_name)
-        if path is None:
-            return f"'{profile_name}' is not in models/{PROFILE_FOLDER}. Fix: save a profile first, then refresh."
-        try:
-            load_profile(path)
-        except OrthoHydraError as exc:
-            return str(exc)
-        return True
-
-    @classmethod
-    def execute(cls, profile_name: str) -> io.NodeOutput:
-        return io.NodeOutput(load_profile(folder_paths.get_full_path_or_raise(PROFILE_FOLDER, profile_name)))

@@ -45,7 +45,7 @@ def output(tmp_path):
 
 
 def _node():
-    return import_pack().comfy_glue.dataset_cache.OrthoHydraCacheDataset
+    return import_pack().nodes.dataset_cache.OrthoHydraCacheDataset
 
 
 def _styles(labels, names):

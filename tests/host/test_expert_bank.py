@@ -71,7 +71,7 @@ def test_pinning_and_blending_the_bank_equal_comfyuis_own_lora_loader(base, lora
     ov = library().overrides
     files = [kohya_lora(base, loras, "warm", 1), peft_lora(base, loras, "dots", 2),
              kohya_lora(base, loras, "grain", 3, pattern="context_block_mlp", rank=2, alpha=4.0)]
-    bank, summary = pack.comfy_glue.lora_bank.OrthoHydraLoraBank.execute(base, files[0], files[1], "",
+    bank, summary = pack.nodes.expert_bank.OrthoHydraLoraBank.execute(base, files[0], files[1], "",
                                                                       lora_3=files[2]).args
     assert bank.expert_names == ("warm", "dots", "grain") and bank.num_experts == 3
     assert isinstance(summary, str) and summary
@@ -97,7 +97,7 @@ def test_pinning_and_blending_the_bank_equal_comfyuis_own_lora_loader(base, lora
 
 def test_bad_stacks_are_refused_naming_the_file_and_key(base, loras, tmp_path):
     pack = import_pack()
-    node = pack.comfy_glue.lora_bank.OrthoHydraLoraBank
+    node = pack.nodes.expert_bank.OrthoHydraLoraBank
     err_type = library().OrthoHydraError
     good = kohya_lora(base, loras, "good", 1)
     prefix = next(iter(_linears(base, "x_block_mlp")))

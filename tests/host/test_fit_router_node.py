@@ -24,7 +24,7 @@ def test_fitted_routers_send_held_out_latents_to_their_expert(base):
     adapter = randomized_adapter(lora_weights(base, pattern=r"x_block_mlp_fc1$"), rank=4, experts=2, seed=4)
     latents, labels = _two_styles(24, seed=1)
     positive = tiny_dit.mmdit_conditioning(seed=3)
-    node = pack.comfy_glue.router_fit.OrthoHydraFitRouter
+    node = pack.nodes.router_fit.OrthoHydraFitRouter
     fitted, report = node.execute(base, adapter, {"samples": latents}, positive, ",".join(map(str, labels.tolist())),
                                   holdout=0.25, steps=200, seed=0).args
     assert "held-out (6) routing accuracy" in report

@@ -239,7 +239,7 @@ def test_profile_capture_is_deterministic_replays_as_a_static_blend_and_round_tr
     patched, _ = pack.comfy_glue.patcher.apply_adapter(base, adapter, 1.0)
     latent = {"samples": torch.randn(1, 16, 16, 16, generator=torch.Generator().manual_seed(9))}
     cond = tiny_dit.mmdit_conditioning(seed=3)
-    capture = pack.comfy_glue.style_profiles.OrthoHydraCaptureStyle
+    capture = pack.nodes.style_profiles.OrthoHydraCaptureStyle
     first = capture.execute(patched, latent, cond, "0.2, 0.6", 5, "ink").args[0]
     second = capture.execute(patched, latent, cond, "0.2, 0.6", 5, "ink").args[0]
     mm.unload_all_models()

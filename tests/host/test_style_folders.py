@@ -29,7 +29,7 @@ def input_dir(tmp_path):
 
 @pytest.fixture(scope="module")
 def sf():
-    return import_pack().comfy_glue.style_folders
+    return import_pack().nodes.style_folders
 
 
 def _solid(path, size, colour, **save):
@@ -138,7 +138,7 @@ def test_dataset_choices_progress_and_refresh(sf, input_dir):
     _solid(input_dir / "flat" / "a.png", (8, 8), RED)  # no sub-folders: not a dataset
     _solid(input_dir / "loose.png", (8, 8), RED)
     (input_dir / ".hidden" / "x").mkdir(parents=True)
-    assert sf.dataset_choices() == ["art"]
+    assert import_pack().comfy_glue.style_folders.dataset_choices() == ["art"]
     assert sf.OrthoHydraLoadStyleFolders.GET_SCHEMA().inputs[0].options == ["art"]
     assert sf.OrthoHydraLoadStyleFolders.validate_inputs("art") is True
     assert sf.OrthoHydraLoadStyleFolders.validate_inputs(None) is True  # a linked value is checked at run time

@@ -26,7 +26,7 @@ def versions():
 
 
 def _node():
-    return import_pack().comfy_glue.transfer.OrthoHydraTransfer
+    return import_pack().nodes.transfer.OrthoHydraTransfer
 
 
 def _weights(model) -> dict[str, torch.Tensor]:

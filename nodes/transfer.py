@@ -1,0 +1,120 @@
+"""The transfer node: an adapter or a LoRA file carried to another version of its base model (LoRA-X); the work
+is :mod:`comfy_glue.transfer`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import comfy.model_management
+import comfy.utils
+import folder_paths
+from comfy_api.v0_0_2 import io
+
+from ortho_hydra import OrthoHydraError
+from ortho_hydra.transfer import MODES, TransferOptions, transfer
+
+from ..comfy_glue.lora_bank import NONE, lora_choices
+from ..comfy_glue.patcher import model_architecture
+from ..comfy_glue.transfer import gate_drift, lora_file_adapter, transfer_output_path, weight_sources, write_result
+from ..comfy_glue.types import OrthoHydraAdapterType
+
+
+class OrthoHydraTransfer(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="OrthoHydraTransfer",
+            display_name="Transfer Ortho-Hydra / LoRA to Another Base",
+            category="loaders/ortho_hydra",
+            description="Carries an adapter trained on one version of a base model to another version of the same "
+                        "architecture, without data (LoRA-X): each factor is projected onto the target weight's "
+                        "principal subspaces, and layers whose source and target subspaces differ too much are "
+                        "dropped. Experts and routers are kept. Writes the result into models/loras and reports, "
+                        "per layer, the subspace similarity, whether it was kept, and how far the gates moved.",
+            inputs=[
+                io.Model.Input("source_model", tooltip="The base model the adapter was trained on."),
+                io.Model.Input("target_model", tooltip="The new version to carry the adapter to (same "
+                                                       "architecture and layer shapes)."),
+                OrthoHydraAdapterType.Input("adapter", optional=True,
+                                            tooltip="An Ortho-Hydra adapter (from the loader). Leave unconnected to "
+                                                    "transfer the LoRA file chosen below instead."),
+                io.Combo.Input("lora_name", options=[NONE, *lora_choices()], default=NONE,
+                               tooltip="A plain LoRA file in models/loras to transfer when no adapter is connected; "
+                                       "the output is a plain LoRA."),
+                io.Int.Input("rank", default=0, min=0, max=8192,
+                             tooltip="R, the size of the principal subspace per weight. 0 chooses R per layer as "
+                                     "the smallest holding 'energy' of the source weight. For Ortho-Hydra, R should "
+                                     "be at least experts x rank so every expert's slice fits."),
+                io.Float.Input("energy", default=0.9, min=0.01, max=1.0, step=0.01,
+                               tooltip="With rank 0: the share of each source weight's squared singular values the "
+                                       "subspace must hold."),
+                io.Float.Input("threshold", default=0.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="τ: a layer whose source/target subspace similarity (1 = same directions) "
+                                       "is below this is dropped from the result."),
+                io.Combo.Input("mode", options=list(MODES), default="subspace",
+                               tooltip="subspace: LoRA-X, keep only the part in the target's principal subspace. "
+                                       "subspace+null: also carry the part outside the source's principal subspace "
+                                       "into the target's complement (better for ordinary LoRAs). copy: no "
+                                       "projection, the naive baseline."),
+                io.String.Input("output_name", default="ortho_hydra_transferred",
+                                tooltip="File name for the result in models/loras (.safetensors is added)."),
+                io.Latent.Input("latent", optional=True,
+                                tooltip="Optional example latents: with conditioning, the gate drift (KL between "
+                                        "source and target gates on them) is measured per layer."),
+                io.Conditioning.Input("conditioning", optional=True,
+                                      tooltip="Conditioning for the gate-drift latents (one entry for all, or one "
+                                              "per latent)."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1,
+                             tooltip="Seeds the randomised SVD and the gate-drift noise, so a transfer is "
+                                     "reproducible."),
+            ],
+            outputs=[OrthoHydraAdapterType.Output(display_name="adapter"),
+                     io.String.Output(display_name="report"),
+                     io.String.Output(display_name="path")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, source_model, target_model, rank: int, energy: float, threshold: float, mode: str,
+                output_name: str, seed: int, adapter=None, lora_name: str = NONE, latent=None,
+                conditioning=None) -> io.NodeOutput:
+        arch_s, arch_t = model_architecture(source_model), model_architecture(target_model)
+        if arch_s != arch_t:
+            raise OrthoHydraError(f"the source model is {arch_s} and the target {arch_t}.", key="target_model",
+                                  fix="transfer between versions of one architecture (Flux dev -> a Flux "
+                                      "fine-tune, Wan 2.1 -> 2.2, ...)")
+        if (adapter is None) == (lora_name == NONE):
+            raise OrthoHydraError("connect an adapter or pick a LoRA file, not both and not neither.",
+                                  key="adapter" if adapter is None else "lora_name",
+                                  fix="connect the loader's adapter, or leave it unconnected and choose lora_name")
+        source = adapter if adapter is not None else lora_file_adapter(source_model, lora_name)
+        protected = [source.path, folder_paths.get_full_path("loras", lora_name) if lora_name != NONE else None]
+        path = transfer_output_path(output_name, protected)
+        layers = {**source.layers, **source.plain_layers}
+        options = TransferOptions(rank=rank, energy=energy, threshold=threshold, mode=mode, seed=seed)
+        pbar = comfy.utils.ProgressBar(len(layers))
+
+        def progress(done: int, total: int) -> None:
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            pbar.update_absolute(done, total)
+
+        result = transfer(source, weight_sources(source_model, layers, "source"),
+                          weight_sources(target_model, layers, "target"),
+                          options, progress=progress)
+        drift = {}
+        if latent is not None and conditioning is not None and source.layers:
+            drift = gate_drift(source_model, source, target_model, result.adapter, latent["samples"].float(),
+                               conditioning, seed)
+        stamp = {**json.loads(result.adapter.metadata["oh_transfer"]),
+                 "source": os.path.basename(source.path or "adapter"), "source_model": arch_s}
+        write_result(result, path, stamp)
+        moved = dataclasses.replace(result.adapter, path=path)
+        report = result.table(drift)
+        if source.reft:
+            report += (f"\n{len(source.reft)} ReFT block edits copied unchanged (they edit activations, not a "
+                       f"weight)")
+        if drift:
+            report += f"\nmean gate drift KL {sum(drift.values()) / len(drift):.4f} nats over {len(drift)} layers"
+        return io.NodeOutput(moved, report, path, ui={"text": [report]})
