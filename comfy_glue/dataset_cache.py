@@ -10,10 +10,13 @@ import hashlib
 import json
 import os
 
+import comfy.model_management
+import comfy.utils
 import folder_paths
 import torch
 
 from ortho_hydra import OrthoHydraError
+from ortho_hydra.dataset_cache import DatasetWriter, read, read_manifest
 
 from .adapter_files import checked_file_name
 
@@ -78,3 +81,41 @@ def conditioning_for(count: int, conditioning, clip, captions: str) -> tuple[lis
     return [encoded[text] for text in lines], lines
 
 
+def cache_dataset(images, vae, dataset_name: str, captions: str, shard_size: int, clip=None, conditioning=None,
+                  styles=None) -> tuple[str, dict, str]:
+    """Encode and write the dataset shard by shard (or find the same one already cached): (folder, LATENT, summary)."""
+    folder = dataset_folder(dataset_name)
+    count = images.shape[0]
+    labels, names = (list(styles.labels), list(styles.names)) if styles is not None else (None, [])
+    if labels is not None and len(labels) != count:
+        raise OrthoHydraError(f"{len(labels)} style labels for {count} images.", key="styles",
+                              fix="connect the images that came with these styles")
+    positive, text_key = conditioning_for(count, conditioning, clip, captions)
+    pixels = images[..., :3]
+    vae_id = vae_fingerprint(vae)
+    fingerprint = content_digest(pixels, text_key, labels, names, vae_id)
+    existing = read_manifest(folder)
+    if existing is not None and existing.get("fingerprint") == fingerprint:
+        cached = read(folder)
+        return (folder, {"samples": cached.latents},
+                             f"{folder}: unchanged ({cached.manifest['count']} images), skipped")
+    if existing is not None:
+        raise OrthoHydraError(f"'{dataset_name}' already holds another dataset ({existing.get('count')} images of "
+                              f"{existing.get('latent_shape')}).", path=folder, key="dataset_name",
+                              fix="choose another dataset_name, or delete that folder to replace it")
+    writer = DatasetWriter(folder)
+    shards = (count + shard_size - 1) // shard_size
+    pbar = comfy.utils.ProgressBar(shards)
+    latents = []
+    for start in range(0, count, shard_size):
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        encoded = vae.encode(pixels[start:start + shard_size]).float().cpu()
+        writer.add_shard(encoded, positive[start:start + shard_size])
+        latents.append(encoded)
+        pbar.update(1)
+    manifest = writer.finish(labels, names, fingerprint,
+                             {"vae": vae_id, "latent_channels": int(latents[0].shape[1]),
+                              "text": "clip" if clip is not None else "conditioning"})
+    summary = (f"{folder}: {count} images as {shards} shards, latents {manifest['latent_shape']}"
+               + (f", styles {', '.join(names)}" if names else ""))
+    return (folder, {"samples": torch.cat(latents)}, summary)

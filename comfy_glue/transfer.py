@@ -7,11 +7,13 @@ models/loras and measures how far the routers' gates moved on the user's own lat
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
 import comfy.model_management
 import comfy.utils
+import folder_paths
 import torch
 
 from ortho_hydra import Adapter, OrthoHydraError, PlainLoRA, save
@@ -19,14 +21,14 @@ from ortho_hydra.expert_stack import lora_expert
 from ortho_hydra.lora_dict import lora_state_dict
 from ortho_hydra.metrics import mean_gate_kl
 from ortho_hydra.safetensors_io import write_safetensors
-from ortho_hydra.transfer import TransferResult
+from ortho_hydra.transfer import TransferOptions, TransferResult, transfer
 
 from .adapter_files import lora_output_path
 from .gate_recording import recording
 from .key_space import key_space
 from .level_sampling import predict_at_levels
-from .lora_bank import lora_pieces, read_lora
-from .patcher import apply_adapter
+from .lora_bank import NONE, lora_pieces, read_lora
+from .patcher import apply_adapter, model_architecture
 from .weight_storage import is_quantized_tensor, stored_weight
 
 
@@ -124,3 +126,44 @@ def write_result(result: TransferResult, path: str, stamp: dict) -> None:
                                   "source model")
 
 
+def transfer_to(source_model, target_model, options: TransferOptions, output_name: str, adapter=None,
+                lora_name: str = NONE, latent=None, conditioning=None) -> tuple[Adapter, str, str]:
+    """Carry ``adapter`` (or the LoRA file ``lora_name``) from ``source_model`` to ``target_model``, write it into
+    models/loras and measure the gate drift on ``latent`` when given: (moved adapter, report, path)."""
+    arch_s, arch_t = model_architecture(source_model), model_architecture(target_model)
+    if arch_s != arch_t:
+        raise OrthoHydraError(f"the source model is {arch_s} and the target {arch_t}.", key="target_model",
+                              fix="transfer between versions of one architecture (Flux dev -> a Flux "
+                                  "fine-tune, Wan 2.1 -> 2.2, ...)")
+    if (adapter is None) == (lora_name == NONE):
+        raise OrthoHydraError("connect an adapter or pick a LoRA file, not both and not neither.",
+                              key="adapter" if adapter is None else "lora_name",
+                              fix="connect the loader's adapter, or leave it unconnected and choose lora_name")
+    source = adapter if adapter is not None else lora_file_adapter(source_model, lora_name)
+    protected = [source.path, folder_paths.get_full_path("loras", lora_name) if lora_name != NONE else None]
+    path = transfer_output_path(output_name, protected)
+    layers = {**source.layers, **source.plain_layers}
+    pbar = comfy.utils.ProgressBar(len(layers))
+
+    def progress(done: int, total: int) -> None:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        pbar.update_absolute(done, total)
+
+    result = transfer(source, weight_sources(source_model, layers, "source"),
+                      weight_sources(target_model, layers, "target"),
+                      options, progress=progress)
+    drift = {}
+    if latent is not None and conditioning is not None and source.layers:
+        drift = gate_drift(source_model, source, target_model, result.adapter, latent["samples"].float(),
+                           conditioning, options.seed)
+    stamp = {**json.loads(result.adapter.metadata["oh_transfer"]),
+             "source": os.path.basename(source.path or "adapter"), "source_model": arch_s}
+    write_result(result, path, stamp)
+    moved = dataclasses.replace(result.adapter, path=path)
+    report = result.table(drift)
+    if source.reft:
+        report += (f"\n{len(source.reft)} ReFT block edits copied unchanged (they edit activations, not a "
+                   f"weight)")
+    if drift:
+        report += f"\nmean gate drift KL {sum(drift.values()) / len(drift):.4f} nats over {len(drift)} layers"
+    return moved, report, path

@@ -3,21 +3,12 @@ is :mod:`comfy_glue.transfer`."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
-
-import comfy.model_management
-import comfy.utils
-import folder_paths
 from comfy_api.v0_0_2 import io
 
-from ortho_hydra import OrthoHydraError
-from ortho_hydra.transfer import MODES, TransferOptions, transfer
+from ortho_hydra.transfer import MODES, TransferOptions
 
 from ..comfy_glue.lora_bank import NONE, lora_choices
-from ..comfy_glue.patcher import model_architecture
-from ..comfy_glue.transfer import gate_drift, lora_file_adapter, transfer_output_path, weight_sources, write_result
+from ..comfy_glue.transfer import transfer_to
 from ..comfy_glue.types import OrthoHydraAdapterType
 
 
@@ -80,41 +71,7 @@ class OrthoHydraTransfer(io.ComfyNode):
     def execute(cls, source_model, target_model, rank: int, energy: float, threshold: float, mode: str,
                 output_name: str, seed: int, adapter=None, lora_name: str = NONE, latent=None,
                 conditioning=None) -> io.NodeOutput:
-        arch_s, arch_t = model_architecture(source_model), model_architecture(target_model)
-        if arch_s != arch_t:
-            raise OrthoHydraError(f"the source model is {arch_s} and the target {arch_t}.", key="target_model",
-                                  fix="transfer between versions of one architecture (Flux dev -> a Flux "
-                                      "fine-tune, Wan 2.1 -> 2.2, ...)")
-        if (adapter is None) == (lora_name == NONE):
-            raise OrthoHydraError("connect an adapter or pick a LoRA file, not both and not neither.",
-                                  key="adapter" if adapter is None else "lora_name",
-                                  fix="connect the loader's adapter, or leave it unconnected and choose lora_name")
-        source = adapter if adapter is not None else lora_file_adapter(source_model, lora_name)
-        protected = [source.path, folder_paths.get_full_path("loras", lora_name) if lora_name != NONE else None]
-        path = transfer_output_path(output_name, protected)
-        layers = {**source.layers, **source.plain_layers}
         options = TransferOptions(rank=rank, energy=energy, threshold=threshold, mode=mode, seed=seed)
-        pbar = comfy.utils.ProgressBar(len(layers))
-
-        def progress(done: int, total: int) -> None:
-            comfy.model_management.throw_exception_if_processing_interrupted()
-            pbar.update_absolute(done, total)
-
-        result = transfer(source, weight_sources(source_model, layers, "source"),
-                          weight_sources(target_model, layers, "target"),
-                          options, progress=progress)
-        drift = {}
-        if latent is not None and conditioning is not None and source.layers:
-            drift = gate_drift(source_model, source, target_model, result.adapter, latent["samples"].float(),
-                               conditioning, seed)
-        stamp = {**json.loads(result.adapter.metadata["oh_transfer"]),
-                 "source": os.path.basename(source.path or "adapter"), "source_model": arch_s}
-        write_result(result, path, stamp)
-        moved = dataclasses.replace(result.adapter, path=path)
-        report = result.table(drift)
-        if source.reft:
-            report += (f"\n{len(source.reft)} ReFT block edits copied unchanged (they edit activations, not a "
-                       f"weight)")
-        if drift:
-            report += f"\nmean gate drift KL {sum(drift.values()) / len(drift):.4f} nats over {len(drift)} layers"
+        moved, report, path = transfer_to(source_model, target_model, options, output_name, adapter, lora_name,
+                                          latent, conditioning)
         return io.NodeOutput(moved, report, path, ui={"text": [report]})

@@ -344,7 +344,7 @@ def test_gallery_gives_one_row_per_conditioning_entry_and_returns_every_tile(pac
     mm.unload_all_models()
     assert grid.shape[1] == 2 * (8 * 8 + 18) + 4 and tiles["samples"].shape == (2 * 4, 16, 8, 8)
     # tile (row 1, expert 2) is exactly what sampling that pin with row 1's conditioning and seed + 1 gives
-    patched, _ = pack.comfy_glue.patcher.apply_adapter(base, gallery.pinned(adapter, 2))
+    patched, _ = pack.comfy_glue.patcher.apply_adapter(base, pack.comfy_glue.gallery.pinned(adapter, 2))
     expected = tiny_dit.sample(patched, latent["samples"][1:2], [two[1]], negative, steps=2, cfg=2.0, seed=4)
     mm.unload_all_models()
     assert torch.allclose(tiles["samples"][1 * 4 + 2], expected[0], atol=1e-5)
