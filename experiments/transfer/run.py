@@ -10,7 +10,7 @@ broader mix (``toy_world.recipe_v2``).  Three adapter kinds, each trained by the
 * a plain LoRA (E = 1), on one style ("cool stripes").
 
 Each is trained on v1 and, as the oracle, on v2 (same seed, data and budget), for 3 seeds.  The v1 adapter goes
-to v2 by the naive copy, LoRA-X ``subspace`` and ``subspace+null`` (the node's code path: ``nodes/transfer.py``
+to v2 by the naive copy, LoRA-X ``subspace`` and ``subspace+null`` (the node's code path: ``comfy_glue/transfer.py``
 finds the weights, ``ortho_hydra.transfer`` moves the factors), and is judged on v2 against no adapter and the
 oracle:
 
