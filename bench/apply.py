@@ -43,7 +43,7 @@ def main() -> None:
     from devkit.host import import_pack
 
     pack = import_pack()
-    patcher = pack.nodes.patcher
+    patcher = pack.comfy_glue.patcher
     if args.sdpa:
         import comfy.ldm.modules.attention as attention
         import comfy.ldm.modules.diffusionmodules.mmdit as mmdit
@@ -113,7 +113,7 @@ def main() -> None:
                          "vs merged LoRA": r["ratio"], "vs base": r["median_s"] / med["base model"]})
 
     def ours():
-        pack.nodes.adapter_files._cache.clear()  # a cold parse every time, like a first load
+        pack.comfy_glue.adapter_files._cache.clear()  # a cold parse every time, like a first load
         model = patcher.apply_adapter(base, lib.load(moe_path), 1.0)[0]
         mm.load_models_gpu([model])
         mm.unload_all_models()

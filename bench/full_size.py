@@ -38,7 +38,7 @@ def random_adapter(model, rank: int, experts: int):
     from devkit.host import import_pack
     from ortho_hydra import Adapter, ExpertLayer, RouterSpec
 
-    shapes = import_pack().nodes.key_space.weight_shapes(model)
+    shapes = import_pack().comfy_glue.key_space.weight_shapes(model)
     key_map = comfy.lora.model_lora_keys_unet(model.model, {})
     g = torch.Generator().manual_seed(0)
     layers = {}
@@ -77,7 +77,7 @@ def main() -> None:
     base = tiny_dit.load_cosmos(num_blocks=args.blocks, seed=0, channels=args.channels, dtype=torch.bfloat16)
     params = sum(p.numel() for p in base.model.parameters())
     adapter = random_adapter(base, rank=16, experts=4)
-    live, plan = import_pack().nodes.patcher.apply_adapter(base, adapter)
+    live, plan = import_pack().comfy_glue.patcher.apply_adapter(base, adapter)
     assert not plan.unmatched and len(plan.targets) == len(adapter.layers), plan.coverage()
     build = time.perf_counter() - started
     print(f"built {params / 1e9:.2f} B parameters, {plan.coverage()} ({build:.0f} s)", flush=True)

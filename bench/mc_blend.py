@@ -24,7 +24,7 @@ def main() -> None:
 
     base, adapter = routed_mmdit(args.depth)
     models = {
-        "router-live": import_pack().nodes.patcher.apply_adapter(base, adapter)[0],
+        "router-live": import_pack().comfy_glue.patcher.apply_adapter(base, adapter)[0],
         "OMCD blend": stochastic_blend_model(base, adapter, "omcd"),
         "MC-dropout blend": stochastic_blend_model(base, adapter, "mc_dropout"),
     }

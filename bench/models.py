@@ -28,7 +28,7 @@ def stochastic_blend_model(base, adapter, mode: str):
     rule = ov.GateRule(mode, weights=(1.0, 0.5, 0.5, 0.2), keep=(0.25, 0.25, 0.25, 0.25), seed=1)
     stack = ov.OverrideStack(num_blocks=ov.count_blocks(list(adapter.layers)))
     blended = dataclasses.replace(adapter, override=stack.then(ov.Override((ov.Keyframe(0.0, rule),))))
-    return pack.nodes.patcher.apply_adapter(base, blended)[0]
+    return pack.comfy_glue.patcher.apply_adapter(base, blended)[0]
 
 
 def sampling_parser(description: str):

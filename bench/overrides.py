@@ -108,7 +108,7 @@ def main() -> None:
         if isinstance(module, torch.nn.Linear):
             key = f"diffusion_model.{name}.weight"
             fresh.add_object_patch(key, torch.nn.Parameter(module.weight.detach().clone(), requires_grad=False))
-    folded = pack.nodes.patcher.apply_adapter(base, pin)[0]
+    folded = pack.comfy_glue.patcher.apply_adapter(base, pin)[0]
     if args.profile:
         names = ("base", "folded")
         totals = profile_step(dict(zip(names, (base, folded), strict=True)), args.repeats, args.latent)
@@ -124,8 +124,8 @@ def main() -> None:
         "pinned, folded into weights": folded,
         "pinned, folded in place (original storage)": in_place,
         "same ΔW via LoraLoaderModelOnly": stock,
-        "router-live": pack.nodes.patcher.apply_adapter(base, adapter)[0],
-        "scheduled (live 40%, then pin)": pack.nodes.patcher.apply_adapter(base, schedule)[0],
+        "router-live": pack.comfy_glue.patcher.apply_adapter(base, adapter)[0],
+        "scheduled (live 40%, then pin)": pack.comfy_glue.patcher.apply_adapter(base, schedule)[0],
     }
     results, rows = sampling_ratios(models, "base model", args, "vs base (median of per-round ratios)")
     report("overrides_cpu", rows, {**environment("cpu"), "model": f"MMDiT depth {args.depth}",

@@ -29,7 +29,7 @@ def main() -> None:
     from devkit.host import import_pack
 
     pack = import_pack()
-    patcher, recording = pack.nodes.patcher, pack.nodes.gate_recording.recording
+    patcher, recording = pack.comfy_glue.patcher, pack.comfy_glue.gate_recording.recording
     base, adapter = routed_mmdit(args.depth)
     live, _ = patcher.apply_adapter(base, adapter)
     latent = torch.zeros(1, 16, args.latent, args.latent)

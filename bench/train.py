@@ -68,7 +68,7 @@ def child(case: str, steps: int, depth: int, latent: int) -> None:
                               lora_dtype=["fp32"], algorithm=["LoRA"], gradient_checkpointing=[False],
                               existing_lora=["[None]"])
     else:
-        train = import_pack().nodes.train
+        train = import_pack().comfy_glue.training
         config = train.TrainConfig(steps=steps, learning_rate=1e-4, batch_size=2, grad_accumulation=1, rank=16,
                                    experts=4, alpha=0.0, init="ortho", jitter_std=0.1, balance_weight=1e-5,
                                    router_lr_scale=10.0, targets="all_linear", target_regex="",

@@ -209,7 +209,8 @@ def child(spec: dict) -> dict:
     if spec["trainer"] == "core":
         _run_core(spec, model, latents, positive, phases, gemm)
     else:
-        out.update(_run_ours(spec, model, latents, positive, phases, import_pack(Path(spec["root"])).nodes.train, gemm))
+        out.update(_run_ours(spec, model, latents, positive, phases, training_loop(import_pack(Path(spec["root"]))),
+                             gemm))
     intervals = [b[0] - a[0] for a, b in itertools.pairwise(stamps)]
     cpu = [b[1] - a[1] for a, b in itertools.pairwise(stamps)]  # the process's CPU time: what other jobs cannot stretch
     out.update(phases=phases.rows, step_seconds=intervals, step_cpu_seconds=cpu,
@@ -247,6 +248,13 @@ def _run_core(spec: dict, model, latents, positive, phases: Phases, gemm) -> Non
             rank=[spec["rank"]], optimizer=["AdamW"], loss_function=["MSE"], seed=[0], training_dtype=["bf16"],
             lora_dtype=["bf16"], algorithm=["LoRA"], gradient_checkpointing=[spec["checkpointing"]],
             existing_lora=["[None]"])
+
+
+def training_loop(pack):
+    """The pack's training-loop module: ``comfy_glue.training``, or ``nodes.train`` in a checkout from before the glue
+    moved out of nodes/ (a --before run)."""
+    glue = getattr(pack, "comfy_glue", None)
+    return glue.training if glue is not None and hasattr(glue, "training") else pack.nodes.train
 
 
 def _run_ours(spec: dict, model, latents, positive, phases: Phases, train, gemm) -> dict:

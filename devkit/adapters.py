@@ -18,7 +18,7 @@ def library():
 
 def lora_weights(model, prefixes: list[str] | None = None, pattern: str | None = None) -> dict[str, torch.Tensor]:
     """``{lora_unet_* prefix: W0}`` for the model's Linears, through the pack's one Linear selection."""
-    linears = import_pack().nodes.model_linears.adaptable_linears
+    linears = import_pack().comfy_glue.model_linears.adaptable_linears
     chosen = linears(model, "regex" if pattern else "all_linear", pattern or "", names=prefixes)
     return {name: weight.detach().float().clone() for name, (_, weight) in chosen.items()}
 

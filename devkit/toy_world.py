@@ -24,7 +24,7 @@ threshold of the preview luminance) recovers the content from any render, and fr
 
 **Latents.**  The picture P (3, H, W) in [0, 1] is mapped into the latent with the minimum-norm
 pseudo-inverse of SD3's ``latent_rgb_factors`` F (16 x 3) and bias b: ``latent = F (FᵀF)⁻¹ (2P - 1 - b)``.
-The latent preview (``nodes/latent_preview.py``: ``(latent · F + b + 1) / 2``) then shows exactly P:
+The latent preview (``comfy_glue/images.py``: ``(latent · F + b + 1) / 2``) then shows exactly P:
 :func:`to_rgb` is that preview.  The other 13 latent directions (the null space of Fᵀ) hold zero, so
 everything in the world is visible and nothing is hidden from a person looking at the preview.  Latents
 are in LATENT space (what a ComfyUI ``LATENT`` holds and what ``comfy.sample.sample`` returns); the
@@ -301,7 +301,7 @@ def render_latent(content: int, style: int | None, seed: int = 0) -> torch.Tenso
 
 
 def to_rgb(latents: torch.Tensor) -> torch.Tensor:
-    """(B, 16, H, W) latents -> (B, 3, H, W) latent preview in [0, 1] (``nodes/latent_preview.py``'s map)."""
+    """(B, 16, H, W) latents -> (B, 3, H, W) latent preview in [0, 1] (``comfy_glue/images.py``'s map)."""
     from ortho_hydra.style_probe import preview_rgb
 
     f, b = rgb_factors()

@@ -97,7 +97,7 @@ def pinned(pack, base, adapter, expert: int):
     from ortho_hydra.overrides import GateRule, Keyframe, Override
 
     pin = adapter.with_override(Override((Keyframe(0.0, GateRule("pin", expert)),)))
-    return pack.nodes.patcher.apply_adapter(base, pin)[0]
+    return pack.comfy_glue.patcher.apply_adapter(base, pin)[0]
 
 
 @torch.no_grad()
@@ -113,7 +113,7 @@ def heldout(pack, model, world: World, routed: bool) -> tuple[torch.Tensor, dict
     x0 = world.held_x_in
     context, pooled = world.held_cond[0][0], world.held_cond[0][1]["pooled_output"]
     per_sigma = torch.zeros(len(LOSS_SIGMAS), x0.shape[0], dtype=torch.float64)
-    recorder = pack.nodes.gate_recording.recording(model) if routed else contextlib.nullcontext()
+    recorder = pack.comfy_glue.gate_recording.recording(model) if routed else contextlib.nullcontext()
     with recorder as rec:
         for k, (sigma, noise) in enumerate(zip(LOSS_SIGMAS, world.noises, strict=True)):
             xs = (1 - sigma) * x0 + sigma * noise

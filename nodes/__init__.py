@@ -1,9 +1,13 @@
-"""ComfyUI node classes: thin translations between ComfyUI types and ``ortho_hydra``."""
+"""ComfyUI node classes (V3 schema): thin declarations that call into the glue (``comfy_glue``) and the core
+(``ortho_hydra``).  Every module here defines node classes only; nothing outside this package imports it but the
+pack's ``__init__``, tests and tools."""
 
 from __future__ import annotations
 
 from comfy_api.v0_0_2 import ComfyExtension, io
 
+from ..comfy_glue.style_profiles import register_profile_folder
+from ..comfy_glue.web_routes import register_routes
 from .bake import OrthoHydraBakeLoRA
 from .dataset_cache import OrthoHydraCacheDataset
 from .demo_conditioning import OrthoHydraDemoConditioning
@@ -17,10 +21,9 @@ from .router_trace import OrthoHydraRouterTrace
 from .save_plot import OrthoHydraPlotTraining, OrthoHydraSave
 from .slots import OrthoHydraMergeSlots
 from .style_folders import OrthoHydraLoadStyleFolders
-from .style_profiles import OrthoHydraCaptureStyle, OrthoHydraLoadStyle, OrthoHydraSaveStyle, register_profile_folder
+from .style_profiles import OrthoHydraCaptureStyle, OrthoHydraLoadStyle, OrthoHydraSaveStyle
 from .train import OrthoHydraTrain
 from .transfer import OrthoHydraTransfer
-from .web_routes import register_routes
 
 NODES: list[type[io.ComfyNode]] = [
     OrthoHydraLoader,

@@ -9,9 +9,9 @@ from comfy_api.v0_0_2 import io
 from ortho_hydra.bake import baked_lora
 from ortho_hydra.safetensors_io import write_safetensors
 
-from .adapter_files import lora_output_path
-from .patcher import make_plan
-from .types import OrthoHydraAdapterType
+from ..comfy_glue.adapter_files import lora_output_path
+from ..comfy_glue.patcher import make_plan
+from ..comfy_glue.types import OrthoHydraAdapterType
 
 
 def constant_gates(adapter) -> dict:

@@ -9,24 +9,9 @@ from __future__ import annotations
 import torch
 from comfy_api.v0_0_2 import io
 
-from .widgets import parse_list
+from ortho_hydra.text_lists import parse_list
 
-
-def context_widths(model) -> tuple[int, int]:
-    """(token width, pooled width) the diffusion model expects; pooled 0 when it has none."""
-    dm = model.model.diffusion_model
-    token = getattr(getattr(dm, "context_embedder", None), "in_features", None)
-    if token is None:
-        token = model.model.model_config.unet_config.get("crossattn_emb_channels")
-    pooled = 0
-    y_embedder = getattr(dm, "y_embedder", None)
-    if y_embedder is not None:
-        first = next((m for m in y_embedder.modules() if isinstance(m, torch.nn.Linear)), None)
-        pooled = first.in_features if first is not None else 0
-    if token is None:
-        raise ValueError(f"cannot tell the context width of {type(dm).__name__}; this helper supports "
-                         "MMDiT (SD3) and Cosmos-style models")
-    return int(token), int(pooled)
+from ..comfy_glue.context_widths import context_widths
 
 
 class OrthoHydraDemoConditioning(io.ComfyNode):

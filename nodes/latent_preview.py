@@ -6,23 +6,9 @@ uses; it shows colour layout, not a decoded picture.
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
 from comfy_api.v0_0_2 import io
 
-
-def latent_to_rgb(samples: torch.Tensor, factors, bias=None, upscale: int = 8) -> torch.Tensor:
-    """(B, C, H, W) or (B, C, T, H, W) latent -> (B, H·upscale, W·upscale, 3) image in [0, 1]."""
-    if samples.ndim == 5:
-        samples = samples[:, :, 0]
-    weight = torch.tensor(factors, dtype=torch.float32)  # (C, 3)
-    rgb = samples.float().movedim(1, -1) @ weight
-    if bias is not None:
-        rgb = rgb + torch.tensor(bias, dtype=torch.float32)
-    image = ((rgb + 1.0) / 2.0).clamp(0, 1)
-    if upscale > 1:
-        image = F.interpolate(image.movedim(-1, 1), scale_factor=upscale, mode="nearest").movedim(1, -1)
-    return image
+from ..comfy_glue.images import latent_to_rgb
 
 
 class OrthoHydraLatentPreview(io.ComfyNode):

@@ -7,9 +7,9 @@ from comfy_api.v0_0_2 import io
 from ortho_hydra.components import require_all_applied
 from ortho_hydra.moe_format import ROUTER_CORRECTIONS
 
-from .adapter_files import adapter_choices, file_fingerprint, load_cached, validation_error
-from .patcher import applied_adapters, apply_adapter
-from .types import OrthoHydraAdapterType
+from ..comfy_glue.adapter_files import adapter_choices, file_fingerprint, load_cached, validation_error
+from ..comfy_glue.patcher import applied_adapters, apply_adapter
+from ..comfy_glue.types import OrthoHydraAdapterType
 
 CATEGORY = "loaders/ortho_hydra"
 _STRENGTH_TIP = "Multiplier on the adapter's output. 0 disables it; negative values push away from the styles."

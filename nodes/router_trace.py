@@ -2,64 +2,14 @@
 
 from __future__ import annotations
 
-import colorsys
 import json
 
 import comfy.sample
-import numpy as np
-import torch
 from comfy_api.v0_0_2 import io, ui
 
-from ortho_hydra.metrics import normalized_entropy
-
-from .gate_recording import recording
-from .types import sampler_inputs
-from .widgets import figure_to_image, pyplot
-
-
-def summarize_records(records: dict, num_experts: int) -> dict:
-    """{side: {layer: [(σ, mean gate (E,), normalised entropy)] per model call}} from raw hook records."""
-    out: dict[str, dict[str, list]] = {"positive": {}, "negative": {}}
-    for layer, entries in records.items():
-        for entry in entries:
-            gate, uncond = entry["gate"], entry["uncond_rows"]
-            sides = {"positive": gate if uncond is None else gate[~uncond],
-                     "negative": None if uncond is None else gate[uncond]}
-            for side, rows in sides.items():
-                if rows is None or rows.shape[0] == 0:
-                    continue
-                out[side].setdefault(layer, []).append({
-                    "sigma": entry["sampler_sigma"], "gate": rows.double().mean(0).tolist(),
-                    "entropy": float(normalized_entropy(rows).mean())})
-    return out
-
-
-def heatmap(side: dict[str, list], num_experts: int, cell: int = 12) -> torch.Tensor:
-    """Steps x layers; hue = dominant expert, saturation = 1 - normalised entropy."""
-    layers = sorted(side)
-    steps = max((len(v) for v in side.values()), default=0)
-    image = np.ones((max(steps, 1) * cell, max(len(layers), 1) * cell, 3), dtype=np.float32)
-    for j, layer in enumerate(layers):
-        for i, entry in enumerate(side[layer]):
-            expert = int(np.argmax(entry["gate"]))
-            rgb = colorsys.hsv_to_rgb(expert / max(num_experts, 1), max(0.0, 1.0 - entry["entropy"]), 0.95)
-            image[i * cell:(i + 1) * cell, j * cell:(j + 1) * cell] = rgb
-    return torch.from_numpy(image).unsqueeze(0)
-
-
-def usage_bars(side: dict[str, list], num_experts: int, names: list[str]) -> torch.Tensor:
-    totals = np.zeros(num_experts)
-    for entries in side.values():
-        for entry in entries:
-            totals[int(np.argmax(entry["gate"]))] += 1
-    share = totals / max(totals.sum(), 1)
-    fig, ax = pyplot().subplots(figsize=(max(3, num_experts * 0.8), 2.6), dpi=100)
-    colors = [colorsys.hsv_to_rgb(e / num_experts, 0.85, 0.9) for e in range(num_experts)]
-    ax.bar(range(num_experts), share, color=colors)
-    ax.set_xticks(range(num_experts), names, fontsize=7, rotation=20)
-    ax.set(ylim=(0, 1), ylabel="dominant share", title="expert usage (layers x steps)")
-    fig.tight_layout()
-    return figure_to_image(fig)
+from ..comfy_glue.gate_recording import recording, summarize_records
+from ..comfy_glue.images import heatmap, usage_bars
+from ..comfy_glue.types import sampler_inputs
 
 
 class OrthoHydraRouterTrace(io.ComfyNode):

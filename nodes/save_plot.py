@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import numpy as np
-import torch
 from comfy_api.v0_0_2 import io
 
 from ortho_hydra import OrthoHydraError, save
-from ortho_hydra.training import RouterTrace
+from ortho_hydra.text_lists import split_list
 
-from .adapter_files import lora_output_path
-from .types import OrthoHydraAdapterType, RouterTraceType
-from .widgets import figure_to_image, pyplot, split_list
+from ..comfy_glue.adapter_files import lora_output_path
+from ..comfy_glue.images import plot_training
+from ..comfy_glue.types import OrthoHydraAdapterType, RouterTraceType
 
 
 class OrthoHydraSave(io.ComfyNode):
@@ -40,36 +38,6 @@ class OrthoHydraSave(io.ComfyNode):
                                   fix=f"give exactly {adapter.num_experts} names, or none")
         save(adapter.with_expert_names(names), path)  # never mutate the input: it is often the loader's cache
         return io.NodeOutput(path)
-
-
-def plot_training(loss: list[float], traces: list[RouterTrace]) -> torch.Tensor:
-    """Loss curve, mean normalised gate entropy per run, and a layers x experts usage heatmap, as an IMAGE."""
-    fig, axes = pyplot().subplots(1, 3, figsize=(15, 4.2), dpi=100)
-    ax = axes[0]
-    if loss:
-        ax.plot(range(1, len(loss) + 1), loss, lw=0.6, alpha=0.4, label="step loss")
-        window = max(1, len(loss) // 20)
-        smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
-        ax.plot(range(window, len(loss) + 1), smooth, lw=1.8, label=f"{window}-step mean")
-        ax.legend()
-    ax.set(title="training loss (x0 space)", xlabel="step", ylabel="MSE")
-    ax = axes[1]
-    for trace in traces:
-        ax.plot(trace.steps, trace.mean_entropy, marker=".", label=trace.init or "run")
-    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-    ax.set(title="mean normalised gate entropy H/ln E", xlabel="step", ylim=(0, 1.05))
-    if traces:
-        ax.legend()
-    ax = axes[2]
-    names, usage = traces[-1].usage_matrix() if traces else ([], torch.zeros(0, 1))
-    if len(names):
-        im = ax.imshow(usage.numpy(), aspect="auto", cmap="viridis", vmin=0, vmax=1)
-        ax.set_yticks(range(len(names)), [n.replace("lora_unet_", "")[-28:] for n in names], fontsize=6)
-        ax.set_xticks(range(usage.shape[1]))
-        fig.colorbar(im, ax=ax, fraction=0.046)
-    ax.set(title="expert usage (argmax share), last run", xlabel="expert")
-    fig.tight_layout()
-    return figure_to_image(fig)
 
 
 class OrthoHydraPlotTraining(io.ComfyNode):

@@ -6,11 +6,10 @@ import os
 
 from comfy_api.v0_0_2 import io
 
-from ortho_hydra import OrthoHydraError
 from ortho_hydra.slots import merge_slot_adapters
+from ortho_hydra.text_lists import adapter_names_from
 
-from .types import OrthoHydraAdapterType
-from .widgets import split_list
+from ..comfy_glue.types import OrthoHydraAdapterType
 
 MAX_ADAPTERS = 8
 
@@ -22,19 +21,6 @@ def overlap_report(names: list[str], table: list[list[float]]) -> str:
         for j in range(i + 1, len(names)):
             lines.append(f"  {names[i]} / {names[j]}: {table[i][j]:.2e}")
     return "\n".join(lines)
-
-
-def adapter_names_from(defaults: list[str], typed: str) -> list[str]:
-    """Typed names (comma-separated), else ``defaults``; one per adapter and no duplicates (they become expert
-    names)."""
-    names = split_list(typed) or list(defaults)
-    if len(names) != len(defaults):
-        raise OrthoHydraError(f"{len(names)} names for {len(defaults)} adapters.", key="names",
-                              fix="give one name per connected adapter, or leave names empty")
-    if len(set(names)) != len(names):
-        raise OrthoHydraError(f"duplicate names: {', '.join(names)}.", key="names",
-                              fix="give every adapter its own name")
-    return names
 
 
 class OrthoHydraMergeSlots(io.ComfyNode):

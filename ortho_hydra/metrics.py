@@ -25,6 +25,13 @@ def kl_to_uniform(gates: torch.Tensor) -> torch.Tensor:
     return terms.sum()
 
 
+def mean_gate_kl(p: torch.Tensor, q: torch.Tensor, floor: float = 1e-12) -> float:
+    """Mean over rows of KL(p_row ‖ q_row) between two gate matrices of one shape, in nats (fp64; each entry floored
+    at ``floor`` so a gate that is exactly 0 in one stays finite)."""
+    ps, qs = p.double().clamp_min(floor), q.double().clamp_min(floor)
+    return float((ps * (ps.log() - qs.log())).sum(-1).mean())
+
+
 def expert_usage(gates: torch.Tensor) -> torch.Tensor:
     """Fraction of samples whose argmax is each expert, shape (E,)."""
     flat = gates.reshape(-1, gates.shape[-1])

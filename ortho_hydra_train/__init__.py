@@ -2,5 +2,5 @@
 --config ...`` (or plain ``python -m ortho_hydra_train`` for one process).
 
 It boots ComfyUI as a library, loads the DiT with ComfyUI's own loader and runs the same training loop as the
-``OrthoHydraTrain`` node (``nodes/train.py``), with DDP over the adapter's parameters.
+``OrthoHydraTrain`` node (``comfy_glue/training.py``), with DDP over the adapter's parameters.
 """

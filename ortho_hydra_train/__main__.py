@@ -1,9 +1,9 @@
 """``torchrun --nproc-per-node N -m ortho_hydra_train --model M --dataset D --config C.toml`` (or ``python -m``).
 
 Every rank loads the frozen DiT through ComfyUI's own loader and the cached dataset, and runs the node's training
-loop (``nodes/train.py``) with DDP over the adapter's parameters (gloo on CPU, NCCL on GPU).  Rank 0 alone writes
-the adapter and its resume sidecar (atomically), logs and draws the training plot.  Any failure ends every rank with
-a non-zero exit and one message; the last checkpoint stays loadable.
+loop (``comfy_glue/training.py``) with DDP over the adapter's parameters (gloo on CPU, NCCL on GPU).  Rank 0 alone
+writes the adapter and its resume sidecar (atomically), logs and draws the training plot.  Any failure ends every
+rank with a non-zero exit and one message; the last checkpoint stays loadable.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
 
         from ortho_hydra.replicas import DataParallelReplicas, Replicas
 
-        train = pack.nodes.train
+        train = pack.comfy_glue.training
         fields = {f.name: f for f in dataclasses.fields(train.TrainConfig)}
         config = train.TrainConfig(**read_config(args.config, fields))
         if not Path(args.model).is_file():
@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         seconds = time.perf_counter() - started
         if rank == 0:
             plot = Path(adapter.path).with_suffix(".png")
-            image = pack.nodes.save_plot.plot_training(losses["loss"], [trace])
+            image = pack.comfy_glue.images.plot_training(losses["loss"], [trace])
             from PIL import Image
 
             Image.fromarray((image[0].numpy() * 255).astype("uint8")).save(plot)

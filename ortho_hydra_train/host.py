@@ -33,11 +33,14 @@ def boot(comfy_dir: Path, cpu: bool) -> None:
     comfy.cli_args.args.cpu = cpu
     import comfy.model_management
 
-    # Bind `nodes` to ComfyUI's module: this pack's own `nodes` package must not shadow it.
-    shadow = sys.modules.get("nodes")
-    if shadow is not None and Path(getattr(shadow, "__file__", "") or "").resolve().parent != comfy_dir.resolve():
-        del sys.modules["nodes"]
-    import nodes  # noqa: F401
+    import nodes
+
+    # The pack's node package is only ever `<PACK_MODULE>.nodes` (it imports the glue relatively, so it cannot load
+    # as a top-level `nodes`): the top-level name is ComfyUI's, and a different one means another folder shadows it.
+    if Path(nodes.__file__).resolve() != (comfy_dir / "nodes.py").resolve():
+        raise ImportError(f"`nodes` is {nodes.__file__}, not ComfyUI's {comfy_dir / 'nodes.py'}: something imported "
+                          "another module by that name first. Fix: import the pack as a package (import_pack), "
+                          "never its nodes/ folder by a top-level name")
 
 
 def import_pack(root: Path = PACK_ROOT) -> ModuleType:

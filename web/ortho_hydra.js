@@ -6,7 +6,7 @@ import { api } from "../../scripts/api.js";
 const MIXER_PREFIX = "mix:";
 const SCHEDULE = "schedule (keyframes)";
 
-// The router widgets each mode reads (nodes/router.py rule_from); the rest stay hidden but keep their values.
+// The router widgets each mode reads (ortho_hydra/override_settings.py rule_from); the rest stay hidden but keep their values.
 const MODE_WIDGETS = {
   live: [], pin: ["expert"], blend: ["weights", "renormalize", "norm_control"], bias: ["weights"],
   temperature: ["temperature"], top_k: ["top_k"], profile: [],

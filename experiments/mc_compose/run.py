@@ -83,7 +83,7 @@ def composed(pack, base, adapter, method: str, seed: int):
     else:
         keep = tuple(0.5 if w else 0.0 for w in weights)
         rule = GateRule(method, weights=weights, keep=keep, seed=seed)
-    return pack.nodes.patcher.apply_adapter(base, adapter.with_override(Override((Keyframe(0.0, rule),))))[0]
+    return pack.comfy_glue.patcher.apply_adapter(base, adapter.with_override(Override((Keyframe(0.0, rule),))))[0]
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -105,7 +105,7 @@ def run(samples: int, steps: int, stem: Path) -> dict:
 
     base = tw.load_base_model(log=print)
     x, contents, styles = tw.dataset(1, seed=0)
-    train = pack.nodes.train
+    train = pack.comfy_glue.training
     config = train.TrainConfig(steps=steps, learning_rate=3e-3, batch_size=4, rank=8, experts=4, init="ortho_init",
                                training_dtype="fp32", gradient_checkpointing=False, seed=1, output_name="mc_compose",
                                label_guidance=1.0, label_guidance_steps=round(0.6 * steps),

@@ -67,7 +67,7 @@ def per_image(tw, contents, styles) -> list:
 def train_one(pack, base, tw, data, arm: str, style: int, lr: float, steps: int, seed: int):
     x, contents, styles = data
     keep = styles == style
-    train = pack.nodes.train
+    train = pack.comfy_glue.training
     init = ARMS[arm][1]
     extra = {"slot": style, "slots": SLOTS} if arm == "slots" else {}
     config = train.TrainConfig(steps=steps, learning_rate=lr, batch_size=min(4, int(keep.sum())), rank=RANK,
@@ -109,7 +109,7 @@ def probe_accuracy(tiny_dit, tw, probe, model, style: int) -> float:
 def evaluate(pack, tiny_dit, tw, probe, base, adapters, held, base_loss) -> dict:
     from ortho_hydra.slots import pairwise_overlap
 
-    apply = pack.nodes.patcher.apply_adapter
+    apply = pack.comfy_glue.patcher.apply_adapter
     merged = base
     for adapter in adapters:
         merged, _ = apply(merged, adapter)
@@ -166,7 +166,7 @@ def run(steps: int, seeds, lrs, stem: Path) -> dict:
             def alone_loss(adapters) -> float:
                 losses = []
                 for style, adapter in enumerate(adapters):
-                    model, _ = pack.nodes.patcher.apply_adapter(base, adapter)
+                    model, _ = pack.comfy_glue.patcher.apply_adapter(base, adapter)
                     losses.append(float(heldout_loss(pack, model, tw, held)[held[2] == style].mean()))
                 return mean(losses)
 

@@ -52,7 +52,7 @@ QUICK_BEFORE, QUICK_AFTER = "old defaults (balance 1e-5, per batch)", "defaults 
 
 
 def train_variant(pack, world, init: str, overrides: dict, steps: int, seed: int):
-    train = pack.nodes.train
+    train = pack.comfy_glue.training
     config = train.TrainConfig(steps=steps, init=init, training_dtype="fp32", gradient_checkpointing=False, seed=seed,
                                output_name=f"router_collapse_{init}_{seed}", **overrides)
     positive = _toy_world().per_image_conditioning(world.train_content.tolist())

@@ -2,7 +2,7 @@
 
 The world (``devkit/toy_world.py``): 6 contents x 4 visible styles as SD3 16-channel 16 x 16 latents, a tiny
 pretrained MMDiT that only knows the neutral palette, conditioning that names the content and never the style.
-Every arm is trained by the pack's own in-graph trainer (``nodes/train.py``) on the same styled data, with the
+Every arm is trained by the pack's own in-graph trainer (``comfy_glue/training.py``) on the same styled data, with the
 same rank, steps, optimiser (AdamW, trainer defaults) and learning-rate grid; each arm keeps the lr with the
 lowest held-out denoising loss (seed 0), then runs 3 seeds there.
 
@@ -131,7 +131,7 @@ def img2img_indices(tw, world: World) -> torch.Tensor:
 
 def train_arm(tw, pack, world: World, settings: Settings, arm: str, lr: float, seed: int, stamps: list):
     _, experts, init, guided = ARMS[arm]
-    train = pack.nodes.train
+    train = pack.comfy_glue.training
     config = train.TrainConfig(
         steps=settings.steps, learning_rate=lr, batch_size=settings.batch_size,
         grad_accumulation=settings.grad_accumulation, rank=settings.rank, experts=experts, init=init,
@@ -189,7 +189,7 @@ def single_lora_reach(pack, world: World, records: list[RunRecord], adapters: di
     if not runs:
         return None
     experts = ARMS["ortho"][1]
-    targets = pack.nodes.model_linears.adaptable_linears(world.base, "attention+mlp")
+    targets = pack.comfy_glue.model_linears.adaptable_linears(world.base, "attention+mlp")
     bases: dict = {}
     shares, best_shares, chance = [], [], float("nan")
     for r in runs:
@@ -255,7 +255,7 @@ def _join(values) -> str:
 def describe(settings: Settings, world: World, tw, adapter_layers: int, ms_per_step: float) -> str:
     from devkit.host import import_pack
 
-    defaults = import_pack().nodes.train.TrainConfig
+    defaults = import_pack().comfy_glue.training.TrainConfig
     return (
         f"Toy world: {len(tw.CONTENTS)} contents × {len(tw.STYLES)} styles ({', '.join(tw.STYLES)}), SD3 16-channel "
         f"{tw.SIZE}×{tw.SIZE} latents; the base MMDiT (depth 2, hidden 128) was pretrained on the neutral palette "

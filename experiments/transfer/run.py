@@ -10,7 +10,7 @@ broader mix (``toy_world.recipe_v2``).  Three adapter kinds, each trained by the
 * a plain LoRA (E = 1), on one style ("cool stripes").
 
 Each is trained on v1 and, as the oracle, on v2 (same seed, data and budget), for 3 seeds.  The v1 adapter goes
-to v2 by the naive copy, LoRA-X ``subspace`` and ``subspace+null`` (the node's code path: ``nodes/transfer.py``
+to v2 by the naive copy, LoRA-X ``subspace`` and ``subspace+null`` (the node's code path: ``comfy_glue/transfer.py``
 finds the weights, ``ortho_hydra.transfer`` moves the factors), and is judged on v2 against no adapter and the
 oracle:
 
@@ -56,7 +56,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def train_adapter(tw, pack, base, world: World, kind: str, seed: int, s: Settings):
-    train = pack.nodes.train
+    train = pack.comfy_glue.training
     init, lr = RECIPES[kind]
     if kind in ROUTED:
         idx = torch.arange(len(world.train_x))
@@ -89,7 +89,7 @@ def evaluate(tw, tiny_dit, pack, world: World, kind: str, adapter, probe: bool =
     if adapter is None:
         model, routed = base, False
     else:
-        model, routed = pack.nodes.patcher.apply_adapter(base, adapter)[0], kind in ROUTED
+        model, routed = pack.comfy_glue.patcher.apply_adapter(base, adapter)[0], kind in ROUTED
     out = {"loss": held_loss(pack, model, world, kind, routed)}
     if not probe:
         return out
@@ -107,7 +107,7 @@ def evaluate(tw, tiny_dit, pack, world: World, kind: str, adapter, probe: bool =
 def moved(pack, adapter, v1, v2, mode: str, rank: int, tau: float = 0.0, cache=None):
     from ortho_hydra.transfer import TransferOptions, transfer
 
-    node = pack.nodes.transfer
+    node = pack.comfy_glue.transfer
     layers = {**adapter.layers, **adapter.plain_layers}
     return transfer(adapter, node.weight_sources(v1, layers, "source"), node.weight_sources(v2, layers, "target"),
                     TransferOptions(rank=rank, threshold=tau, mode=mode), cache=cache)
@@ -121,7 +121,7 @@ def per_layer(pack, world2: World, kind: str, adapter, result, copy_loss: float)
         one = dataclasses.replace(adapter, layers={**adapter.layers}, plain_layers={**adapter.plain_layers})
         target = one.layers if row.name in one.layers else one.plain_layers
         target[row.name] = (result.adapter.layers | result.adapter.plain_layers)[row.name]
-        model = pack.nodes.patcher.apply_adapter(world2.base, one)[0]
+        model = pack.comfy_glue.patcher.apply_adapter(world2.base, one)[0]
         rows.append({"layer": row.name, "similarity": row.similarity, "similarity_out": row.similarity_out,
                      "similarity_in": row.similarity_in, "retained": row.retained,
                      "benefit": copy_loss - held_loss(pack, model, world2, kind, routed)})

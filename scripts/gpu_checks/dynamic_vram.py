@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     pack = import_pack()
-    apply, hooks = pack.nodes.patcher.apply_adapter, pack.nodes.hooks
+    apply, hooks = pack.comfy_glue.patcher.apply_adapter, pack.comfy_glue.hooks
     report = Report()
     on_gpu = not args.dry_run
 
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     mm.unload_all_models()
     for name, adapter in (("router-live", live), ("pinned", pinned)):
         patched, plan = apply(model, adapter)
-        applied = pack.nodes.patcher.applied_adapters(patched)[-1]
+        applied = pack.comfy_glue.patcher.applied_adapters(patched)[-1]
         nested = patched.get_nested_additional_models()
         report.check(f"{name}: all dynamic", all(m.is_dynamic() for m in [patched, *nested]) if on_gpu else None,
                      ", ".join(type(m).__name__ for m in [patched, *nested]))
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"relative gap {gap:.2e}, adapter effect {effect:.2e}")
         notices = {id(h.weights.notice): h.weights.notice for path, d in patched.object_patches.items()
                    if path.endswith("._forward_hooks") for h in d.values()
-                   if isinstance(h, pack.nodes.patcher.RoutedHook)}
+                   if isinstance(h, pack.comfy_glue.patcher.RoutedHook)}
         moves = sum(notice.moves for notice in notices.values())  # PlacedModule.ensure_on's one-time moves
         report.check(f"{name}: not copied per call", copies.count <= len(params) and moves == 0 if on_gpu else None,
                      f"{copies.count} host->GPU copies of adapter-shaped tensors over {args.steps} steps "

@@ -28,7 +28,7 @@ def pack():
 
 @pytest.fixture(scope="session")
 def patcher(pack):
-    return pack.nodes.patcher
+    return pack.comfy_glue.patcher
 
 
 @pytest.fixture(scope="session")

@@ -129,7 +129,8 @@ def _fresh_seed(page, node_type: str, ui: str) -> None:
 ROUTER = "() => window.app.graph._nodes.find(n => n.comfyClass === 'OrthoHydraRouter')"
 NODE_EL = "n => document.querySelector(`[data-node-id='${n.id}']`)"
 
-# What nodes/router.py reads for each mode: the scope and side always, the window unless keyframes replace it.
+# What the router node reads for each mode (ortho_hydra/override_settings.py): the scope and side always, the window
+# unless keyframes replace it.
 SCOPE = {"group", "block_start", "block_end", "layer_regex", "side"}
 PLAIN = SCOPE | {"mode", "start_percent", "end_percent"}
 PER_MODE = {"live": set(), "pin": {"expert"}, "blend": {"weights", "renormalize", "norm_control"},

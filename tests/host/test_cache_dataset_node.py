@@ -49,7 +49,7 @@ def _node():
 
 
 def _styles(labels, names):
-    return import_pack().nodes.types.StyleSet(tuple(labels), tuple(names))
+    return import_pack().comfy_glue.types.StyleSet(tuple(labels), tuple(names))
 
 
 def test_cached_latents_equal_vae_encoding_and_a_rerun_skips(vae, output):

@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 from devkit import tiny_dit
 from devkit.adapters import library
 from devkit.host import import_pack
+from ortho_hydra.override_settings import norm_controlled
 
 KC, KF, R, SIG, HID = 3, 2, 4, 4, 8
 TARGETS = {"lora_unet_blocks_0_mlp_layer1": "blocks.0.mlp.layer1",
@@ -98,9 +99,9 @@ def _captured(pack, patched, module, extra=None):
     """(input, output, router σ, FEI[, state.extra[extra]]) of ``module`` in one sampling step, seen after the
     adapter's hook."""
     seen = []
-    state = pack.nodes.patcher.applied_adapters(patched)[0].state
+    state = pack.comfy_glue.patcher.applied_adapters(patched)[0].state
     clone = patched.clone()
-    pack.nodes.hooks.install_forward_hook(
+    pack.comfy_glue.hooks.install_forward_hook(
         clone, module, lambda m, args, out: seen.append((args[0].detach().clone(), out.detach().clone(),
                                                          state.sigma.clone(), state.fei.clone())
                                                         + ((state.extra[extra].clone(),) if extra else ())))
@@ -118,7 +119,7 @@ def test_hooked_linears_add_both_pools_exactly_and_unpatching_restores(cosmos, t
     t, meta = chimera_tensors(cosmos, dual, mode, centered=centered)
     adapter = lib.load(write(tmp_path / "c_chimera.safetensors", t, meta))
     before = {k: v.clone() for k, v in cosmos.model.state_dict().items()}
-    patched, plan = pack.nodes.patcher.apply_adapter(cosmos, adapter, strength=0.8)
+    patched, plan = pack.comfy_glue.patcher.apply_adapter(cosmos, adapter, strength=0.8)
     assert plan.unmatched == [] and len(plan.matched) == 2
     for prefix, module in TARGETS.items():
         x, y, sigma, fei = _captured(pack, patched, f"diffusion_model.{module}")
@@ -142,7 +143,7 @@ def test_a_pinned_frequency_expert_folds_into_the_weights(cosmos, tmp_path):
     pinned = adapter.with_override(ov.Override((ov.Keyframe(0.0, ov.GateRule("pin", expert=KC + 1)),)))
     prefix, module = "lora_unet_blocks_0_mlp_layer1", "blocks.0.mlp.layer1"
     w0 = cosmos.model.diffusion_model.get_submodule(module).weight.detach().clone()  # patched in place on load
-    patched, _ = pack.nodes.patcher.apply_adapter(cosmos, pinned, strength=1.0)
+    patched, _ = pack.comfy_glue.patcher.apply_adapter(cosmos, pinned, strength=1.0)
     mm.load_models_gpu([patched])
     try:
         linear = patched.model.diffusion_model.get_submodule(module)
@@ -170,7 +171,7 @@ def test_cross_attention_content_router_needs_the_llm_adapter(cosmos, tmp_path):
     adapter = lib.load(write(tmp_path / "x_chimera.safetensors", t, meta))
     assert "cross-attention router" in adapter.summary()
     with pytest.raises(lib.OrthoHydraError, match="llm_adapter") as err:
-        pack.nodes.patcher.apply_adapter(cosmos, adapter)
+        pack.comfy_glue.patcher.apply_adapter(cosmos, adapter)
     assert err.value.key == "content_router.net.0.weight"
 
 
@@ -213,7 +214,7 @@ def test_cross_attention_content_router_on_a_model_with_an_llm_adapter(tmp_path)
                                  with_kwargs=True)
     t, meta, net = content_router_file(model, scale=3.0)
     adapter = lib.load(write(tmp_path / "x_chimera.safetensors", t, meta))
-    patched, _ = pack.nodes.patcher.apply_adapter(model, adapter, strength=1.0)
+    patched, _ = pack.comfy_glue.patcher.apply_adapter(model, adapter, strength=1.0)
     prefix, module = "lora_unet_blocks_0_mlp_layer1", "blocks.0.mlp.layer1"
     x, y, sigma, fei, pi_c = _captured(pack, patched, f"diffusion_model.{module}",
                                        extra=lib.chimera.CONTENT_GATE_KEY)
@@ -228,14 +229,13 @@ def test_cross_attention_content_router_on_a_model_with_an_llm_adapter(tmp_path)
 
 
 def test_router_node_refuses_norm_control_on_chimera_pools(cosmos, tmp_path):
-    pack = import_pack()
     lib = library()
     t, meta = chimera_tensors(cosmos, dual=False)
     adapter = lib.load(write(tmp_path / "n_chimera.safetensors", t, meta))
     ov = lib.overrides
     blend = ov.Override((ov.Keyframe(0.0, ov.GateRule("blend", weights=(1, 0, 0, 1, 0))),))
     with pytest.raises(lib.OrthoHydraError, match="norm_control does not apply to ChimeraHydra") as err:
-        pack.nodes.router.norm_controlled(adapter, blend)
+        norm_controlled(adapter, blend)
     assert err.value.key == "norm_control"
 
 
@@ -245,7 +245,7 @@ def test_router_fitting_is_refused_for_chimera_adapters(cosmos, tmp_path):
     t, meta = chimera_tensors(cosmos, dual=True)
     adapter = lib.load(write(tmp_path / "f_chimera.safetensors", t, meta))
     with pytest.raises(lib.OrthoHydraError, match="fitting routers is not available for ChimeraHydra"):
-        pack.nodes.router_fit.fit_bank_router(cosmos, adapter, torch.zeros(2, 16, 1, 8, 8), [],
+        pack.comfy_glue.router_fit.fit_bank_router(cosmos, adapter, torch.zeros(2, 16, 1, 8, 8), [],
                                               torch.tensor([0, 1]), holdout=0.5, steps=1, seed=0)
 
 
@@ -278,11 +278,11 @@ def test_content_router_on_native_anima_routes_every_call_from_its_own_text(tmp_
     dm.llm_adapter.register_forward_hook(lambda m, a, out: adapted.append(out.detach().clone()))
     t, meta, net = content_router_file(model, scale=1 / 16)  # unsaturated: the two prompts route apart
     adapter = lib.load(write(tmp_path / "a_chimera.safetensors", t, meta))
-    patched, _ = pack.nodes.patcher.apply_adapter(model, adapter, strength=1.0)
-    state = pack.nodes.patcher.applied_adapters(patched)[0].state
+    patched, _ = pack.comfy_glue.patcher.apply_adapter(model, adapter, strength=1.0)
+    state = pack.comfy_glue.patcher.applied_adapters(patched)[0].state
     seen = []
     clone = patched.clone()
-    pack.nodes.hooks.install_forward_hook(
+    pack.comfy_glue.hooks.install_forward_hook(
         clone, "diffusion_model.blocks.0.mlp.layer1",
         lambda m, args, out: seen.append((list(state.cond_or_uncond),
                                           state.extra[lib.chimera.CONTENT_GATE_KEY].clone())))

@@ -44,7 +44,7 @@ def _reference_tensors(layer, names, chunks):
 
 def test_reference_file_applies_to_minitraindit_with_training_gates(cosmos, tmp_path):
     lib = library()
-    patcher = __import__("comfyui_ortho_hydra.nodes.patcher", fromlist=["x"])
+    patcher = __import__("comfyui_ortho_hydra.comfy_glue.patcher", fromlist=["x"])
     sd = cosmos.model.diffusion_model.state_dict()
     attn = sd["blocks.0.self_attn.q_proj.weight"], sd["blocks.0.self_attn.k_proj.weight"], sd[
         "blocks.0.self_attn.v_proj.weight"]
@@ -88,7 +88,7 @@ def test_reference_file_applies_to_minitraindit_with_training_gates(cosmos, tmp_
 
 def test_sigma_router_sees_flow_time_during_real_sampling(cosmos):
     lib = library()
-    patcher = __import__("comfyui_ortho_hydra.nodes.patcher", fromlist=["x"])
+    patcher = __import__("comfyui_ortho_hydra.comfy_glue.patcher", fromlist=["x"])
     import comfy.samplers
 
     sd = cosmos.model.diffusion_model.state_dict()
@@ -97,7 +97,7 @@ def test_sigma_router_sees_flow_time_during_real_sampling(cosmos):
     adapter = net.to_adapter()
     patched, _ = patcher.apply_adapter(cosmos, adapter)
     latent = torch.zeros(1, 16, 1, 8, 8)
-    recording = __import__("comfyui_ortho_hydra.nodes.gate_recording", fromlist=["x"]).recording
+    recording = __import__("comfyui_ortho_hydra.comfy_glue.gate_recording", fromlist=["x"]).recording
     with recording(patched) as gates:
         tiny_dit.sample(patched, latent, tiny_dit.cosmos_conditioning(seed=1), tiny_dit.cosmos_conditioning(seed=2),
                         steps=3)

@@ -38,7 +38,7 @@ def probe() -> dict:
     from devkit.host import import_pack
 
     pack = import_pack()
-    placement, patcher = pack.nodes.placement, pack.nodes.patcher
+    placement, patcher = pack.comfy_glue.placement, pack.comfy_glue.patcher
 
     def sample(model):
         return tiny_dit.sample(model, torch.zeros(1, 16, 16, 16), tiny_dit.mmdit_conditioning(seed=1),
@@ -123,7 +123,7 @@ def test_folded_patches_keep_their_weights_shape_so_the_dynamic_loader_streams_t
     pinned = router(adapter, mode="pin", expert=1, weights="", renormalize=True, temperature=1.0, top_k=1,
                     group="all", block_start=-1, block_end=-1, layer_regex="", start_percent=0.0, end_percent=1.0,
                     keyframes="", interpolation="step", side="both", profile=None).args[0]
-    patched = pack.nodes.patcher.apply_adapter(base, pinned)[0]
+    patched = pack.comfy_glue.patcher.apply_adapter(base, pinned)[0]
     weights = patched.model.state_dict()
     assert len(patched.patches) == len(adapter.layers)
     for key, patches in patched.patches.items():

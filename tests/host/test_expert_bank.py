@@ -75,7 +75,7 @@ def test_pinning_and_blending_the_bank_equal_comfyuis_own_lora_loader(base, lora
                                                                       lora_3=files[2]).args
     assert bank.expert_names == ("warm", "dots", "grain") and bank.num_experts == 3
     assert isinstance(summary, str) and summary
-    apply = pack.nodes.patcher.apply_adapter
+    apply = pack.comfy_glue.patcher.apply_adapter
     for expert, name in enumerate(files):
         pin = bank.with_override(ov.Override((ov.Keyframe(0.0, ov.GateRule("pin", expert)),)))
         got, want = _sample(apply(base, pin)[0]), _sample(_stock(base, [(name, 1.0)]))

@@ -32,10 +32,10 @@ def test_fitted_routers_send_held_out_latents_to_their_expert(base):
         assert torch.equal(layer.ups, adapter.layers[name].ups) and torch.equal(layer.down, adapter.layers[name].down)
     # independent check: route fresh latents of both kinds live through the fitted adapter and read the gates
     fresh, truth = _two_styles(8, seed=2)
-    live, _ = pack.nodes.patcher.apply_adapter(base, fitted)
+    live, _ = pack.comfy_glue.patcher.apply_adapter(base, fitted)
     sigma = float(live.get_model_object("model_sampling").percent_to_sigma(0.5))
     noisy = (1 - sigma) * fresh + sigma * torch.randn(fresh.shape, generator=torch.Generator().manual_seed(5))
-    with pack.nodes.gate_recording.recording(live) as rec:
+    with pack.comfy_glue.gate_recording.recording(live) as rec:
         mm.load_models_gpu([live])
         live.model.apply_model(noisy, torch.full((8,), sigma), c_crossattn=positive[0][0].expand(8, -1, -1),
                                y=positive[0][1]["pooled_output"].expand(8, -1),
@@ -57,14 +57,14 @@ def test_a_router_fitted_on_an_adapter_with_inv_scale_routes_live_as_it_was_fitt
     adapter = dataclasses.replace(adapter, layers={name: dataclasses.replace(layer, inv_scale=inv_scale)})
     latents, labels = _two_styles(10, seed=1)
     positive = tiny_dit.mmdit_conditioning(seed=3)
-    fitted, _ = pack.nodes.router_fit.fit_bank_router(base, adapter, latents, positive, labels, holdout=0.0,
+    fitted, _ = pack.comfy_glue.router_fit.fit_bank_router(base, adapter, latents, positive, labels, holdout=0.0,
                                                       steps=100, seed=0)
-    features = pack.nodes.router_fit.collect_features(base, adapter, latents, positive, seed=0)[name].double()
+    features = pack.comfy_glue.router_fit.collect_features(base, adapter, latents, positive, seed=0)[name].double()
     router = fitted.layers[name]
     predicted = torch.softmax(features @ router.router_weight.double().T + router.router_bias.double(), -1)
-    live, _ = pack.nodes.patcher.apply_adapter(base, fitted)
-    with pack.nodes.gate_recording.recording(live) as rec:
-        pack.nodes.level_sampling.predict_at_levels(live, latents, positive, seed=0)
+    live, _ = pack.comfy_glue.patcher.apply_adapter(base, fitted)
+    with pack.comfy_glue.gate_recording.recording(live) as rec:
+        pack.comfy_glue.level_sampling.predict_at_levels(live, latents, positive, seed=0)
     routed = torch.cat([entry["gate"] for entry in rec.records()[name]]).double()
     assert routed.shape == predicted.shape == (3 * 10, 2)
     assert (predicted - routed).abs().max() < 1e-5, (predicted - routed).abs().max()

@@ -9,13 +9,13 @@ from devkit.host import import_pack
 
 def _target_weights(patched, pack):
     (holder_patcher,) = patched.get_additional_models()
-    return next(m for m in holder_patcher.model.modules() if isinstance(m, pack.nodes.patcher.TargetWeights))
+    return next(m for m in holder_patcher.model.modules() if isinstance(m, pack.comfy_glue.patcher.TargetWeights))
 
 
 def test_legs_are_built_once_and_follow_moved_or_replaced_tensors(base):
     pack = import_pack()
     adapter = randomized_adapter(lora_weights(base, pattern=r"x_block_mlp_fc1$"), experts=3, seed=5)
-    weights = _target_weights(pack.nodes.patcher.apply_adapter(base, adapter)[0], pack)
+    weights = _target_weights(pack.comfy_glue.patcher.apply_adapter(base, adapter)[0], pack)
     legs = weights.legs()
     assert weights.legs() is legs  # no rebuild per call
     assert legs[0][2].down is weights.leg0_down

@@ -51,6 +51,6 @@ def test_a_save_killed_before_the_rename_keeps_the_old_file_and_lists_no_temp(tm
     leftovers = [p.name for p in folder.iterdir() if p.name != path.name]
     assert leftovers and all(n.startswith(".") and n.endswith(".tmp") for n in leftovers)  # the temp stayed ...
     with loras_folder(folder):
-        listed = import_pack().nodes.adapter_files.adapter_choices()
+        listed = import_pack().comfy_glue.adapter_files.adapter_choices()
     assert path.name in listed and not any(n in listed for n in leftovers)  # ... but nothing lists it
     assert os.path.exists(folder / leftovers[0])

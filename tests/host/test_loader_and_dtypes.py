@@ -11,7 +11,7 @@ from devkit.host import import_pack
 
 
 def test_loader_cache_picks_up_a_retrained_file(loras):
-    files = import_pack().nodes.adapter_files
+    files = import_pack().comfy_glue.adapter_files
     w = {"lora_unet_blocks_0_mlp_layer1": torch.randn(32, 24)}
     path = loras / "retrained_moe.safetensors"
     library().save(randomized_adapter(w, rank=2, experts=2, seed=1), path)
@@ -28,7 +28,7 @@ def test_loader_cache_picks_up_a_retrained_file(loras):
 def test_bf16_model_gemms_in_the_activation_dtype_fp32_gates_weights_owned_by_comfy():
     """bf16 weights: ComfyUI computes in its manual-cast dtype (fp32 on this CPU, bf16 on most GPUs); the
     adapter's GEMM operands must match what the Linear actually receives, and gates stay fp32."""
-    patcher = import_pack().nodes.patcher
+    patcher = import_pack().comfy_glue.patcher
     sd = tiny_dit.mmdit_state_dict(depth=2, seed=0)
     model = comfy.sd.load_diffusion_model_state_dict(sd, model_options={"dtype": torch.bfloat16})
     assert model.model_dtype() == torch.bfloat16
@@ -62,7 +62,7 @@ def test_bf16_model_gemms_in_the_activation_dtype_fp32_gates_weights_owned_by_co
 
 
 def test_user_typed_file_names_cannot_leave_their_folder():
-    files = import_pack().nodes.adapter_files
+    files = import_pack().comfy_glue.adapter_files
     assert files.checked_file_name("my style 2.v1", "name") == "my style 2.v1"
     for bad in ("../escape", "sub/dir", ".hidden", "a\\b", ""):
         with pytest.raises(library().OrthoHydraError, match="not a safe file name") as err:

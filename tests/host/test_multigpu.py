@@ -47,7 +47,7 @@ def wirings(model, pack):
     scheduled = route(randomized_adapter(weights, rank=4, experts=3, seed=5),
                       **{**ROUTER, "mode": "pin", "expert": 2, "start_percent": 0.5}).args[0]
     pinned = route(live, **{**ROUTER, "mode": "pin", "expert": 1}).args[0]  # folded: weight patches, no hooks
-    apply = pack.nodes.patcher.apply_adapter
+    apply = pack.comfy_glue.patcher.apply_adapter
     return {"live": lambda: apply(model, live)[0], "scheduled": lambda: apply(model, scheduled)[0],
             "stacked": lambda: apply(apply(model, live)[0], scheduled)[0], "pinned": lambda: apply(model, pinned)[0]}
 
@@ -69,7 +69,7 @@ def _unload_all():
 
 
 def _our_hooks(pack, patcher):
-    bound = pack.nodes.hooks.BoundHook
+    bound = pack.comfy_glue.hooks.BoundHook
     return [h for path, hooks in patcher.object_patches.items() if path.endswith("._forward_hooks")
             for h in hooks.values() if isinstance(h, bound)]
 
@@ -83,7 +83,7 @@ def _assert_bound_to_its_own(pack, patcher, other):
                 for m in a.model.values()}
 
     def states(p):
-        return {id(a.state) for a in pack.nodes.patcher.applied_adapters(p)}
+        return {id(a.state) for a in pack.comfy_glue.patcher.applied_adapters(p)}
 
     own, theirs = holders(patcher), holders(other)
     hooks = _our_hooks(pack, patcher)
@@ -160,7 +160,7 @@ def test_a_chimera_deep_clone_reads_its_own_router_nets_and_samples_like_the_ori
     must reference the copy's router-net holder, while the adapter layers themselves are shared, not duplicated."""
     model = tiny_dit.load_cosmos(num_blocks=2, seed=5)
     model.cached_patcher_init = (tiny_dit.load_cosmos, (2, 5))
-    patched = pack.nodes.patcher.apply_adapter(model, library().load(chimera_file(tmp_path, model, False)[1]))[0]
+    patched = pack.comfy_glue.patcher.apply_adapter(model, library().load(chimera_file(tmp_path, model, False)[1]))[0]
     weights = {k: v.clone() for k, v in model.model.state_dict().items()}
     latent, pos, neg = torch.zeros(1, 16, 1, 16, 16), tiny_dit.cosmos_conditioning(seed=1), \
         tiny_dit.cosmos_conditioning(seed=2)

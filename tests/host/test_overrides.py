@@ -42,7 +42,7 @@ def _module(model, prefix):
 
 
 def module_output(pack, base, adapter, prefix, x, fold=False):
-    patched, _ = pack.nodes.patcher.apply_adapter(base, adapter, 1.0, fold=fold)
+    patched, _ = pack.comfy_glue.patcher.apply_adapter(base, adapter, 1.0, fold=fold)
     mm.load_models_gpu([patched])
     try:
         return _module(patched, prefix)(x).double()
@@ -137,9 +137,9 @@ def test_scoped_override_touches_only_the_selected_layers(pack, base, adapter):
 
 
 def _record(pack, base, routed, steps=6, cfg=3.0, fold=False):
-    patched, _ = pack.nodes.patcher.apply_adapter(base, routed, 1.0, fold=fold)
+    patched, _ = pack.comfy_glue.patcher.apply_adapter(base, routed, 1.0, fold=fold)
     latent = torch.zeros(1, 16, 16, 16)
-    with pack.nodes.gate_recording.recording(patched) as gates:
+    with pack.comfy_glue.gate_recording.recording(patched) as gates:
         tiny_dit.sample(patched, latent, tiny_dit.mmdit_conditioning(seed=1), tiny_dit.mmdit_conditioning(seed=2),
                         steps=steps, cfg=cfg)
     mm.unload_all_models()
@@ -188,7 +188,7 @@ def test_positive_only_leaves_uncond_rows_untouched(pack, base, adapter):
 
 
 def _sample(pack, base, routed, fold):
-    patched, _ = pack.nodes.patcher.apply_adapter(base, routed, 1.0, fold=fold)
+    patched, _ = pack.comfy_glue.patcher.apply_adapter(base, routed, 1.0, fold=fold)
     out = tiny_dit.sample(patched, torch.zeros(1, 16, 16, 16), tiny_dit.mmdit_conditioning(seed=1),
                           tiny_dit.mmdit_conditioning(seed=2), steps=3)
     mm.unload_all_models()
@@ -205,13 +205,13 @@ def test_fold_equals_hook_and_fully_folded_adapters_install_no_hooks(pack, base,
         folded, patched = _sample(pack, base, routed, fold=True)
         hooked, _ = _sample(pack, base, routed, fold=False)
         assert _rel(folded, hooked) < 1e-5, kw
-        applied = pack.nodes.patcher.applied_adapters(patched)[-1]
+        applied = pack.comfy_glue.patcher.applied_adapters(patched)[-1]
         assert applied.hooked == 0 and applied.folded == len(adapter.layers)
         assert not any(k.endswith("_forward_hooks") for k in patched.object_patches)
     mixed, _ = route(pack, adapter, mode="pin", expert=0, layer_regex="mlp_fc1")
     folded, patched = _sample(pack, base, mixed, fold=True)
     hooked, _ = _sample(pack, base, mixed, fold=False)
-    applied = pack.nodes.patcher.applied_adapters(patched)[-1]
+    applied = pack.comfy_glue.patcher.applied_adapters(patched)[-1]
     assert (applied.folded, applied.hooked) == (2, 2) and _rel(folded, hooked) < 1e-5
 
 
@@ -236,7 +236,7 @@ def test_baked_lora_through_the_stock_loader_equals_the_fold(pack, base, adapter
 
 
 def test_profile_capture_is_deterministic_replays_as_a_static_blend_and_round_trips(pack, base, adapter, tmp_path):
-    patched, _ = pack.nodes.patcher.apply_adapter(base, adapter, 1.0)
+    patched, _ = pack.comfy_glue.patcher.apply_adapter(base, adapter, 1.0)
     latent = {"samples": torch.randn(1, 16, 16, 16, generator=torch.Generator().manual_seed(9))}
     cond = tiny_dit.mmdit_conditioning(seed=3)
     capture = pack.nodes.style_profiles.OrthoHydraCaptureStyle
@@ -344,7 +344,7 @@ def test_gallery_gives_one_row_per_conditioning_entry_and_returns_every_tile(pac
     mm.unload_all_models()
     assert grid.shape[1] == 2 * (8 * 8 + 18) + 4 and tiles["samples"].shape == (2 * 4, 16, 8, 8)
     # tile (row 1, expert 2) is exactly what sampling that pin with row 1's conditioning and seed + 1 gives
-    patched, _ = pack.nodes.patcher.apply_adapter(base, gallery.pinned(adapter, 2))
+    patched, _ = pack.comfy_glue.patcher.apply_adapter(base, pack.comfy_glue.gallery.pinned(adapter, 2))
     expected = tiny_dit.sample(patched, latent["samples"][1:2], [two[1]], negative, steps=2, cfg=2.0, seed=4)
     mm.unload_all_models()
     assert torch.allclose(tiles["samples"][1 * 4 + 2], expected[0], atol=1e-5)

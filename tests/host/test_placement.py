@@ -116,7 +116,7 @@ def test_our_holder_comes_back_whole_after_a_partial_unload(patcher, fresh):
 
 def _routed_hooks(pack, patched):
     hooks = [h for k, d in patched.object_patches.items() if k.endswith("._forward_hooks") for h in d.values()
-             if isinstance(h, pack.nodes.patcher.RoutedHook)]
+             if isinstance(h, pack.comfy_glue.patcher.RoutedHook)]
     assert hooks
     return hooks
 
@@ -175,7 +175,7 @@ def test_chimera_router_nets_are_placed_once_and_never_copied_per_call(pack, tmp
         model.model.diffusion_model.llm_adapter = torch.nn.Linear(1024, 1024)
     t, path = chimera_file(tmp_path, model, content_router)
     adapter = library().load(path)
-    patched = pack.nodes.patcher.apply_adapter(model, adapter)[0]
+    patched = pack.comfy_glue.patcher.apply_adapter(model, adapter)[0]
     (ours,) = patched.get_additional_models()
     nets = {k for k in ours.model if k.startswith("net_")}
     assert nets == ({"net_layer_0", "net_content_0"} if content_router else {"net_layer_0"})
@@ -188,7 +188,7 @@ def test_chimera_router_nets_are_placed_once_and_never_copied_per_call(pack, tmp
     state.sigma, state.fei = torch.full((2,), 0.5, device=META), torch.empty(2, 2, device=META)
     if content_router:
         (content_hook,) = [h for h in patched.object_patches["diffusion_model.llm_adapter._forward_hooks"].values()
-                           if isinstance(h, pack.nodes.patcher.ContentRouterHook)]
+                           if isinstance(h, pack.comfy_glue.patcher.ContentRouterHook)]
     for _ in range(2):
         with DeviceCopies() as seen:
             if content_router:

@@ -49,7 +49,7 @@ def test_the_host_detects_every_checkpoint_and_builds_each_of_its_linears(family
 
 def test_every_linear_of_a_real_size_dit_is_planned_from_trainer_names(family):
     patched = family[1]
-    space = import_pack().nodes.key_space.key_space(patched)
+    space = import_pack().comfy_glue.key_space.key_space(patched)
     shapes, key_map = space.shapes, space.key_map
     linears = {k for k, shape in shapes.items() if k.startswith("diffusion_model.") and len(shape) == 2}
     # kohya names (the reference trainer's for Anima): one routed layer per Linear, full size
@@ -109,7 +109,7 @@ def test_lumina2_diffusers_v_lands_where_grouped_query_attention_reads_it(pack):
     """Lumina 2.0: 24 query heads, 8 key/value heads of 96 in a 3840-row qkv.  Wherever the host maps diffusers
     names (0.33 does, giving every part 2304 rows), to_k and to_v land at 2304-3072 and 3072-3840."""
     patched = real_size.build(SHAPES["Lumina Image 2.0 (2.6B)"])
-    space = pack.nodes.key_space.key_space(patched)
+    space = pack.comfy_glue.key_space.key_space(patched)
     weight = "diffusion_model.layers.0.attention.qkv.weight"
     assert space.fused_layouts[weight] == {"q": (0, 2304), "k": (2304, 768), "v": (3072, 768)}
     names = {p: f"transformer.layers.0.attention.to_{p}" for p in "qkv"}
@@ -135,12 +135,12 @@ def test_diffusers_names_are_planned_where_the_host_maps_them_and_refused_by_nam
                               path="diffusers_named.safetensors")
     key_map = comfy.lora.model_lora_keys_unet(patched.model, {})
     if all(name in key_map for name in names):
-        result = pack.nodes.patcher.make_plan(patched, adapter)
+        result = pack.comfy_glue.patcher.make_plan(patched, adapter)
         assert set(result.matched) == set(names) and len(result.targets) == 4
         return
     assert not any(name in key_map for name in names)
     with pytest.raises(OrthoHydraError) as info:
-        pack.nodes.patcher.make_plan(patched, adapter)
+        pack.comfy_glue.patcher.make_plan(patched, adapter)
     message = str(info.value)
     assert f"adapter targets {'layers' if 'Lumina' in family else 'blocks'}.N.* (4)" in message, message
     assert type(patched.model).__name__ in message and "diffusers_named.safetensors" in message

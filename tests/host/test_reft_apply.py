@@ -31,7 +31,8 @@ def _block_output(pack, model) -> torch.Tensor:
     the edited output), on a clone through ModelPatcher like the pack's own."""
     seen = []
     clone = model.clone()
-    pack.nodes.hooks.install_forward_hook(clone, BLOCK, lambda module, args, out: seen.append(out.detach().clone()))
+    pack.comfy_glue.hooks.install_forward_hook(clone, BLOCK,
+                                               lambda module, args, out: seen.append(out.detach().clone()))
     latent = torch.zeros(1, 16, 1, 8, 8)
     tiny_dit.sample(clone, latent, tiny_dit.cosmos_conditioning(seed=1), tiny_dit.cosmos_conditioning(seed=2),
                     steps=1, cfg=1.0)
@@ -45,8 +46,8 @@ def test_reft_edit_is_added_to_the_block_output_exactly_and_unpatching_restores(
     edit = _edit(0)
     with_reft = dataclasses.replace(adapter, reft={edit.name: edit})
     before = {k: v.clone() for k, v in cosmos.model.state_dict().items()}
-    h = _block_output(pack, pack.nodes.patcher.apply_adapter(cosmos, adapter, strength=0.8)[0])
-    edited = _block_output(pack, pack.nodes.patcher.apply_adapter(cosmos, with_reft, strength=0.8,
+    h = _block_output(pack, pack.comfy_glue.patcher.apply_adapter(cosmos, adapter, strength=0.8)[0])
+    edited = _block_output(pack, pack.comfy_glue.patcher.apply_adapter(cosmos, with_reft, strength=0.8,
                                                                   strength_reft=0.5)[0])
     hd = h.double()
     r, w, b = edit.rotate.double(), edit.source_weight.double(), edit.source_bias.double()
@@ -65,8 +66,8 @@ def test_reft_on_a_model_without_those_blocks_is_refused_naming_the_key(cosmos):
     error = library().OrthoHydraError
     far = _edit(9)
     with pytest.raises(error, match=r"blocks\.9, which this") as err:
-        pack.nodes.patcher.apply_adapter(cosmos, dataclasses.replace(adapter, reft={far.name: far}))
+        pack.comfy_glue.patcher.apply_adapter(cosmos, dataclasses.replace(adapter, reft={far.name: far}))
     assert err.value.key == "reft_unet_blocks_9.rotate_layer.weight"
     narrow = _edit(1, width=40)
     with pytest.raises(error, match="40 wide"):
-        pack.nodes.patcher.apply_adapter(cosmos, dataclasses.replace(adapter, reft={narrow.name: narrow}))
+        pack.comfy_glue.patcher.apply_adapter(cosmos, dataclasses.replace(adapter, reft={narrow.name: narrow}))

@@ -22,7 +22,7 @@ def base():
 
 
 def _train(pack, base, slot: int, seed: int, name: str):
-    T = pack.nodes.train
+    T = pack.comfy_glue.training
     config = T.TrainConfig(steps=6, learning_rate=2e-2, batch_size=2, rank=4, experts=1, init="ortho_out",
                            training_dtype="fp32", seed=seed, output_name=name, slot=slot, slots=2)
     with torch.inference_mode():
@@ -31,7 +31,7 @@ def _train(pack, base, slot: int, seed: int, name: str):
 
 
 def _sample(pack, base, adapter, latent):
-    model, _ = pack.nodes.patcher.apply_adapter(base, adapter)
+    model, _ = pack.comfy_glue.patcher.apply_adapter(base, adapter)
     out = tiny_dit.sample(model, latent, POSITIVE, NEGATIVE, steps=3)
     mm.unload_all_models()
     return out
@@ -56,7 +56,7 @@ def test_slot_adapters_merge_exactly_and_write_disjoint_outputs(base, loras):
                                    rtol=1e-5, atol=1e-5)
     both = merged.with_override(rule.Override((rule.Keyframe(0.0, rule.GateRule("blend", weights=(1.0, 1.0),
                                                                                  renormalize=False)),)))
-    stacked, _ = pack.nodes.patcher.apply_adapter(pack.nodes.patcher.apply_adapter(base, a)[0], b)
+    stacked, _ = pack.comfy_glue.patcher.apply_adapter(pack.comfy_glue.patcher.apply_adapter(base, a)[0], b)
     expected = tiny_dit.sample(stacked, latent, POSITIVE, NEGATIVE, steps=3)
     mm.unload_all_models()
     torch.testing.assert_close(_sample(pack, base, both, latent), expected, rtol=1e-5, atol=1e-5)
@@ -65,7 +65,7 @@ def test_slot_adapters_merge_exactly_and_write_disjoint_outputs(base, loras):
 
 def test_slot_training_refuses_several_experts_and_a_slot_out_of_range(base, loras):
     pack = import_pack()
-    T = pack.nodes.train
+    T = pack.comfy_glue.training
     for kw, key in (({"experts": 4, "slot": 0}, "slots"), ({"experts": 1, "slot": 2}, "slot")):
         config = T.TrainConfig(steps=1, rank=4, init="ortho_out", training_dtype="fp32", slots=2, **kw)
         with pytest.raises(library().OrthoHydraError) as err, torch.inference_mode():

@@ -129,7 +129,7 @@ def test_ours_with_comfyuis_hook_lora_on_the_positive_conditioning(base, patcher
     def capture(module, args, output):  # installed after ours on the same Linear: sees the adapted output
         calls.append((args[0].detach().double().clone(), output.detach().double().clone()))
 
-    import_pack().nodes.hooks.install_forward_hook(model, MODULE, capture)
+    import_pack().comfy_glue.hooks.install_forward_hook(model, MODULE, capture)
     tiny_dit.sample(model, torch.zeros(1, 16, 16, 16), positive, negative, steps=1, cfg=2.0)
     mm.unload_all_models()
     weight = base.model.get_submodule(MODULE).weight.detach().double()
@@ -235,7 +235,7 @@ def test_ours_with_a_keyframed_hook_lora_follows_the_keyframe_strength_per_step(
                       output.detach().double().clone()))
 
     model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "test_probe", probe)
-    import_pack().nodes.hooks.install_forward_hook(model, MODULE, capture)
+    import_pack().comfy_glue.hooks.install_forward_hook(model, MODULE, capture)
     tiny_dit.sample(model, torch.zeros(1, 16, 16, 16), positive, negative, steps=steps, cfg=2.0)
     mm.unload_all_models()
 

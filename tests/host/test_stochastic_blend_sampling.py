@@ -19,7 +19,7 @@ def _routed(pack, adapter, mode, seed, weights="0.5, 1.0, 0.8, 0.2", keep="0.25,
 
 
 def _sample(pack, base, adapter, stochastic=True):
-    model, _ = pack.nodes.patcher.apply_adapter(base, adapter)
+    model, _ = pack.comfy_glue.patcher.apply_adapter(base, adapter)
     assert not model.patches or not stochastic  # stochastic rules stay in the hooks: nothing folded
     out = tiny_dit.sample(model, torch.zeros(1, 16, 16, 16), POSITIVE, NEGATIVE, steps=3)
     mm.unload_all_models()

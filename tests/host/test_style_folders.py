@@ -86,7 +86,7 @@ def test_loads_a_sorted_batch_with_labels_and_names(sf, input_dir):
     assert torch.allclose(means, expected, atol=0.03)
     again = _run(sf, "art", width=48, height=32)
     assert torch.equal(again[0], images) and again[1] == styles
-    train = import_pack().nodes.train
+    train = import_pack().comfy_glue.training
     assert train.style_labels_from(labels, count).tolist() == list(styles.labels)  # the trainer's widget reads it
 
 
@@ -138,7 +138,7 @@ def test_dataset_choices_progress_and_refresh(sf, input_dir):
     _solid(input_dir / "flat" / "a.png", (8, 8), RED)  # no sub-folders: not a dataset
     _solid(input_dir / "loose.png", (8, 8), RED)
     (input_dir / ".hidden" / "x").mkdir(parents=True)
-    assert sf.dataset_choices() == ["art"]
+    assert import_pack().comfy_glue.style_folders.dataset_choices() == ["art"]
     assert sf.OrthoHydraLoadStyleFolders.GET_SCHEMA().inputs[0].options == ["art"]
     assert sf.OrthoHydraLoadStyleFolders.validate_inputs("art") is True
     assert sf.OrthoHydraLoadStyleFolders.validate_inputs(None) is True  # a linked value is checked at run time

@@ -103,7 +103,7 @@ def test_the_same_content_renders_in_every_style():
 
 
 def test_latents_preview_as_their_pictures_and_hold_nothing_invisible():
-    latent_to_rgb = import_pack().nodes.latent_preview.latent_to_rgb
+    latent_to_rgb = import_pack().comfy_glue.images.latent_to_rgb
     fmt = tw.latent_format()
     latents, ids, labels = tw.dataset(1, seed=2, styles=[None, 0, 1, 2, 3])
     pictures = torch.stack([tw.render_rgb(int(c), int(s), seed=2 * 10007) for c, s in zip(ids, labels, strict=True)])

@@ -16,7 +16,7 @@ def test_trace_records_both_sides_per_step_and_draws_them(pack):
     base = tiny_dit.load_mmdit(depth=2, seed=0)
     adapter = randomized_adapter(lora_weights(base, pattern=r"x_block_(mlp_fc1|attn_qkv)$"), rank=4, experts=3,
                                  seed=2, router_scale=0.5)
-    patched, _ = pack.nodes.patcher.apply_adapter(base, adapter)
+    patched, _ = pack.comfy_glue.patcher.apply_adapter(base, adapter)
     node = pack.nodes.router_trace.OrthoHydraRouterTrace
     out = node.execute(patched, tiny_dit.mmdit_conditioning(seed=1), tiny_dit.mmdit_conditioning(seed=2),
                        {"samples": torch.zeros(1, 16, 16, 16)}, 3, 5, 3.0, "euler", "simple", "positive")
@@ -39,7 +39,7 @@ def test_trace_records_both_sides_per_step_and_draws_them(pack):
                                                         block_end=-1, layer_regex="", start_percent=0.0,
                                                         end_percent=1.0, keyframes="", interpolation="step",
                                                         side="both").args[0]
-    folded, _ = pack.nodes.patcher.apply_adapter(base, pinned)
+    folded, _ = pack.comfy_glue.patcher.apply_adapter(base, pinned)
     with pytest.raises(library().OrthoHydraError, match="no router-live"):
         node.execute(folded, tiny_dit.mmdit_conditioning(seed=1), tiny_dit.mmdit_conditioning(seed=2),
                      {"samples": torch.zeros(1, 16, 16, 16)}, 3, 2, 3.0, "euler", "simple", "positive")
@@ -50,7 +50,7 @@ def test_expert_route_reads_listed_headers_only(pack, loras):
     adapter = adapter.with_expert_names(["ink", "oil", "pixel"])
     library().save(adapter, loras / "named_moe.safetensors")
     (loras / "plain.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
-    respond = pack.nodes.web_routes.experts_response
+    respond = pack.comfy_glue.web_routes.experts_response
     status, body = respond("named_moe.safetensors")
     assert status == 200 and body["num_experts"] == 3 and body["expert_names"] == ["ink", "oil", "pixel"]
     for bad in ("../../../etc/passwd", "/etc/passwd", "named_moe.safetensors/..", "", None, "missing.safetensors"):

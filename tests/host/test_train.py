@@ -18,7 +18,7 @@ from devkit.host import import_pack
 
 @pytest.fixture(scope="module")
 def T():
-    return import_pack().nodes.train
+    return import_pack().comfy_glue.training
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def base():
 def train(*args, **kwargs):
     """``train`` called as the node's ``execute`` is: inside inference mode."""
     with torch.inference_mode():
-        return import_pack().nodes.train.train(*args, **kwargs)
+        return import_pack().comfy_glue.training.train(*args, **kwargs)
 
 
 LATENTS = torch.randn(4, 16, 16, 16, generator=torch.Generator().manual_seed(0))
@@ -279,3 +279,16 @@ def test_training_runs_under_no_grad_and_gives_the_model_back_as_it_was(T, base,
     assert after.keys() == tensors.keys() and all(after[k] is t for k, t in tensors.items())
     assert all(t.is_inference() for t in tensors.values())
     assert not [name for name, module in base.model.named_modules() if "forward" in module.__dict__]
+
+
+def test_the_trainer_nodes_widget_defaults_are_train_configs_defaults(T):
+    import dataclasses
+
+    node = import_pack().nodes.train.OrthoHydraTrain
+    widgets = {i.id: i.default for i in node.define_schema().inputs if getattr(i, "default", None) is not None}
+    fields = {f.name: f.default for f in dataclasses.fields(T.TrainConfig)}
+    shared = sorted(set(widgets) & set(fields) - {"style_names"})  # a tuple in the config, typed text on the node
+    # the options the node does not show (tests, studies and the torchrun command's TOML set them)
+    assert set(fields) - set(shared) == {"style_names", "calibrate_router", "label_guidance_detached", "trace_every"}
+    assert {k: widgets[k] for k in shared} == {k: fields[k] for k in shared}
+    assert widgets["balance_weight"] == T.TrainConfig().balance_weight and widgets["steps"] == T.TrainConfig().steps

@@ -17,7 +17,7 @@ POSITIVE = tiny_dit.cosmos_conditioning(tokens=8, seed=1)
 
 @pytest.fixture(scope="module")
 def T():
-    return import_pack().nodes.train
+    return import_pack().comfy_glue.training
 
 
 @pytest.fixture()
@@ -111,14 +111,14 @@ def test_a_model_loaded_in_inference_mode_trains_in_the_memory_of_a_normally_loa
     assert list(inference.model.parameters()) == weights and all(w.is_inference() for w in weights)  # given back
     # Control: the fallback for tensors that cannot be viewed (copy per forward) applied to every weight, as the
     # trainer once did; the counter must see those copies (of the weights on the gradient path, about a third here).
-    monkeypatch.setattr(import_pack().nodes.train_support, "_aliasable", lambda tensor: False)
+    monkeypatch.setattr(import_pack().comfy_glue.train_support, "_aliasable", lambda tensor: False)
     copies = run(T, inference, monkeypatch, steps=1, gradient_checkpointing=False)[0]
     assert copies.peaks[0] - loaded_normally.peaks[0] > 0.2 * weight_bytes
 
 
 def test_setup_holds_one_weights_fp32_copy_at_a_time_and_a_second_run_skips_the_svds(T, loras, monkeypatch):
     model = cosmos(blocks=4)
-    targets = import_pack().nodes.model_linears.adaptable_linears(model, "attention+mlp")
+    targets = import_pack().comfy_glue.model_linears.adaptable_linears(model, "attention+mlp")
     largest = max(w.numel() for _, w in targets.values()) * 4
     everything = sum(w.numel() for _, w in targets.values()) * 4
     monkeypatch.setattr(T, "BASES", import_pack().ortho_hydra.basis.BasisCache())

@@ -17,7 +17,7 @@ def test_guidance_gate_and_delta_share_one_runtime_layer_per_forward():
     built = []
     as_runtime = layer.as_runtime
     layer.as_runtime = lambda: built.append(1) or as_runtime()
-    hook = pack.nodes.train_support.TrainingHook("l", layer, pack.nodes.hooks.SamplingState(), sink=None)
+    hook = pack.comfy_glue.train_support.TrainingHook("l", layer, pack.comfy_glue.hooks.SamplingState(), sink=None)
     gates = []
     hook.router_sink = lambda name, gate: gates.append(gate)
     x, base, weight = (torch.randn(shape, generator=g) for shape in ((2, 5, 16), (2, 5, 24), (2, 3)))

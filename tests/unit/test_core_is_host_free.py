@@ -12,7 +12,7 @@ COMFYUI = {"comfy", "comfy_api", "comfy_api_nodes", "comfy_config", "comfy_execu
            "nodes", "node_helpers", "latent_preview", "execution", "server", "main", "cuda_malloc",
            "hook_breaker_ac10a0", "protocol", "new_updater", "app", "api_server", "middleware", "utils", "alembic_db",
            "comfyui_version"}
-OURS_GLUE = {"ortho_hydra_train", "devkit", "bench", "experiments"}  # the pack's nodes/ is "nodes" above
+OURS_GLUE = {"comfy_glue", "ortho_hydra_train", "devkit", "bench", "experiments"}  # the pack's nodes/ is "nodes" above
 
 
 def host_modules() -> set[str]:

@@ -10,10 +10,11 @@ import tomllib
 from devkit.packaging import COMFYUI_PROVIDES, declared
 
 ROOT = Path(__file__).resolve().parents[2]
-RUNTIME = [ROOT / "__init__.py", *sorted((ROOT / "ortho_hydra").glob("*.py")), *sorted((ROOT / "nodes").glob("*.py"))]
+RUNTIME = [ROOT / "__init__.py", *sorted((ROOT / "ortho_hydra").glob("*.py")), *sorted((ROOT / "nodes").glob("*.py")),
+           *sorted((ROOT / "comfy_glue").glob("*.py"))]
 # ComfyUI itself, and aiohttp, which exists only as its server (our web route is registered on it)
 HOST = {"comfy", "comfy_api", "comfy_extras", "folder_paths", "server", "node_helpers", "latent_preview", "aiohttp"}
-OWN = {"ortho_hydra", "nodes"}
+OWN = {"ortho_hydra", "nodes", "comfy_glue"}
 DISTRIBUTION = {"PIL": "pillow"}  # import name -> distribution name where they differ
 
 

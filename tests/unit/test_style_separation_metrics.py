@@ -192,3 +192,19 @@ def test_paired_style_matches_seeds_and_reads_one_noise_level():
     # warm: +0.020, +0.021, +0.019 (interval above 0); cool stripes: the same below 0; dots, grain: exactly 0
     assert "paired over 3 seeds" in line and "worse on warm" in line and "better on cool stripes" in line
     assert "not distinguishable on dots, grain" in line
+
+
+def test_mean_gate_kl_is_the_closed_form_row_mean_and_zero_for_equal_gates():
+    import math
+
+    import torch
+
+    from ortho_hydra.metrics import mean_gate_kl
+
+    p = torch.tensor([[0.5, 0.5], [0.9, 0.1]], dtype=torch.float64)
+    q = torch.tensor([[0.25, 0.75], [0.5, 0.5]], dtype=torch.float64)
+    rows = [0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75),
+            0.9 * math.log(0.9 / 0.5) + 0.1 * math.log(0.1 / 0.5)]
+    assert math.isclose(mean_gate_kl(p, q), sum(rows) / 2, rel_tol=1e-12)
+    assert mean_gate_kl(p, p) == 0.0
+    assert math.isfinite(mean_gate_kl(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])))

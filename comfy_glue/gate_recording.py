@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import torch
 
 from ortho_hydra import Adapter, OrthoHydraError
+from ortho_hydra.metrics import normalized_entropy
 from ortho_hydra.routing import GateContext
 
 from .patcher import applied_adapters
@@ -58,3 +59,20 @@ def recording(model, fix: str = "connect the output of Apply Ortho-Hydra (router
         yield listener
     finally:
         target.state.sinks.remove(listener)
+
+
+def summarize_records(records: dict, num_experts: int) -> dict:
+    """{side: {layer: [(σ, mean gate (E,), normalised entropy)] per model call}} from raw hook records."""
+    out: dict[str, dict[str, list]] = {"positive": {}, "negative": {}}
+    for layer, entries in records.items():
+        for entry in entries:
+            gate, uncond = entry["gate"], entry["uncond_rows"]
+            sides = {"positive": gate if uncond is None else gate[~uncond],
+                     "negative": None if uncond is None else gate[uncond]}
+            for side, rows in sides.items():
+                if rows is None or rows.shape[0] == 0:
+                    continue
+                out[side].setdefault(layer, []).append({
+                    "sigma": entry["sampler_sigma"], "gate": rows.double().mean(0).tolist(),
+                    "entropy": float(normalized_entropy(rows).mean())})
+    return out

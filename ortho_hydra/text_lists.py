@@ -1,15 +1,12 @@
-"""Parsing of the free-text widgets users type lists into, and matplotlib figures as ComfyUI IMAGEs."""
+"""The free-text lists users type into widgets and keyframe lines: ``"1, 0.5; 0"`` -> items, or an error naming the
+widget and an example."""
 
 from __future__ import annotations
 
-import io as _io
 from collections.abc import Callable
 from typing import TypeVar
 
-import numpy as np
-import torch
-
-from ortho_hydra import OrthoHydraError
+from .errors import OrthoHydraError
 
 T = TypeVar("T")
 
@@ -29,23 +26,14 @@ def parse_list(text: str, convert: Callable[[str], T], *, key: str, example: str
                               fix=f"e.g. {example}") from exc
 
 
-def figure_to_image(fig) -> torch.Tensor:
-    """A matplotlib figure as a ComfyUI IMAGE (1, H, W, 3) in [0, 1]; the figure is closed."""
-    import matplotlib.pyplot as plt
-    from PIL import Image
-
-    buffer = _io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    image = np.asarray(Image.open(buffer).convert("RGB"), dtype=np.float32) / 255.0
-    return torch.from_numpy(image).unsqueeze(0)
-
-
-def pyplot():
-    """matplotlib's pyplot on the non-interactive backend (nodes run in a server thread)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+def adapter_names_from(defaults: list[str], typed: str) -> list[str]:
+    """Typed names (comma-separated), else ``defaults``; one per adapter and no duplicates (they become expert
+    names)."""
+    names = split_list(typed) or list(defaults)
+    if len(names) != len(defaults):
+        raise OrthoHydraError(f"{len(names)} names for {len(defaults)} adapters.", key="names",
+                              fix="give one name per connected adapter, or leave names empty")
+    if len(set(names)) != len(names):
+        raise OrthoHydraError(f"duplicate names: {', '.join(names)}.", key="names",
+                              fix="give every adapter its own name")
+    return names

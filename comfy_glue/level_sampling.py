@@ -12,7 +12,7 @@ import comfy.utils
 import torch
 from comfy_extras import nodes_custom_sampler, nodes_train
 
-from .train import predict_x0
+from .training import predict_x0
 
 LEVELS = (0.25, 0.5, 0.75)  # noise levels (fraction of the schedule)
 
