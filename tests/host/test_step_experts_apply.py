@@ -126,3 +126,19 @@ def test_another_step_count_is_warned_about(cosmos, student, caplog):
     assert schedule.off_grid_calls >= K - 1  # the 8-step grid's in-between σ
     assert "WARNING" in schedule.describe()
     assert any("not one of the 4 steps" in r.getMessage() for r in caplog.records)
+
+
+def test_load_and_apply_node_states_the_schedule_and_the_step_count_to_use(cosmos, loras):
+    pack = import_pack()
+    tensors = step_expert_tensors(PREFIXES, K, RANK, ALPHA, seed=11)
+    write_step_expert_file(loras / "turbo_student.safetensors", tensors, step_expert_metadata(K, RANK, ALPHA))
+    node = pack.nodes.load_apply.OrthoHydraLoadAndApply
+    patched, summary = node.execute(cosmos, "turbo_student.safetensors", 1.0, "training", True).args
+    assert "per-step experts: 3 layers with 4 heads" in summary and "NOT APPLIED" not in summary
+    assert "Sample with 4 steps of the 'simple' scheduler" in summary
+    schedule = pack.nodes.patcher.applied_adapters(patched)[0].state.step_schedule
+    assert schedule.grid_text() in summary and "stamped ss_turbo_student_steps=4" in summary
+    # the grid is the simple scheduler's on this model's own sampling, computed here without the pack
+    import comfy.samplers
+    want = comfy.samplers.calculate_sigmas(cosmos.get_model_object("model_sampling"), "simple", K)[:K].tolist()
+    assert schedule.sigmas == pytest.approx(want, rel=1e-7)
