@@ -142,3 +142,24 @@ def test_load_and_apply_node_states_the_schedule_and_the_step_count_to_use(cosmo
     import comfy.samplers
     want = comfy.samplers.calculate_sigmas(cosmos.get_model_object("model_sampling"), "simple", K)[:K].tolist()
     assert schedule.sigmas == pytest.approx(want, rel=1e-7)
+
+
+def test_bake_refuses_the_live_schedule_and_bakes_a_pinned_head(cosmos, student):
+    pack = import_pack()
+    from ortho_hydra.overrides import GateRule, Keyframe, Override
+
+    path, tensors = student
+    adapter = pack.ortho_hydra.load(path)
+    plan = pack.nodes.patcher.make_plan(cosmos, adapter)
+    with pytest.raises(pack.ortho_hydra.OrthoHydraError, match="no constant gate"):
+        pack.ortho_hydra.bake.baked_lora(plan, pack.nodes.bake.constant_gates(adapter, plan))
+    pinned = adapter.with_override(Override((Keyframe(0.0, GateRule("pin", expert=1)),)))
+    baked = pack.ortho_hydra.bake.baked_lora(plan, pack.nodes.bake.constant_gates(pinned, plan))
+    assert len([k for k in baked if k.endswith("lora_up.weight")]) == 6  # q, k, v; k, v; the MLP
+    for prefix, rows, module in WATCHED:
+        name = "lora_unet_" + module.replace(".", "_")
+        up, down = baked[f"{name}.lora_up.weight"].double(), baked[f"{name}.lora_down.weight"].double()
+        got = float(baked[f"{name}.alpha"]) / down.shape[0] * up @ down
+        want = (ALPHA / RANK) * tensors[f"{prefix}.lora_ups.1.weight"].double()[rows] @ \
+            tensors[f"{prefix}.lora_down.weight"].double()
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
