@@ -347,8 +347,6 @@ def apply_adapter(model, adapter: Adapter, strength: float = 1.0, fold: bool = T
         return patched, patch_plan
     override = _bind_override(patched, adapter)
     schedule = _bind_step_schedule(patched, adapter)
-    if schedule is not None:  # beneath the router node's overrides, so pins and blends on heads win
-        override = schedule.under(override)
     state = SamplingState(override=override, step_schedule=schedule)
     fei_divs = {layer.router.fei_sigma_low_div for layer in adapter.layers.values() if layer.router.fei_dim}
     if len(fei_divs) > 1:

@@ -1,10 +1,12 @@
 """Per-step expert files (the reference trainer's turbo students): one shared ``lora_down`` and K up-heads per
 Linear, head k trained for denoise step k of a K-step schedule, no router.
 
-Here the heads are the experts of an ordinary routed layer whose router is all zeros, and a step schedule decides
-the gate: an override at the bottom of the stack that pins head k from the σ of step k down to the σ of step k+1.
-It is keyed on the sampler's σ (the model's own sampling), not on counting model calls, so it stays exact when CFG
-makes two calls per step; pins, blends, the mixer and bakes on top of it treat the heads like any experts.
+Here the heads are the experts of a routed layer whose "router" is the step schedule: once per model call the host
+looks up the head of the sampler's σ (head k from the σ of step k down to the σ of step k+1, on the model's own
+sampling) and the layer's logits are 0 for that head and -inf for the others, so live routing is exactly that head.
+Keyed on σ, not on counting model calls, it stays exact when CFG makes two calls per step.  The router node's
+overrides act on these logits like on any router's: pins, blends, profiles and the mixer replace the schedule where
+they apply (and fold), while live, bias, temperature and top-k keep it.
 
 File layout (as the trainer writes it): per prefix ``lora_down.weight`` (r, in), ``lora_ups.<k>.weight`` (out, r),
 optional ``alpha`` and ``inv_scale`` (in,); fused attention prefixes (``…_qkv_proj`` / ``…_kv_proj``) are kept
@@ -28,7 +30,8 @@ import torch
 from . import components
 from .errors import OrthoHydraError
 from .kind import Capability, FileKeys, Refusal, alpha_or_rank, stored_alpha, truthy
-from .overrides import GateRule, Keyframe, Override, OverrideStack
+from .layer import GateSink
+from .routing import GateContext, GateOverride, finish_gate
 from .runtime import _SUFFIX, ExpertLayer, layout_groups
 
 log = logging.getLogger(__name__)
@@ -37,6 +40,7 @@ STAMP = "ss_turbo_per_step_expert"
 K_KEY = "ss_turbo_step_expert_K"
 STEPS_KEY = "ss_turbo_student_steps"
 DEFAULT_SCHEDULER = "simple"  # reproduces the trainer's shifted uniform grid; the file does not stamp one
+STEP_HEAD_KEY = "step_head"  # GateContext.extra: the head of this model call's σ, set by the host
 SIGMA_MATCH = 1e-4  # relative: a sampler σ this close to a keyframe's is that step (fp32 round-off is ~1e-7)
 _NO_SAVE_FIX = "pin or blend the heads and bake them into a plain LoRA, or keep using the original file"
 
@@ -121,6 +125,20 @@ class StepExpertLayer(ExpertLayer):
     def default_expert_names(self) -> list[str]:
         return head_names(self.num_experts)
 
+    def gate_from_projection(self, lx: torch.Tensor, sigma: torch.Tensor | None = None,
+                             override: GateOverride | None = None, context: GateContext | None = None,
+                             fei: torch.Tensor | None = None, sink: GateSink | None = None) -> torch.Tensor:
+        """The gate (B, K): the step's head (head 0 outside sampling, where no step is known), then any override."""
+        if context is None:
+            context = GateContext(layer=self.name, sigma=sigma)
+        head = min(int(context.extra.get(STEP_HEAD_KEY, 0)), self.num_experts - 1)
+        logits = torch.full((lx.shape[0], self.num_experts), -math.inf, device=lx.device)
+        logits[:, head] = 0.0
+        gate = finish_gate(logits, context, override)
+        if sink is not None:
+            sink(self.name, gate, context)
+        return gate
+
 
 def head_names(num_heads: int) -> list[str]:
     return [f"step {k + 1}/{num_heads}" for k in range(num_heads)]
@@ -195,18 +213,13 @@ class StepSchedule:
                              f"{self.num_heads} descending values")
         return StepSchedule(self.num_heads, self.steps, self.steps_source, self.scheduler, values)
 
-    def override(self) -> Override:
-        """Pin head k from step k's σ down to step k+1's; head 0 above step 0's σ too (a higher starting σ)."""
-        frames = tuple(Keyframe(k / self.num_heads, GateRule("pin", expert=k)) for k in range(self.num_heads))
-        return Override(frames, sigmas=(math.inf, *self.sigmas[1:self.num_heads]))
-
-    def under(self, stack: OverrideStack) -> OverrideStack:
-        """``stack`` with the step schedule beneath every override in it (theirs win where they apply)."""
-        return OverrideStack((self.override(), *stack.overrides), stack.num_blocks)
-
     def head_at(self, sampler_sigma: float) -> int:
-        position = self.override().position(sampler_sigma)
-        return 0 if position is None else position[0]
+        """The head of the last step whose σ is at or above ``sampler_sigma`` (head 0 above the first step)."""
+        head = 0
+        for k, s in enumerate(self.sigmas[: self.num_heads]):
+            if sampler_sigma <= s + SIGMA_MATCH * max(abs(s), 1e-3):
+                head = k
+        return head
 
     def on_grid(self, sampler_sigma: float) -> bool:
         return any(abs(sampler_sigma - s) <= SIGMA_MATCH * max(abs(s), 1e-3) for s in self.sigmas)

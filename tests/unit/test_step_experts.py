@@ -1,6 +1,7 @@
 """Per-step expert turbo students: reading the trainer's layout, refusing broken files, the σ step schedule."""
 
 import logging
+from dataclasses import replace
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from ortho_hydra.kind import Capability
 from ortho_hydra.moe_format import describe
 from ortho_hydra.overrides import GateRule, Keyframe, Override, Scope
 from ortho_hydra.routing import GateContext
-from ortho_hydra.step_experts import StepExpertLayer, StepSchedule, step_schedule
+from ortho_hydra.step_experts import STEP_HEAD_KEY, StepExpertLayer, StepSchedule, step_schedule
 
 K, RANK, ALPHA = 4, 8, 4.0
 SHAPES = {"lora_unet_blocks_0_self_attn_qkv_proj": (3 * 32, 32), "lora_unet_blocks_1_mlp_layer1": (64, 32)}
@@ -52,22 +53,27 @@ def test_heads_load_as_experts_of_a_routerless_layer(student):
     assert info["expert_names"][0] == "step 1/4"
 
 
+def _at(prefix, schedule, sigma):
+    """The context the host gives a layer in a model call at sampler σ."""
+    return GateContext(layer=prefix, sigma=None, extra={"sampler_sigma": sigma, STEP_HEAD_KEY: schedule.head_at(sigma)})
+
+
 def test_each_head_under_its_step_sigma_is_the_closed_form(student):
     path, tensors = student
     adapter = ortho_hydra.load(path)
     schedule = step_schedule(adapter.layers, adapter.metadata).bind(GRID)
-    stack = schedule.under(adapter.override)
     x = torch.randn(2, 7, 32, dtype=torch.float64)
     prefix = "lora_unet_blocks_1_mlp_layer1"
     layer = adapter.layers[prefix].to(dtype=torch.float64)
     deltas = []
     for step, sigma in enumerate(GRID[:K]):
-        context = GateContext(layer=prefix, sigma=None, extra={"sampler_sigma": sigma})
-        got = layer.delta(x, override=stack, context=context)
+        got = layer.delta(x, override=adapter.override, context=_at(prefix, schedule, sigma))
         want = _closed_form(tensors, prefix, step, x)
         assert torch.allclose(got, want, rtol=1e-10, atol=1e-12), step
         deltas.append(got)
     assert all((deltas[i] - deltas[i + 1]).abs().max() > 1e-3 for i in range(K - 1))  # the heads differ
+    # outside sampling no step is known: the first head
+    assert torch.allclose(layer.delta(x), _closed_form(tensors, prefix, 0, x), rtol=1e-10, atol=1e-12)
 
 
 def test_schedule_heads_by_sigma_and_step_count():
@@ -106,22 +112,37 @@ def test_off_grid_sigma_is_counted_and_logged_once(caplog):
     assert "WARNING: 3 model calls" in schedule.describe()
 
 
-def test_pins_and_blends_on_heads_win_over_the_schedule(student):
+def test_pins_and_blends_replace_the_schedule_and_live_rules_keep_it(student):
     path, _ = student
     adapter = ortho_hydra.load(path)
     schedule = step_schedule(adapter.layers, adapter.metadata).bind(GRID)
-    prefix = "lora_unet_blocks_1_mlp_layer1"
-    assert schedule.under(adapter.override).constant_gate(prefix, K) is None  # the schedule alone is live
+    mlp, qkv = "lora_unet_blocks_1_mlp_layer1", "lora_unet_blocks_0_self_attn_qkv_proj"
+    x = torch.randn(3, 5, 32)
+
+    def gate(a, prefix, sigma):
+        return a.layers[prefix].gate(x, override=a.override, context=_at(prefix, schedule, sigma))
+
+    assert adapter.override.constant_gate(mlp, K) is None  # the schedule alone is live
+    for step, sigma in enumerate(GRID[:K]):
+        assert torch.equal(gate(adapter, mlp, sigma), torch.eye(K)[step].expand(3, -1))
     pinned = adapter.with_override(Override((Keyframe(0.0, GateRule("pin", expert=2)),)))
-    assert torch.equal(schedule.under(pinned.override).constant_gate(prefix, K), torch.tensor([0.0, 0, 1, 0]))
+    assert torch.equal(pinned.override.constant_gate(mlp, K), torch.tensor([0.0, 0, 1, 0]))
+    assert torch.equal(gate(pinned, mlp, GRID[0]), torch.tensor([[0.0, 0, 1, 0]] * 3))
     blended = adapter.with_override(Override((Keyframe(0.0, GateRule("blend", weights=(1, 0, 0, 1))),),
                                              scope=Scope(regex="mlp")))
-    stack = schedule.under(blended.override)
-    assert torch.allclose(stack.constant_gate(prefix, K), torch.tensor([0.5, 0, 0, 0.5]))
-    assert stack.constant_gate("lora_unet_blocks_0_self_attn_qkv_proj", K) is None  # outside the scope: schedule
-    logits = torch.zeros(1, K)
-    gate = stack(logits, GateContext("lora_unet_blocks_0_self_attn_qkv_proj", None, {"sampler_sigma": GRID[2]}))
-    assert torch.equal(gate, torch.tensor([[0.0, 0, 1, 0]]))
+    assert torch.allclose(blended.override.constant_gate(mlp, K), torch.tensor([0.5, 0, 0, 0.5]))
+    assert blended.override.constant_gate(qkv, K) is None  # outside the scope: the schedule
+    assert torch.equal(gate(blended, qkv, GRID[2]), torch.eye(K)[2].expand(3, -1))
+    # pin head 3 for the first half, then live: live after the pin is the schedule again, not a uniform mix
+    half = adapter.with_override(Override((Keyframe(0.0, GateRule("pin", expert=3)), Keyframe(0.5, GateRule()))))
+    half = replace(half, override=half.override.bind({0.0: GRID[0], 0.5: 0.8}.get))  # live from σ 0.8 down
+    assert torch.equal(gate(half, mlp, GRID[1]), torch.eye(K)[3].expand(3, -1))
+    assert torch.equal(gate(half, mlp, GRID[3]), torch.eye(K)[3].expand(3, -1))  # step 3 = head 3 either way
+    assert torch.equal(gate(half, mlp, GRID[2]), torch.eye(K)[2].expand(3, -1))
+    for rule in (GateRule("temperature", temperature=0.5), GateRule("top_k", top_k=2),
+                 GateRule("bias", weights=(5.0, 0, 0, 0))):
+        ruled = adapter.with_override(Override((Keyframe(0.0, rule),)))
+        assert torch.equal(gate(ruled, mlp, GRID[1]), torch.eye(K)[1].expand(3, -1)), rule.mode
 
 
 def test_capabilities_it_cannot_have_are_refused_by_name(student, tmp_path):
