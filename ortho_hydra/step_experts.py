@@ -185,6 +185,7 @@ def _step_layer(prefix: str, group: Mapping[str, torch.Tensor], file: FileKeys, 
         except ValueError:
             alpha = 0.0
     num_heads = len(ups)
+    # the router tensors are never read (the step picks the head); zeros keep the routed-layer fields whole
     return StepExpertLayer(
         name=prefix, down=down.float(), ups=torch.stack(ups).float(),
         router_weight=torch.zeros(num_heads, rank), router_bias=torch.zeros(num_heads),
