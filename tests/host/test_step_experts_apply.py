@@ -163,3 +163,39 @@ def test_bake_refuses_the_live_schedule_and_bakes_a_pinned_head(cosmos, student)
         want = (ALPHA / RANK) * tensors[f"{prefix}.lora_ups.1.weight"].double()[rows] @ \
             tensors[f"{prefix}.lora_down.weight"].double()
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_router_node_blend_of_heads_folds_and_a_timed_pin_hands_back_to_the_schedule(cosmos, student, loras):
+    """Loader → Router → Apply, as a graph runs them: a blend of heads 0 and 3 is constant (folded, every call the
+    blend); a pin of head 3 until 50 % is live, then each call has its own step's head again."""
+    pack = import_pack()
+    path, tensors = student
+    (loras / path.name).write_bytes(path.read_bytes())
+    adapter = pack.nodes.load_apply.OrthoHydraLoader.execute(path.name).args[0]
+    router = pack.nodes.router.OrthoHydraRouter
+    common = {"expert": 0, "renormalize": True, "temperature": 1.0, "top_k": 1, "group": "all", "block_start": -1,
+              "block_end": -1, "layer_regex": "", "start_percent": 0.0, "end_percent": 1.0, "keyframes": "",
+              "interpolation": "step", "side": "both"}
+    blended = router.execute(adapter, mode="blend", weights="1, 0, 0, 1", **common).args[0]
+    patched = pack.nodes.load_apply.OrthoHydraApply.execute(cosmos, blended, 1.0).args[0]
+    assert pack.nodes.patcher.applied_adapters(patched)[0].hooked == 0
+    seen = _run(pack, patched, K, 1.0)
+    for prefix, rows, module in WATCHED:
+        linear = cosmos.model.diffusion_model.get_submodule(module)
+        for x, y, _, _ in seen[module]:
+            want = (_closed_form(linear, tensors, prefix, rows, 0, x)
+                    + _closed_form(linear, tensors, prefix, rows, 3, x)) / 2
+            torch.testing.assert_close(y.double(), want, rtol=1e-4, atol=1e-4)
+    timed = router.execute(adapter, mode="pin", weights="", **{**common, "expert": 3, "end_percent": 0.5}).args[0]
+    patched = pack.nodes.load_apply.OrthoHydraApply.execute(cosmos, timed, 1.0).args[0]
+    seen = _run(pack, patched, K, 1.0)
+    prefix, rows, module = WATCHED[0]
+    linear = cosmos.model.diffusion_model.get_submodule(module)
+    sampling = cosmos.get_model_object("model_sampling")
+    end = float(sampling.percent_to_sigma(0.5))
+    distinct = sorted({c[2] for c in seen[module]}, reverse=True)
+    heads = [3 if sigma > end else distinct.index(sigma) for _, _, sigma, _ in seen[module]]
+    assert heads[0] == 3 and heads[-2:] == [2, 3]  # pinned early, the schedule's own heads late
+    for (x, y, _, _), head in zip(seen[module], heads, strict=True):
+        torch.testing.assert_close(y.double(), _closed_form(linear, tensors, prefix, rows, head, x), rtol=1e-4,
+                                   atol=1e-4)
