@@ -25,6 +25,7 @@ from ortho_hydra.chimera import CONTENT_GATE_KEY
 from ortho_hydra.fei import frequency_energy_index
 from ortho_hydra.overrides import POSITIONS_KEY, OverrideStack
 from ortho_hydra.routing import GateContext
+from ortho_hydra.step_experts import STEP_HEAD_KEY, StepSchedule
 
 # Apart from torch's own small handle ids, and unique across every install of this pack (apply and train).
 _hook_ids = itertools.count(start=2**40)
@@ -65,12 +66,13 @@ class SamplingState:
     extra: dict = field(default_factory=dict)
     sinks: list[Callable] = field(default_factory=list)  # gate listeners (recordings) while one is open
     text_modules: tuple[str, ...] = ()  # modules whose output a module router reads (e.g. the text adapter)
+    step_schedule: StepSchedule | None = None  # per-step expert heads: each call's head, and a watch on its σ
 
     def sibling(self) -> SamplingState:
         """The state of another copy of the same patched model: the same override, FEI divisor and gate listeners
         (a recording hears every copy), its own per-call values."""
         return SamplingState(override=self.override, fei_div=self.fei_div, sinks=self.sinks,
-                             text_modules=self.text_modules)
+                             text_modules=self.text_modules, step_schedule=self.step_schedule)
 
     def sink(self, layer: str, gate: torch.Tensor, context: GateContext) -> None:
         for listener in self.sinks:
@@ -126,6 +128,9 @@ def _apply_model_wrapper(key: str, default: SamplingState, to_router_sigma):
         state.extra["sampler_sigma"] = float(t.reshape(-1)[0])  # schedules are keyed on the sampler's σ
         if state.override is not None:  # here, outside a compiled model: hooks see keyframe indices, not σ
             state.extra[POSITIONS_KEY] = state.override.positions(state.extra["sampler_sigma"])
+        if state.step_schedule is not None:  # per-step experts: this call's head, by σ
+            state.step_schedule.observe(state.extra["sampler_sigma"])
+            state.extra[STEP_HEAD_KEY] = state.step_schedule.head_at(state.extra["sampler_sigma"])
         state.cond_or_uncond = list(transformer_options.get("cond_or_uncond") or []) or None
         if state.fei_div is not None:  # scale-invariant, so the raw sampler latent is as good as the model input
             state.fei = frequency_energy_index(x, state.fei_div)
@@ -140,6 +145,7 @@ def _apply_model_wrapper(key: str, default: SamplingState, to_router_sigma):
             state.sigma, state.cond_or_uncond, state.fei = None, None, None
             state.extra.pop("sampler_sigma", None)
             state.extra.pop(POSITIONS_KEY, None)
+            state.extra.pop(STEP_HEAD_KEY, None)
             state.extra.pop(CONTENT_GATE_KEY, None)  # a Chimera content gate belongs to one model call
 
     return wrapper

@@ -17,6 +17,7 @@ import uuid
 from dataclasses import dataclass, field
 
 import comfy.lora
+import comfy.samplers
 import torch
 from torch import nn
 
@@ -26,6 +27,7 @@ from ortho_hydra.fold_error import FOLD_TOLERANCE, fold_error
 from ortho_hydra.lora_dict import kohya_name, lora_state_dict
 from ortho_hydra.overrides import OverrideStack
 from ortho_hydra.reft import ReFTEdit
+from ortho_hydra.step_experts import STEPS_KEY, StepSchedule, step_schedule
 from ortho_hydra.targets import KeyMapSliceError, PatchPlan, Target, merge_shared_legs, summarize
 
 from .compile_support import require_hook_guards
@@ -318,6 +320,21 @@ def _bind_override(model, adapter: Adapter) -> OverrideStack:
     return override.bind(lambda p: float(sampling.percent_to_sigma(p)))
 
 
+def _bind_step_schedule(model, adapter: Adapter) -> StepSchedule | None:
+    """Per-step expert heads keyed on the σ of their steps on this model's own sampling, or None."""
+    schedule = step_schedule(adapter.layers, adapter.metadata)
+    if schedule is None:
+        return None
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), schedule.scheduler,
+                                             schedule.steps)
+    try:
+        return schedule.bind(sigmas.tolist())
+    except ValueError as exc:
+        raise OrthoHydraError(f"{exc}.", path=adapter.path, key=STEPS_KEY,
+                              fix="this model's sampling cannot host the step heads; load the base model the "
+                                  "student was distilled on") from exc
+
+
 def apply_adapter(model, adapter: Adapter, strength: float = 1.0, fold: bool = True, strength_reft: float = 1.0):
     """Return a patched clone of ``model`` routing every adapted Linear through its experts.
 
@@ -329,7 +346,8 @@ def apply_adapter(model, adapter: Adapter, strength: float = 1.0, fold: bool = T
     if strength == 0 and (strength_reft == 0 or not adapter.reft):
         return patched, patch_plan
     override = _bind_override(patched, adapter)
-    state = SamplingState(override=override)
+    schedule = _bind_step_schedule(patched, adapter)
+    state = SamplingState(override=override, step_schedule=schedule)
     fei_divs = {layer.router.fei_sigma_low_div for layer in adapter.layers.values() if layer.router.fei_dim}
     if len(fei_divs) > 1:
         raise OrthoHydraError(f"layers disagree on the FEI blur divisor ({sorted(fei_divs)}).", path=adapter.path,
@@ -380,6 +398,8 @@ def apply_adapter(model, adapter: Adapter, strength: float = 1.0, fold: bool = T
     # attachments are shared by reference with later clones (model_options would be deep-copied)
     applied = AppliedAdapter(adapter=adapter, state=state, folded=len(folded), hooked=routed_hooks,
                              kept_live=kept_live)
+    if schedule is not None:
+        log.info("Ortho-Hydra %s: %s", adapter.path or "adapter", schedule.describe())
     patched.set_attachments(key, applied)
     log.info("Ortho-Hydra %s: %s; %s, %d ReFT block edits", adapter.path or "adapter", patch_plan.coverage(),
              applied.placement(), len(adapter.reft))
@@ -400,6 +420,8 @@ class AppliedAdapter:
     def placement(self) -> str:
         """One line: how many Linears were folded and how many run as hooks, and why constant ones were not folded."""
         line = f"{self.folded} folded into weights, {self.hooked} router-live"
+        if self.state.step_schedule is not None:
+            line += f"; {self.state.step_schedule.describe()}"
         if not self.kept_live:
             return line
         by_storage: dict[str, list[float]] = {}

@@ -14,8 +14,14 @@ from ..comfy_glue.patcher import make_plan
 from ..comfy_glue.types import OrthoHydraAdapterType
 
 
-def constant_gates(adapter) -> dict:
-    return {name: adapter.override.constant_gate(name, layer.num_experts) for name, layer in adapter.layers.items()}
+def constant_gates(adapter, plan=None) -> dict:
+    """Each routed layer's constant gate by name; with ``plan``, also its legs', which a fused file's layer split
+    over separate q / k / v Linears names apart (as the apply path sees them)."""
+    layers = dict(adapter.layers)
+    if plan is not None:
+        layers.update({leg.layer.name: leg.layer for target in plan.targets.values() for leg in target.legs
+                       if leg.layer.routed})
+    return {name: adapter.override.constant_gate(name, layer.num_experts) for name, layer in layers.items()}
 
 
 class OrthoHydraBakeLoRA(io.ComfyNode):
@@ -40,7 +46,8 @@ class OrthoHydraBakeLoRA(io.ComfyNode):
     @classmethod
     def execute(cls, model, adapter, filename: str) -> io.NodeOutput:
         path = lora_output_path(filename, "filename")
-        tensors = baked_lora(make_plan(model, adapter), constant_gates(adapter))
+        plan = make_plan(model, adapter)
+        tensors = baked_lora(plan, constant_gates(adapter, plan))
         override = adapter.override.describe()
         write_safetensors(path, tensors, {"ss_network_module": "networks.lora", "oh_baked_from":
                                           os.path.basename(adapter.path or "adapter"), "oh_override": override})

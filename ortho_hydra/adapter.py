@@ -10,6 +10,7 @@ from .components import summary_lines
 from .overrides import Override, OverrideStack, count_blocks
 from .reft import ReFTEdit
 from .runtime import ExpertLayer, PlainLoRA
+from .step_experts import StepExpertLayer, is_step_expert_file
 
 
 @dataclass(frozen=True, eq=False)
@@ -53,6 +54,8 @@ class Adapter:
 
     @property
     def spec(self) -> str:
+        if "ss_network_spec" not in self.metadata and is_step_expert_file(self.metadata):
+            return "per-step experts"
         return self.metadata.get("ss_network_spec", "hydra")
 
     def display_expert_names(self) -> list[str]:
@@ -63,7 +66,7 @@ class Adapter:
     def summary(self) -> str:
         """A short human summary for the UI."""
         first = next(iter(self.layers.values()), None)
-        source = first.router.source if first else "-"
+        source = "-" if first is None else "denoise step" if isinstance(first, StepExpertLayer) else first.router.source
         extras = []
         if first is not None and first.router.sigma_dim:
             extras.append(f"σ features {first.router.sigma_dim}")

@@ -2,7 +2,8 @@
 
 A file holds layers of several kinds; each kind reads and writes its own keys (:mod:`.kind`), and this module loops
 over the registry :data:`KINDS` in order: ReFT block edits, ChimeraHydra pools (their own routers and layouts),
-routed Hydra layers, plain LoRA legs (the last two: :mod:`.runtime`, which documents the per-prefix keys).
+per-step expert heads (:mod:`.step_experts`), routed Hydra layers, plain LoRA legs (the last two: :mod:`.runtime`,
+which documents the per-prefix keys).
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ from .kind import Capability, FileKeys, Kind, stamped_expert_names
 from .reft import ReFTEdit
 from .runtime import ExpertLayer, PlainLoRA, unread_keys
 from .safetensors_io import check_finite, read_header, read_safetensors, write_safetensors
+from .step_experts import StepExpertLayer
 
 FORMAT_VERSION = "1"
 ROUTER_CORRECTIONS = ("training", "none")
 # Read in this order: a kind sees only the keys the kinds before it left (Chimera's single-A ups look routed).
-KINDS: tuple[type[Kind], ...] = (ReFTEdit, ChimeraLayer, ExpertLayer, PlainLoRA)
+# Per-step experts before routed Hydra layers: their ``lora_ups`` keys look routed, only the header tells them apart.
+KINDS: tuple[type[Kind], ...] = (ReFTEdit, ChimeraLayer, StepExpertLayer, ExpertLayer, PlainLoRA)
 
 
 def load(path: str | os.PathLike, *, router_correction: str = "training") -> Adapter:
