@@ -46,14 +46,14 @@ def _closed_form(linear, tensors, prefix, rows, head, x):
 
 def _run(pack, patched, steps, cfg, negative_tokens=6):
     """Every watched module's (input, output, sampler σ, cond/uncond rows) per model call, seen after the adapter."""
-    state = pack.nodes.patcher.applied_adapters(patched)[0].state
+    state = pack.comfy_glue.patcher.applied_adapters(patched)[0].state
     seen = {module: [] for _, _, module in WATCHED}
     clone = patched.clone()
     for _, _, module in WATCHED:
         def record(m, args, out, module=module):
             seen[module].append((args[0].detach().clone(), out.detach().clone(), state.extra.get("sampler_sigma"),
                                  list(state.cond_or_uncond or [])))
-        pack.nodes.hooks.install_forward_hook(clone, f"diffusion_model.{module}", record)
+        pack.comfy_glue.hooks.install_forward_hook(clone, f"diffusion_model.{module}", record)
     tiny_dit.sample(clone, torch.zeros(1, 16, 1, 8, 8), tiny_dit.cosmos_conditioning(seed=1),
                     tiny_dit.cosmos_conditioning(tokens=negative_tokens, seed=2), steps=steps, cfg=cfg)
     mm.unload_all_models()
@@ -68,9 +68,9 @@ def test_every_call_adds_the_head_of_its_step_and_unpatching_restores(cosmos, st
     path, tensors = student
     adapter = pack.ortho_hydra.load(path)
     before = {k: v.clone() for k, v in cosmos.model.state_dict().items()}
-    patched, plan = pack.nodes.patcher.apply_adapter(cosmos, adapter, strength=1.0)
+    patched, plan = pack.comfy_glue.patcher.apply_adapter(cosmos, adapter, strength=1.0)
     assert plan.unmatched == []
-    applied = pack.nodes.patcher.applied_adapters(patched)[0]
+    applied = pack.comfy_glue.patcher.applied_adapters(patched)[0]
     assert applied.folded == 0 and applied.hooked >= 3 and "step schedule" in applied.placement()
     seen = _run(pack, patched, K, cfg, negative_tokens)
     for prefix, rows, module in WATCHED:
@@ -105,8 +105,8 @@ def test_a_pinned_head_folds_into_the_weights(cosmos, student):
 
     path, tensors = student
     adapter = pack.ortho_hydra.load(path).with_override(Override((Keyframe(0.0, GateRule("pin", expert=2)),)))
-    patched, _ = pack.nodes.patcher.apply_adapter(cosmos, adapter, strength=1.0)
-    applied = pack.nodes.patcher.applied_adapters(patched)[0]
+    patched, _ = pack.comfy_glue.patcher.apply_adapter(cosmos, adapter, strength=1.0)
+    applied = pack.comfy_glue.patcher.applied_adapters(patched)[0]
     assert applied.hooked == 0 and applied.folded >= 3
     seen = _run(pack, patched, K, 1.0)
     for prefix, rows, module in WATCHED:
@@ -119,10 +119,10 @@ def test_a_pinned_head_folds_into_the_weights(cosmos, student):
 def test_another_step_count_is_warned_about(cosmos, student, caplog):
     pack = import_pack()
     adapter = pack.ortho_hydra.load(student[0])
-    patched, _ = pack.nodes.patcher.apply_adapter(cosmos, adapter, strength=1.0)
+    patched, _ = pack.comfy_glue.patcher.apply_adapter(cosmos, adapter, strength=1.0)
     with caplog.at_level(logging.WARNING):
         _run(pack, patched, 2 * K, 1.0)
-    schedule = pack.nodes.patcher.applied_adapters(patched)[0].state.step_schedule
+    schedule = pack.comfy_glue.patcher.applied_adapters(patched)[0].state.step_schedule
     assert schedule.off_grid_calls >= K - 1  # the 8-step grid's in-between σ
     assert "WARNING" in schedule.describe()
     assert any("not one of the 4 steps" in r.getMessage() for r in caplog.records)
@@ -136,7 +136,7 @@ def test_load_and_apply_node_states_the_schedule_and_the_step_count_to_use(cosmo
     patched, summary = node.execute(cosmos, "turbo_student.safetensors", 1.0, "training", True).args
     assert "per-step experts: 3 layers with 4 heads" in summary and "NOT APPLIED" not in summary
     assert "Sample with 4 steps of the 'simple' scheduler" in summary
-    schedule = pack.nodes.patcher.applied_adapters(patched)[0].state.step_schedule
+    schedule = pack.comfy_glue.patcher.applied_adapters(patched)[0].state.step_schedule
     assert schedule.grid_text() in summary and "stamped ss_turbo_student_steps=4" in summary
     # the grid is the simple scheduler's on this model's own sampling, computed here without the pack
     import comfy.samplers
@@ -150,7 +150,7 @@ def test_bake_refuses_the_live_schedule_and_bakes_a_pinned_head(cosmos, student)
 
     path, tensors = student
     adapter = pack.ortho_hydra.load(path)
-    plan = pack.nodes.patcher.make_plan(cosmos, adapter)
+    plan = pack.comfy_glue.patcher.make_plan(cosmos, adapter)
     with pytest.raises(pack.ortho_hydra.OrthoHydraError, match="no constant gate"):
         pack.ortho_hydra.bake.baked_lora(plan, pack.nodes.bake.constant_gates(adapter, plan))
     pinned = adapter.with_override(Override((Keyframe(0.0, GateRule("pin", expert=1)),)))
@@ -178,7 +178,7 @@ def test_router_node_blend_of_heads_folds_and_a_timed_pin_hands_back_to_the_sche
               "interpolation": "step", "side": "both"}
     blended = router.execute(adapter, mode="blend", weights="1, 0, 0, 1", **common).args[0]
     patched = pack.nodes.load_apply.OrthoHydraApply.execute(cosmos, blended, 1.0).args[0]
-    assert pack.nodes.patcher.applied_adapters(patched)[0].hooked == 0
+    assert pack.comfy_glue.patcher.applied_adapters(patched)[0].hooked == 0
     seen = _run(pack, patched, K, 1.0)
     for prefix, rows, module in WATCHED:
         linear = cosmos.model.diffusion_model.get_submodule(module)

@@ -65,7 +65,7 @@ def _both(cosmos, tmp_path):
     theirs = cosmos.clone()
     data = peer.parse_step_expert(load_file(str(path)), metadata)
     assert peer.apply_step_expert(theirs, data, 1.0) == 7  # q/k/v and k/v split out of the fused prefixes, and 2 MLPs
-    ours, _ = pack.nodes.patcher.apply_adapter(cosmos, pack.ortho_hydra.load(path), strength=1.0)
+    ours, _ = pack.comfy_glue.patcher.apply_adapter(cosmos, pack.ortho_hydra.load(path), strength=1.0)
     return theirs, ours
 
 
