@@ -91,6 +91,7 @@ class TargetWeights(PlacedModule):
             if roles:
                 self.nets[i] = {role: nets[id(net)] for role, net in roles.items()}
             self.specs.append((i, layer, leg.offset, leg.size, tuple(names)))
+        self._build()
 
     def sources(self) -> list:
         return [*super().sources(), *(layer for _, layer, *_ in self.specs)]
@@ -104,21 +105,27 @@ class TargetWeights(PlacedModule):
     def legs(self) -> list[tuple]:
         """(offset, size, layer) with tensors wherever ComfyUI has put this module now.
 
-        Built once, not per call: the layers hold this module's Parameter objects, which a move keeps (it swaps
-        their storage).  Rebuilt after a move through ``nn.Module`` (:meth:`_apply`, so no stale layer keeps old
-        storage alive) or when a parameter object was replaced."""
-        sources = self._sources()
+        Built when the holder is made and after every move through ``nn.Module`` (:meth:`_apply`, so no stale layer
+        keeps old storage alive), not per call: the layers hold this module's Parameter objects, which a move keeps
+        (it swaps their storage).  Rebuilt here only if a parameter object was replaced.  Building eagerly keeps the
+        cache's first fill out of a compiled hook: a fill inside it changed what the next call's guards saw, so every
+        new apply cost two compiles instead of one."""
         built = self._built
+        sources = self._sources()
         if built is None or len(built[0]) != len(sources) or any(
                 a is not b for a, b in zip(built[0], sources, strict=True)):
-            legs = []
-            for i, layer, offset, size, names in self.specs:
-                layer = layer.with_tensors(**{n: getattr(self, f"leg{i}_{n}") for n in names})
-                if i in self.nets:
-                    layer = layer.with_router_nets(**{role: net.current() for role, net in self.nets[i].items()})
-                legs.append((offset, size, layer))
-            built = self._built = (sources, legs)
+            built = self._build()
         return built[1]
+
+    def _build(self) -> tuple:
+        legs = []
+        for i, layer, offset, size, names in self.specs:
+            layer = layer.with_tensors(**{n: getattr(self, f"leg{i}_{n}") for n in names})
+            if i in self.nets:
+                layer = layer.with_router_nets(**{role: net.current() for role, net in self.nets[i].items()})
+            legs.append((offset, size, layer))
+        self._built = (self._sources(), legs)
+        return self._built
 
     def _sources(self) -> tuple:
         """Every parameter object the built legs compute with: this module's and its router nets'."""
@@ -127,7 +134,9 @@ class TargetWeights(PlacedModule):
 
     def _apply(self, fn, recurse=True):
         self._built = None
-        return super()._apply(fn, recurse)
+        moved = super()._apply(fn, recurse)
+        self._build()
+        return moved
 
 
 class RoutedHook(BoundHook):
