@@ -1,0 +1,1 @@
+"""Studies: one folder each, with its plan (README), runner, report and committed results."""
