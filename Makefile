@@ -1,8 +1,10 @@
 # Two commands matter: `make demo` and `make test`.  Both set up everything first.
 PY := .venv/bin/python
 export PYTHONUNBUFFERED := 1
+# The slow tiers (pytest markers, pyproject.toml): the browser, the studies' smoke runs, the multi-process torchrun
+SLOW := browser or study or multiprocess
 
-.PHONY: setup test lint unit demo bench clean
+.PHONY: setup test test-slow test-all test-host lint unit demo bench clean
 
 setup:
 	@bash scripts/setup_host.sh
@@ -10,8 +12,22 @@ setup:
 lint: setup
 	$(PY) -m ruff check .
 
+# The fast tier: everything but the slow tiers
 test: setup lint
+	$(PY) -m pytest -q -m "not ($(SLOW))"
+
+test-slow: setup
+	$(PY) -m pytest -q -m "$(SLOW)"
+
+test-all: setup lint
 	$(PY) -m pytest -q
+
+# The same suite, every tier, against any ComfyUI tree (a folder with main.py, or a .tar.gz of one), in its own venv
+# with the torch that host needs: make test-host HOST=/path/to/ComfyUI
+test-host:
+	@if [ -z "$(HOST)" ]; then echo "usage: make test-host HOST=/path/to/ComfyUI (a folder with main.py, or a .tar.gz of one)"; exit 2; fi
+	@dir=$$(OH_HOST="$(HOST)" bash scripts/setup_host.sh | tail -n 1) && \
+	  OH_COMFYUI="$$dir/ComfyUI" "$$dir/venv/bin/python" -m pytest -q
 
 unit: setup
 	$(PY) -m pytest -q tests/unit
@@ -20,7 +36,7 @@ demo: setup
 	$(PY) scripts/demo.py
 
 bench: setup
-	$(PY) bench/core.py
+	$(PY) -m bench.core
 
 clean:
-	rm -rf .venv .host demo_out bench/out
+	rm -rf .venv .host .hosts demo_out bench/out experiments/*/results/quick

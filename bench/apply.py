@@ -4,7 +4,7 @@ load+patch cost against ComfyUI's own LoraLoaderModelOnly, measured side by side
 MMDiT depth 8 (hidden 512), adapter on every attention and MLP Linear, r = 16, E = 4, 8 Euler
 steps on a 64x64 latent (cfg 3, so batch 2 per model call).
 
-    .venv/bin/python bench/apply.py [--rounds 3] [--depth 8] [--device cuda] [--compile [--sdpa]]
+    .venv/bin/python -m bench.apply [--rounds 3] [--depth 8] [--device cuda] [--compile [--sdpa]]
 
 --compile also times both compiled the way ComfyUI's TorchCompileModel node does (inductor), as paired per-round
 ratios after one warm-up run each.  On the CPU, ComfyUI's default attention graph-breaks torch.compile on a
@@ -16,12 +16,9 @@ Targets: router-live <= 1.15x merged-LoRA sampling; load+patch <= 1.5x LoraLoade
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.models import routed_mmdit, sampling_parser
 from bench.timing import environment, interleaved, paired_ratios, report

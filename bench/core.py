@@ -3,19 +3,15 @@
 DiT-sized: in = out = 2048, r = 32, E = 4, L = 4096, B = 2, fp32.  Target: routed delta
 <= 1.3x the plain LoRA delta (the extra work is one router GEMV and an E-way mix of ups).
 
-    .venv/bin/python bench/core.py [--device cuda] [--rounds 7]
+    .venv/bin/python -m bench.core [--device cuda] [--rounds 7]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.timing import environment, interleaved, report
 from ortho_hydra import OrthoHydraLinear, distill

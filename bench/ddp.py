@@ -6,7 +6,7 @@ attention+mlp, fp32, 40 steps, global batch 8.  Arms, interleaved over rounds (t
 each).  The time is what the command reports for ``train`` (ComfyUI boot and model load excluded); the
 calibration pass and the checkpoint writes are in it for both.
 
-    .venv/bin/python bench/ddp.py --rounds 3
+    .venv/bin/python -m bench.ddp --rounds 3
 """
 
 from __future__ import annotations
@@ -22,8 +22,6 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 CONFIG = """steps = {steps}
 learning_rate = 3e-3
@@ -41,12 +39,11 @@ def prepare(folder: Path) -> Path:
     from devkit.host import boot
 
     boot(cpu=True)
-    from bench.style_separation import per_image_positive
     from devkit import toy_world as tw
     from ortho_hydra import dataset_cache as dataset
 
     latents, contents, styles = tw.dataset(1, seed=0)
-    dataset.write(folder / "data", latents, per_image_positive(tw, contents.tolist()), labels=styles.tolist(),
+    dataset.write(folder / "data", latents, tw.per_image_conditioning(contents.tolist()), labels=styles.tolist(),
                   style_names=list(tw.STYLES))
     return tw.build_base_model()
 

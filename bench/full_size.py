@@ -12,21 +12,18 @@ so ~1.03x is the physical floor.
 element, per layer, per call), timed against router-live in the same rounds: the real-width counterpart of
 ``bench/mc_blend.py``, whose depth-8 toy model is only 512 wide.
 
-    .venv/bin/python bench/full_size.py --rounds 3        # ~4 GB of bf16 weights; a few minutes on 2 cores
-    .venv/bin/python bench/full_size.py --rounds 4 --omcd
+    .venv/bin/python -m bench.full_size --rounds 3        # ~4 GB of bf16 weights; a few minutes on 2 cores
+    .venv/bin/python -m bench.full_size --rounds 4 --omcd
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 ROUTED = r"blocks_\d+_(self_attn|cross_attn)_(q|k|v|output)_proj$|blocks_\d+_mlp_layer[12]$"
 
@@ -41,7 +38,7 @@ def random_adapter(model, rank: int, experts: int):
     from devkit.host import import_pack
     from ortho_hydra import Adapter, ExpertLayer, RouterSpec
 
-    shapes = import_pack().nodes.patcher.weight_shapes(model)
+    shapes = import_pack().nodes.key_space.weight_shapes(model)
     key_map = comfy.lora.model_lora_keys_unet(model.model, {})
     g = torch.Generator().manual_seed(0)
     layers = {}

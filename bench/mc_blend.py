@@ -4,17 +4,12 @@ MMDiT depth 8 (hidden 512), adapter on every attention and MLP Linear (r = 16, E
 latent, cfg 3: router-live, an OMCD blend and an MC-dropout blend of all four experts (fresh masks per element,
 per layer, per call, as the method requires).
 
-    .venv/bin/python bench/mc_blend.py [--rounds 3] [--depth 8]
+    .venv/bin/python -m bench.mc_blend [--rounds 3] [--depth 8]
 
 Target: OMCD <= 1.05x router-live.
 """
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.models import routed_mmdit, sampling_parser, sampling_ratios, stochastic_blend_model
 from bench.timing import environment, report

@@ -5,8 +5,8 @@ on a 64x64 latent, cfg 3.  Cases: the base model; the adapter with every expert 
 weights: no hooks); router-live; and a schedule (live for 40% of the steps, then expert 2 pinned), which
 stays in the hooks and switches from σ without re-patching.
 
-    .venv/bin/python bench/overrides.py [--rounds 3] [--depth 8]
-    .venv/bin/python bench/overrides.py --profile [--repeats 5]
+    .venv/bin/python -m bench.overrides [--rounds 3] [--depth 8]
+    .venv/bin/python -m bench.overrides --profile [--repeats 5]
 
 Target: fully folded <= 1.02x the base model.
 
@@ -19,10 +19,6 @@ are the figures to compare; absolute times drift between runs).
 from __future__ import annotations
 
 import dataclasses
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.models import routed_mmdit, sampling_parser, sampling_ratios
 from bench.timing import environment, report

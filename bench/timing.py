@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-import platform
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from devkit.environment import environment  # noqa: F401  (the benchmarks import it from here)
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
 
@@ -35,14 +36,6 @@ def interleaved(cases: dict[str, Callable[[], object]], rounds: int = 7, warmup:
             samples[name].append(time.perf_counter() - start)
     return {name: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v), "rounds": len(v)}
             for name, v in samples.items()}
-
-
-def environment(device: str = "cpu") -> dict[str, str]:
-    env = {"torch": torch.__version__, "threads": str(torch.get_num_threads()), "machine": platform.machine(),
-           "device": device}
-    if device.startswith("cuda"):
-        env["gpu"] = torch.cuda.get_device_name()
-    return env
 
 
 def report(name: str, rows: list[dict], env: dict[str, str]) -> Path:

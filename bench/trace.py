@@ -3,7 +3,7 @@
 MMDiT depth 8 (hidden 512), 61 routed Linears (r = 16, E = 4), 8 Euler steps on a 64x64 latent, cfg 3.
 The recorder is what OrthoHydraRouterTrace switches on.
 
-    .venv/bin/python bench/trace.py [--rounds 3]
+    .venv/bin/python -m bench.trace [--rounds 3]
 
 Target: <= 1.05x router-live sampling without the trace.
 """
@@ -11,11 +11,7 @@ Target: <= 1.05x router-live sampling without the trace.
 from __future__ import annotations
 
 import contextlib
-import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.models import routed_mmdit, sampling_parser
 from bench.timing import environment, paired_ratios, report

@@ -5,7 +5,7 @@ CPU; Ortho-Hydra with E = 4 on every Linear (the core node adapts every weight).
 its own process, so peak RSS belongs to one trainer; seconds per step is the median interval between the
 trainers' own per-step progress updates, first step dropped (set-up, such as the SVD bases, is excluded).
 
-    .venv/bin/python bench/train.py [--rounds 2]
+    .venv/bin/python -m bench.train [--rounds 2]
 
 Targets: <= 1.25x TrainLoraNode's step time and <= 1.2x its memory.
 """
@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def _rss_mb() -> float:
@@ -85,9 +84,9 @@ def child(case: str, steps: int, depth: int, latent: int) -> None:
 
 
 def run(case: str, steps: int, args) -> dict:
-    cmd = [sys.executable, __file__, "--child", case, "--steps", str(steps), "--depth", str(args.depth),
+    cmd = [sys.executable, "-m", "bench.train", "--child", case, "--steps", str(steps), "--depth", str(args.depth),
            "--latent", str(args.latent)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 

@@ -66,9 +66,10 @@ validates it on held-out renders with other seeds; it must reach 0.95 or it rais
 -> cached path, ``load_base_model(models_dir, r)`` -> ComfyUI ModelPatcher, ``sample_base(model, content_ids)``;
 ``render_rgb(content, style, seed)``, ``render_latent(content, style, seed)`` -> (16, H, W),
 ``dataset(n_per_pair, seed, styles, contents)`` -> (latents, content ids, style labels), ``degrade(latents)``,
-``conditioning(content_ids)``, ``unconditional(batch)``, ``to_rgb(latents)``, ``content_mask(content)``,
-``shape_mask(latents)``, ``shape_scores(latents, content_ids)``, ``fit_probe()`` -> (validated StyleProbe,
-report), ``save_grid_png(latents, path, row_labels, col_labels)``.
+``conditioning(content_ids)``, ``per_image_conditioning(content_ids)`` (one entry per image, as the trainer
+takes it), ``unconditional(batch)``, ``to_rgb(latents)``, ``content_mask(content)``, ``shape_mask(latents)``,
+``shape_scores(latents, content_ids)``, ``fit_probe()`` -> (validated StyleProbe, report),
+``save_grid_png(latents, path, row_labels, col_labels)``.
 
 Run ``python -m devkit.toy_world --out DIR`` for the two pictures (dataset grid, base-model samples) and a
 ``summary.json``.
@@ -413,6 +414,17 @@ def conditioning(content_ids: int | Sequence[int]) -> list:
     return [[torch.stack([p[0] for p in pairs]), {"pooled_output": torch.stack([p[1] for p in pairs])}]]
 
 
+def per_image(batched: list) -> list:
+    """One batched conditioning entry split into one entry per image, as the trainer takes per-image prompts."""
+    context, extra = batched[0]
+    return [[context[i:i + 1], {"pooled_output": extra["pooled_output"][i:i + 1]}] for i in range(len(context))]
+
+
+def per_image_conditioning(content_ids: Sequence[int]) -> list:
+    """The trainer's positive for a batch of images: one conditioning entry per image, naming its content."""
+    return per_image(conditioning(list(content_ids)))
+
+
 def unconditional(batch: int = 1) -> list:
     """The negative / dropped conditioning: zeros of the same shapes."""
     return [[torch.zeros(batch, COND_TOKENS, CONTEXT_DIM), {"pooled_output": torch.zeros(batch, ADM_DIM)}]]
@@ -447,8 +459,13 @@ def _shifted(t: torch.Tensor, shift: float) -> torch.Tensor:
 
 def train_base_model(r: dict | None = None, log=print, threads: int = TRAIN_THREADS, parent: str | None = None
                      ) -> tuple[dict[str, torch.Tensor], dict]:
-    """Train the MMDiT on neutral renders (see the module docstring); returns (EMA state dict, stats)."""
-    r = r or recipe()
+    """Train the MMDiT on neutral renders (see the module docstring); returns (EMA state dict, stats).  Gradients
+    are on whatever mode the caller is in (ComfyUI runs nodes inside inference mode)."""
+    with torch.inference_mode(False), torch.enable_grad():
+        return _train_base_model(r or recipe(), log, threads, parent)
+
+
+def _train_base_model(r: dict, log, threads: int, parent: str | None) -> tuple[dict[str, torch.Tensor], dict]:
     old_threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True)

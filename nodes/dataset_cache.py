@@ -14,7 +14,7 @@ import comfy.model_management
 import comfy.utils
 import folder_paths
 import torch
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ortho_hydra import OrthoHydraError
 from ortho_hydra.dataset_cache import DatasetWriter, read, read_manifest

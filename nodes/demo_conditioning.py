@@ -7,7 +7,7 @@ It carries no meaning: it is seeded noise of the model's context width.
 from __future__ import annotations
 
 import torch
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from .widgets import parse_list
 

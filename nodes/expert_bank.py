@@ -9,20 +9,24 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import comfy.lora
 import comfy.lora_convert
 import folder_paths
 from comfy.weight_adapter.lora import LoRAAdapter
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ortho_hydra import Adapter, OrthoHydraError
 from ortho_hydra.expert_stack import LoraPiece, lora_expert, stack_as_experts
 from ortho_hydra.safetensors_io import read_safetensors
+from ortho_hydra.targets import layout_rows
 
-from .patcher import weight_shapes
+from .key_space import key_space
 from .slots import adapter_names_from
 from .types import OrthoHydraAdapterType
+
+_LORA_SUFFIX = re.compile(r"\.(lora_[AB]|lora_down|lora_up|lora\.down|lora\.up)\.weight$|\.alpha$")  # file key -> layer
 
 MAX_LORAS = 8
 NONE = "none"
@@ -47,10 +51,10 @@ def read_lora(name: str) -> dict:
 
 def lora_pieces(model, name: str, tensors: dict) -> dict[str, list[LoraPiece]]:
     """``{lora_unet_* prefix: pieces}`` for one LoRA file on this model, or a clear refusal naming the key."""
-    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
+    space = key_space(model)
+    key_map, shapes = space.key_map, space.shapes
     kohya = {target: prefix for prefix, target in key_map.items()
              if prefix.startswith("lora_unet_") and isinstance(target, str)}
-    shapes = weight_shapes(model)
     converted = comfy.lora_convert.convert_lora(tensors)
     patches = comfy.lora.load_lora(converted, key_map, log_missing=False)
     used = {k for k in converted if k.endswith((".alpha", ".dora_scale"))}
@@ -74,13 +78,22 @@ def lora_pieces(model, name: str, tensors: dict) -> dict[str, list[LoraPiece]]:
             raise OrthoHydraError(f"'{name}' patches {label}, which is not a Linear this pack can route.",
                                   path=name, key=file_key, fix="use LoRAs for the diffusion model's Linear layers")
         row = 0
+        out_features, in_features = shapes[weight_key]
         if offset is not None:
-            dim, row, _ = offset[:3]
+            dim, row, size = offset[:3]
             if dim != 0:
                 raise OrthoHydraError(f"'{name}' patches a column slice of {label}.", path=name, key=file_key,
                                       fix="only row slices (fused q/k/v) are supported")
-        out_features, in_features = shapes[weight_key]
-        if down.shape[1] != in_features or row + up.shape[0] > out_features or up.shape[1] != down.shape[0]:
+            placed = layout_rows(_LORA_SUFFIX.sub("", file_key), space.fused_layouts.get(weight_key))
+            if placed is not None:
+                row, size = placed
+            elif row + size > out_features:
+                raise OrthoHydraError(f"ComfyUI's key map for {type(model.model).__name__} places {file_key} at rows "
+                                      f"{row}-{row + size} of {label}, which has {out_features}: the map is wrong "
+                                      "here, not the file.", path=name, key=file_key,
+                                      fix="update ComfyUI, or use the LoRA with kohya (lora_unet_…) names")
+        if (down.shape[1] != in_features or row + up.shape[0] > out_features or up.shape[1] != down.shape[0]
+                or (offset is not None and up.shape[0] != size)):
             raise OrthoHydraError(f"'{name}' has {tuple(up.shape)} @ {tuple(down.shape)} for {label}, which is "
                                   f"{out_features}x{in_features} in this model.", path=name, key=file_key,
                                   fix="this LoRA was trained for a different base model; pick a matching one")
@@ -98,13 +111,12 @@ def lora_pieces(model, name: str, tensors: dict) -> dict[str, list[LoraPiece]]:
 
 
 def build_bank(model, files: list[str], names: list[str]) -> Adapter:
-    shapes = weight_shapes(model)
-    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
+    space = key_space(model)
     experts = []
     for name in files:
         layers = {}
         for prefix, pieces in lora_pieces(model, name, read_lora(name)).items():
-            out_features, in_features = shapes[key_map[prefix]]
+            out_features, in_features = space.shapes[space.key_map[prefix]]
             layers[prefix] = lora_expert(prefix, pieces, out_features, in_features)
         experts.append(Adapter(layers=layers, path=name))
     bank = stack_as_experts(experts, names)

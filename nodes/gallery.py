@@ -7,7 +7,7 @@ import comfy.sample
 import comfy.utils
 import numpy as np
 import torch
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 from PIL import Image, ImageDraw
 
 from ortho_hydra.overrides import GateRule, Keyframe, Override

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 
 def latent_to_rgb(samples: torch.Tensor, factors, bias=None, upscale: int = 8) -> torch.Tensor:

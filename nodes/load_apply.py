@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ortho_hydra.components import require_all_applied
 from ortho_hydra.moe_format import ROUTER_CORRECTIONS
 
 from .adapter_files import adapter_choices, file_fingerprint, load_cached, validation_error
-from .patcher import apply_adapter
+from .patcher import applied_adapters, apply_adapter
 from .types import OrthoHydraAdapterType
 
 CATEGORY = "loaders/ortho_hydra"
@@ -135,6 +135,9 @@ class OrthoHydraLoadAndApply(io.ComfyNode):
         adapter = _loaded(lora_name, router_correction, strict)
         patched, patch_plan = apply_adapter(model, adapter, strength, strength_reft=strength_reft)
         coverage = patch_plan.coverage()
+        applied = applied_adapters(patched)
+        if applied and applied[-1].adapter is adapter:
+            coverage += f"; {applied[-1].placement()}"
         if adapter.reft:
             coverage += f"; {len(adapter.reft)} ReFT block edits applied at strength_reft {strength_reft:g}"
         return io.NodeOutput(patched, adapter.summary() + "\n" + coverage)

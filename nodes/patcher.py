@@ -5,29 +5,35 @@ for constant ones.  Everything goes through ModelPatcher so unpatching restores 
 * Adapter tensors: leaf modules of frozen parameters in their own ModelPatcher, attached with
   ``set_additional_models`` so ComfyUI's loader moves and accounts for them with the model; always loaded whole on
   the model's load device, under every VRAM state (:mod:`.placement`).
+* ComfyUI 0.33's multi-GPU copies get their own holders and state (:mod:`.multigpu`).
 * Layers never branch on their kind here: every one implements :class:`ortho_hydra.layer.AdapterLayer`.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 
 import comfy.lora
 import torch
 from torch import nn
 
-from ortho_hydra import Adapter, OrthoHydraError, chimera
-from ortho_hydra.bake import plan_factors
+from ortho_hydra import Adapter, OrthoHydraError
+from ortho_hydra.bake import plan_factors, target_lora
+from ortho_hydra.fold_error import FOLD_TOLERANCE, fold_error
 from ortho_hydra.lora_dict import kohya_name, lora_state_dict
 from ortho_hydra.overrides import OverrideStack
 from ortho_hydra.reft import ReFTEdit
-from ortho_hydra.targets import PatchPlan, Target, merge_shared_legs, plan, summarize
+from ortho_hydra.targets import KeyMapSliceError, PatchPlan, Target, merge_shared_legs, summarize
 
 from .compile_support import require_hook_guards
-from .hooks import SamplingState, install_forward_hook, install_sampling_state
-from .placement import AdapterWeightsPatcher, MoveNotice, PlacedModule
+from .hooks import BoundHook, SamplingState, install_forward_hook, install_sampling_state
+from .key_space import key_space
+from .multigpu import survive_multigpu
+from .placement import MoveNotice, PlacedModule, weights_patcher
+from .weight_storage import stored_weight
 
 log = logging.getLogger("ortho_hydra")
 ADDITIONAL_MODELS_PREFIX = "ortho_hydra"
@@ -43,6 +49,9 @@ class RouterNetWeights(PlacedModule):
         self.net, self.label = net, label
         for name, tensor in net.tensors().items():
             self.register_parameter(name, nn.Parameter(tensor.float().contiguous(), requires_grad=False))
+
+    def sources(self) -> list:
+        return [*super().sources(), self.net]
 
     def current(self):
         return self.net.with_tensors(**{name: getattr(self, name) for name in self.net.tensors()})
@@ -68,6 +77,7 @@ class TargetWeights(PlacedModule):
         self.label = label
         self.specs = []
         self.nets = {}  # leg index -> {role: RouterNetWeights}; a plain dict, so ComfyUI loads each holder once
+        self._built: tuple | None = None  # (the parameters the legs were built from, the legs): see legs()
         for i, leg in enumerate(legs):
             layer = leg.layer
             names = []
@@ -80,22 +90,45 @@ class TargetWeights(PlacedModule):
                 self.nets[i] = {role: nets[id(net)] for role, net in roles.items()}
             self.specs.append((i, layer, leg.offset, leg.size, tuple(names)))
 
+    def sources(self) -> list:
+        return [*super().sources(), *(layer for _, layer, *_ in self.specs)]
+
     def ensure_on(self, device: torch.device) -> None:
         super().ensure_on(device)
         for roles in self.nets.values():
             for net in roles.values():
                 net.ensure_on(device)
 
-    def legs(self):
-        """Yield (offset, size, layer) with tensors wherever ComfyUI has put this module now."""
-        for i, layer, offset, size, names in self.specs:
-            layer = layer.with_tensors(**{n: getattr(self, f"leg{i}_{n}") for n in names})
-            if i in self.nets:
-                layer = layer.with_router_nets(**{role: net.current() for role, net in self.nets[i].items()})
-            yield offset, size, layer
+    def legs(self) -> list[tuple]:
+        """(offset, size, layer) with tensors wherever ComfyUI has put this module now.
+
+        Built once, not per call: the layers hold this module's Parameter objects, which a move keeps (it swaps
+        their storage).  Rebuilt after a move through ``nn.Module`` (:meth:`_apply`, so no stale layer keeps old
+        storage alive) or when a parameter object was replaced."""
+        sources = self._sources()
+        built = self._built
+        if built is None or len(built[0]) != len(sources) or any(
+                a is not b for a, b in zip(built[0], sources, strict=True)):
+            legs = []
+            for i, layer, offset, size, names in self.specs:
+                layer = layer.with_tensors(**{n: getattr(self, f"leg{i}_{n}") for n in names})
+                if i in self.nets:
+                    layer = layer.with_router_nets(**{role: net.current() for role, net in self.nets[i].items()})
+                legs.append((offset, size, layer))
+            built = self._built = (sources, legs)
+        return built[1]
+
+    def _sources(self) -> tuple:
+        """Every parameter object the built legs compute with: this module's and its router nets'."""
+        nets = (p for roles in self.nets.values() for net in roles.values() for p in net._parameters.values())
+        return (*self._parameters.values(), *nets)
+
+    def _apply(self, fn, recurse=True):
+        self._built = None
+        return super()._apply(fn, recurse)
 
 
-class RoutedHook:
+class RoutedHook(BoundHook):
     """Forward hook: ``y <- y + strength · Δy`` with Δy from the core library, per output slice."""
 
     def __init__(self, weights: TargetWeights, state: SamplingState, strength: float,
@@ -109,7 +142,7 @@ class RoutedHook:
     def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
         x = args[0]
         self.weights.ensure_on(x.device)
-        legs = list(self.weights.legs())
+        legs = self.weights.legs()
         if len(legs) == 1 and legs[0][1] in (None, self.out_features):
             layer = legs[0][2]  # the common case: one layer on the whole output, fused add where the kind has one
             return layer.add_delta(output, x, self.strength, **self.state.routing(layer.name, x.shape[0],
@@ -130,11 +163,14 @@ class ReFTWeights(PlacedModule):
         for name, tensor in edit.tensors().items():
             self.register_parameter(name, nn.Parameter(tensor.to(dtype).contiguous(), requires_grad=False))
 
+    def sources(self) -> list:
+        return [*super().sources(), self.edit]
+
     def current(self) -> ReFTEdit:
         return self.edit.with_tensors(**{name: getattr(self, name) for name in self.edit.tensors()})
 
 
-class ReFTHook:
+class ReFTHook(BoundHook):
     """Forward hook on a DiT block: its output ``h`` becomes ``h + strength · s · Rᵀ(W h + b)``."""
 
     def __init__(self, weights: ReFTWeights, strength: float, module: str) -> None:
@@ -168,38 +204,35 @@ def reft_module(model, edit: ReFTEdit, adapter: Adapter) -> str:
     return path
 
 
-class ContentRouterHook:
-    """Forward hook on the text adapter: one π_c per sample for every Chimera layer of this call."""
+class ContentRouterHook(BoundHook):
+    """Forward hook on the module a layer's module router reads (e.g. ChimeraHydra's content router on the text
+    adapter): one gate per sample for every layer of this call, left in the sampling state."""
 
-    def __init__(self, router: chimera.ContentRouter, state: SamplingState, net: RouterNetWeights) -> None:
+    def __init__(self, router, state: SamplingState, net: RouterNetWeights) -> None:
         self.router, self.state, self.net = router, state, net
 
     def __call__(self, module: nn.Module, args: tuple, output):
         context = output if isinstance(output, torch.Tensor) else output[0]
         self.net.ensure_on(context.device)
-        router = replace(self.router, net=self.net.current())
-        self.state.extra[chimera.CONTENT_GATE_KEY] = router.gate(context.detach())
+        router = self.router.with_net(self.net.current())
+        self.state.extra[router.state_key] = router.gate(context.detach())
 
 
 def _install_content_router(model, adapter: Adapter, state: SamplingState, holder: nn.ModuleDict,
                             notice: MoveNotice) -> None:
-    """The cross-attention content router reads the ``llm_adapter`` output, which only Anima-style models have."""
-    routers = {id(layer.content_router): layer.content_router for layer in chimera.chimera_layers(adapter.layers)
-               if layer.content_router is not None}
-    if not routers:
-        return
-    try:
-        model.model.get_submodule(chimera.CONTENT_ROUTER_MODULE)
-    except AttributeError:
-        raise OrthoHydraError(f"this ChimeraHydra adapter routes its content pool on the text context of "
-                              f"{chimera.CONTENT_ROUTER_MODULE}, which this {model_architecture(model)} model does "
-                              "not have.", path=adapter.path, key="content_router.net.0.weight",
-                              fix="load the Anima model it was trained on") from None
+    """Module routers read another module's output (ChimeraHydra's content router: ``llm_adapter``, which only
+    Anima-style models have)."""
+    routers = {id(router): router for layer in adapter.layers.values()
+               for router in layer.module_routers().values()}
+    for router in routers.values():
+        try:
+            model.model.get_submodule(router.module)
+        except AttributeError:
+            raise router.missing_module(model_architecture(model), adapter.path) from None
     nets = router_net_holders(holder, [router.net for router in routers.values()], "content")
     for router in routers.values():
         nets[id(router.net)].notice = notice
-        install_forward_hook(model, chimera.CONTENT_ROUTER_MODULE, ContentRouterHook(router, state,
-                                                                                     nets[id(router.net)]))
+        install_forward_hook(model, router.module, ContentRouterHook(router, state, nets[id(router.net)]))
 
 
 def _check_hookable(model, target: Target, adapter: Adapter) -> None:
@@ -218,27 +251,18 @@ def model_architecture(model) -> str:
     return type(model.model).__name__
 
 
-def weight_shapes(model) -> dict[str, tuple[int, ...]]:
-    """Each weight's logical (out, in) shape, read from the live modules where they say it.
-
-    Quantised Linears (city96's GGUF, for one) keep packed storage in ``weight``, so the state dict reports the
-    storage's shape; their ``in_features`` / ``out_features`` still give the shape the layer computes with.
-    """
-    shapes = {k: tuple(v.shape) for k, v in model.model.state_dict().items() if k.endswith(".weight")}
-    for name, module in model.model.named_modules():
-        out_f, in_f = getattr(module, "out_features", None), getattr(module, "in_features", None)
-        if isinstance(out_f, int) and isinstance(in_f, int) and f"{name}.weight" in shapes:
-            shapes[f"{name}.weight"] = (out_f, in_f)
-    return shapes
-
-
 def make_plan(model, adapter: Adapter) -> PatchPlan:
     """Map adapter layers onto this model, or fail naming both sides."""
-    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
-    shapes = weight_shapes(model)
+    space = key_space(model)
+    shapes = space.shapes
     layers = {**adapter.layers, **adapter.plain_layers}
     try:
-        patch_plan = plan(layers, key_map, shapes)
+        patch_plan = space.plan(layers)
+    except KeyMapSliceError as exc:
+        raise OrthoHydraError(f"{exc}: ComfyUI's key map for {model_architecture(model)} is wrong here, not the "
+                              "file.", path=adapter.path, key=str(exc).split(":")[0],
+                              fix="update ComfyUI, or save the adapter with kohya (lora_unet_…) names, which map "
+                                  "onto whole weights") from exc
     except ValueError as exc:
         raise OrthoHydraError(f"{exc}.", path=adapter.path, key=str(exc).split(":")[0],
                               fix="this adapter was trained for a different model size; pick the matching base "
@@ -301,7 +325,7 @@ def apply_adapter(model, adapter: Adapter, strength: float = 1.0, fold: bool = T
     if strength == 0 and (strength_reft == 0 or not adapter.reft):
         return patched, patch_plan
     override = _bind_override(patched, adapter)
-    state = SamplingState()
+    state = SamplingState(override=override)
     fei_divs = {layer.router.fei_sigma_low_div for layer in adapter.layers.values() if layer.router.fei_dim}
     if len(fei_divs) > 1:
         raise OrthoHydraError(f"layers disagree on the FEI blur divisor ({sorted(fei_divs)}).", path=adapter.path,
@@ -313,11 +337,15 @@ def apply_adapter(model, adapter: Adapter, strength: float = 1.0, fold: bool = T
     folded: list[tuple[Target, dict]] = []
     nets = router_net_holders(holder, [net for layer in adapter.layers.values()
                                        for net in layer.router_nets().values()], "layer")
+    kept_live: dict[str, tuple[float, str]] = {}
     for index, target in enumerate(patch_plan.targets.values()):
         gates = _constant_gates(target, override) if fold else None
         if gates is not None:
-            folded.append((target, gates))
-            continue
+            refusal = fold_refusal(patched, target, gates, strength)
+            if refusal is None:
+                folded.append((target, gates))
+                continue
+            kept_live[target.module] = refusal
         _check_hookable(patched, target, adapter)
         weights = TargetWeights(merge_shared_legs(target), compute_dtype(patched), label=target.module, nets=nets)
         weights.notice = notice
@@ -340,16 +368,17 @@ def apply_adapter(model, adapter: Adapter, strength: float = 1.0, fold: bool = T
         install_forward_hook(patched, module, ReFTHook(weights, strength_reft, module))
     _static_patches(patched, patch_plan, folded, strength)
     if len(holder):
-        weights_patcher = AdapterWeightsPatcher(holder, load_device=patched.load_device,
-                                                offload_device=patched.offload_device)
-        patched.set_additional_models(key, [weights_patcher])
+        holder_patcher = weights_patcher(holder, patched)
+        patched.set_additional_models(key, [holder_patcher])
         install_sampling_state(patched, key, state)
+        survive_multigpu(patched, key, holder_patcher)
         require_hook_guards()  # else torch.compile may reuse a graph traced without these hooks
     # attachments are shared by reference with later clones (model_options would be deep-copied)
-    patched.set_attachments(key, AppliedAdapter(adapter=adapter, state=state, folded=len(folded),
-                                                hooked=routed_hooks))
-    log.info("Ortho-Hydra %s: %s; %d folded into weights, %d router-live, %d ReFT block edits",
-             adapter.path or "adapter", patch_plan.coverage(), len(folded), routed_hooks, len(adapter.reft))
+    applied = AppliedAdapter(adapter=adapter, state=state, folded=len(folded), hooked=routed_hooks,
+                             kept_live=kept_live)
+    patched.set_attachments(key, applied)
+    log.info("Ortho-Hydra %s: %s; %s, %d ReFT block edits", adapter.path or "adapter", patch_plan.coverage(),
+             applied.placement(), len(adapter.reft))
     return patched, patch_plan
 
 
@@ -361,6 +390,42 @@ class AppliedAdapter:
     state: SamplingState
     folded: int
     hooked: int
+    kept_live: dict[str, tuple[float, str]] = field(default_factory=dict)  # constant gates not folded: module ->
+    # (predicted share of the effect a fold would lose, the weight storage), see :func:`fold_refusal`
+
+    def placement(self) -> str:
+        """One line: how many Linears were folded and how many run as hooks, and why constant ones were not folded."""
+        line = f"{self.folded} folded into weights, {self.hooked} router-live"
+        if not self.kept_live:
+            return line
+        by_storage: dict[str, list[float]] = {}
+        for error, storage in self.kept_live.values():
+            by_storage.setdefault(storage, []).append(error)
+        reasons = []
+        for storage, errors in sorted(by_storage.items()):
+            if math.isinf(max(errors)):
+                reasons.append(f"{len(errors)} on {storage} weights, whose re-quantisation this pack cannot predict")
+            else:
+                span = f"{min(errors):.0%}" if min(errors) == max(errors) else f"{min(errors):.0%}-{max(errors):.0%}"
+                reasons.append(f"{len(errors)} on {storage} weights, where a fold would lose {span} of the effect")
+        return (f"{line}; {len(self.kept_live)} constant-gate Linears kept live instead of folded "
+                f"(more than {FOLD_TOLERANCE:.0%} lost): " + "; ".join(reasons))
+
+
+def fold_refusal(model, target: Target, gates: dict, strength: float) -> tuple[float, str] | None:
+    """(the share of the adapter's effect a fold would lose, the weight storage) where that is more than
+    :data:`FOLD_TOLERANCE`, else None: fold.
+
+    The patched weight is written back on the weight's own grid (fp8, bf16 …), so the prediction is made on that grid
+    (one layer's fp32 copy at a time)."""
+    values, grid = stored_weight(model.model.get_submodule(target.module))
+    if grid.kind == "exact":
+        return None
+    if grid.kind == "unknown":
+        return math.inf, grid.label
+    up, down = target_lora(target, gates)
+    error = fold_error(values, strength * (up.double() @ down.double()), grid)
+    return None if error <= FOLD_TOLERANCE else (error, grid.label)
 
 
 def applied_adapters(model) -> list[AppliedAdapter]:

@@ -13,12 +13,20 @@ adapts, ~117 MB in bf16 for Cosmos-Predict2 2B with E = 4, r = 16 on all 280 Lin
 :class:`AdapterWeightsPatcher` always loads them whole onto the load device, and ComfyUI counts them as loaded.
 Hooks call :meth:`PlacedModule.ensure_on` before computing: a holder found on another device (a caller that ran the
 model without loading its additional models) is moved once, with one warning, never copied per call.
+
+ComfyUI 0.33's dynamic VRAM (``ModelPatcherDynamic``, CUDA) treats a model list as all-dynamic only when every
+patcher in it is dynamic (model_management.py:932-935; one legacy patcher makes ``free_memory`` really unload the
+other models), and its ``load`` refuses ``full_load`` (model_patcher.py:1862).  It needs no forcing: every
+parameter of a module without ComfyUI's casting ops is moved whole and counted (model_patcher.py:1992-2001), and a
+partial unload puts all of them back at once (``restore_loaded_backups``).  So the holder's patcher follows the
+model's kind (:func:`weights_patcher_class`).
 """
 
 from __future__ import annotations
 
 import logging
 
+import comfy.model_management
 import comfy.model_patcher
 import torch
 from torch import nn
@@ -38,6 +46,31 @@ class AdapterWeightsPatcher(comfy.model_patcher.ModelPatcher):
         # full_load puts every module in the "load completely" list whatever the budget, and counts model_size()
         return super().load(device_to, lowvram_model_memory=lowvram_model_memory,
                             force_patch_weights=force_patch_weights, full_load=True)
+
+
+ModelPatcherDynamic = getattr(comfy.model_patcher, "ModelPatcherDynamic", None)  # 0.33 has it, 0.3.75 not
+
+
+if ModelPatcherDynamic is not None:
+    class DynamicAdapterWeightsPatcher(ModelPatcherDynamic):
+        """The holder's patcher next to a dynamic model: ComfyUI's dynamic loader already loads plain modules whole."""
+
+        def __new__(cls, model=None, load_device=None, offload_device=None, size=0, weight_inplace_update=False):
+            # ModelPatcherDynamic hands a CPU load device a stock ModelPatcher; ours keeps the whole load there too
+            if load_device is not None and comfy.model_management.is_device_cpu(load_device):
+                return AdapterWeightsPatcher(model, load_device, offload_device, size, weight_inplace_update)
+            return object.__new__(cls)
+
+
+def weights_patcher_class(model) -> type[comfy.model_patcher.ModelPatcher]:
+    """The class of an adapter holder's patcher next to ``model``: dynamic when ``model`` is (ComfyUI 0.33, CUDA)."""
+    dynamic = getattr(model, "is_dynamic", lambda: False)()  # 0.3.x patchers have no is_dynamic
+    return DynamicAdapterWeightsPatcher if dynamic and ModelPatcherDynamic is not None else AdapterWeightsPatcher
+
+
+def weights_patcher(holder: nn.Module, model) -> comfy.model_patcher.ModelPatcher:
+    """The patcher of an adapter's holder, on ``model``'s devices, of :func:`weights_patcher_class`."""
+    return weights_patcher_class(model)(holder, load_device=model.load_device, offload_device=model.offload_device)
 
 
 class MoveNotice:
@@ -60,6 +93,10 @@ class PlacedModule(nn.Module):
 
     notice: MoveNotice | None = None
     label: str = "adapter"
+
+    def sources(self) -> list:
+        """What this holder's tensors were made from and only reads: copies of the holder share these."""
+        return [self.notice]
 
     def ensure_on(self, device: torch.device) -> None:
         """Make every tensor of this holder live on ``device``: a no-op when ComfyUI loaded it (the normal case), a

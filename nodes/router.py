@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ortho_hydra import Adapter, OrthoHydraError
 from ortho_hydra.blend_norm import global_norm_factor, scaled_gate
-from ortho_hydra.chimera import chimera_layers
+from ortho_hydra.kind import Capability
 from ortho_hydra.mc_blend import STOCHASTIC_MODES
 from ortho_hydra.overrides import (
     GROUPS,
@@ -118,10 +118,8 @@ def norm_controlled(adapter: Adapter, override: Override) -> tuple[Override, str
     gate = rule.constant("", adapter.num_experts)
     layers = [layer for name, layer in adapter.layers.items()
               if override.scope.matches(name, adapter.override.num_blocks)]
-    if chimera_layers(dict(enumerate(layers))):  # each pool's weights are renormalised: a global factor is undone
-        raise OrthoHydraError("norm_control does not apply to ChimeraHydra layers (each pool's blend weights are "
-                              "normalised to sum 1).", path=adapter.path, key="norm_control",
-                              fix="turn norm_control off; use strength to scale the adapter")
+    for layer in layers:
+        layer.require(Capability.NORM_CONTROL, path=adapter.path, key="norm_control")
     centered = {layer.router.centered for layer in layers}
     if len(centered) > 1:
         raise OrthoHydraError("the layers in scope disagree on centered gates.", path=adapter.path,

@@ -1,9 +1,10 @@
 """Fit an adapter's routers from labelled example latents, in the graph: live routing then picks the expert
 (for an expert bank: the LoRA) whose style the input has.
 
-The features are each routed layer's pooled router input, collected by forward hooks installed on a clone through
-ModelPatcher while ComfyUI's own sampling machinery predicts the noised examples (as the trainer does), at a few
-noise levels.  The fit itself is :func:`ortho_hydra.router_fit.fit_router`, per layer.
+The features are each routed layer's router input (``router_input``, what its router reads at inference),
+collected by forward hooks installed on a clone through ModelPatcher while ComfyUI's own sampling machinery predicts
+the noised examples (as the trainer does), at a few noise levels.  The fit itself is
+:func:`ortho_hydra.router_fit.fit_router`, per layer.
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ortho_hydra import Adapter, OrthoHydraError, metrics
-from ortho_hydra.chimera import chimera_layers
+from ortho_hydra.kind import Capability
 from ortho_hydra.router_fit import fit_router, with_router
-from ortho_hydra.routing import project_down, rms_pool
+from ortho_hydra.routing import RouterSpec, router_logits
 
 from .hooks import install_forward_hook
 from .level_sampling import LEVELS, predict_at_levels
@@ -30,8 +31,7 @@ class _FeatureHook:
         self.layer, self.store = layer, store
 
     def __call__(self, module, args, output):
-        x = args[0]
-        self.store.append(rms_pool(project_down(x, self.layer.down.to(x.device, x.dtype), None)).float().cpu())
+        self.store.append(self.layer.router_input(args[0]).cpu())
         return output
 
 
@@ -54,10 +54,8 @@ def collect_features(model, adapter: Adapter, latents: torch.Tensor, positive: l
 def fit_bank_router(model, adapter: Adapter, latents: torch.Tensor, positive: list, labels: torch.Tensor, *,
                     holdout: float, steps: int, seed: int) -> tuple[Adapter, dict]:
     """Fit every routed layer's router on a training split; report held-out routing on the rest."""
-    if chimera_layers(adapter.layers):
-        raise OrthoHydraError("fitting routers is not available for ChimeraHydra adapters (their content and "
-                              "frequency routers are trained together).", path=adapter.path, key="adapter",
-                              fix="pin or blend the ChimeraHydra experts with the router node instead")
+    for layer in adapter.layers.values():
+        layer.require(Capability.ROUTER_FIT, path=adapter.path, key="adapter")
     count = latents.shape[0]
     if labels.numel() != count:
         raise OrthoHydraError(f"{labels.numel()} labels for {count} latents.", key="labels",
@@ -79,8 +77,8 @@ def fit_bank_router(model, adapter: Adapter, latents: torch.Tensor, positive: li
         weight, bias = fit_router(feats[rows(train)], labels[train].repeat(len(LEVELS)), adapter.num_experts,
                                   steps=steps, seed=seed)
         layers[name] = with_router(layers[name], weight, bias)
-        if len(held):
-            picked = (feats[rows(held)] @ weight.T + bias).argmax(-1)
+        if len(held):  # the fitted router reads only the pooled columns (see with_router)
+            picked = router_logits(feats[rows(held)], weight, bias, RouterSpec(), None).argmax(-1)
             truth = labels[held].repeat(len(LEVELS))
             accuracy.append(float((picked == truth).double().mean()))
             purity.append(metrics.style_purity(truth, picked, adapter.num_experts))

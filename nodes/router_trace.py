@@ -8,7 +8,7 @@ import json
 import comfy.sample
 import numpy as np
 import torch
-from comfy_api.latest import io, ui
+from comfy_api.v0_0_2 import io, ui
 
 from ortho_hydra.metrics import normalized_entropy
 

@@ -13,7 +13,7 @@ import comfy.utils
 import folder_paths
 import numpy as np
 import torch
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 from PIL import Image, ImageOps
 
 from ortho_hydra import OrthoHydraError

@@ -10,7 +10,7 @@ import comfy.samplers
 import comfy.utils
 import folder_paths
 import torch
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ortho_hydra import OrthoHydraError
 from ortho_hydra.profiles import StyleProfile, adapter_fingerprint, load_profile, save_profile

@@ -21,10 +21,11 @@ import comfy.samplers
 import comfy.utils
 import folder_paths
 import torch
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 from comfy_extras import nodes_custom_sampler, nodes_train
 
 from ortho_hydra import OrthoHydraError, save
+from ortho_hydra.basis import BasisCache
 from ortho_hydra.network import OrthoHydraNetwork
 from ortho_hydra.replicas import Replicas
 from ortho_hydra.sampling import EpochBatches
@@ -57,7 +58,9 @@ from .compile_support import require_hook_guards
 from .model_linears import TARGETS, adaptable_linears
 from .patcher import apply_adapter
 from .train_support import (
-    gradient_checkpointing,
+    drop_restored_forwards,
+    frozen_tensors_out_of_inference,
+    install_gradient_checkpointing,
     install_training_hooks,
     notify,
     observing_router_inputs,
@@ -68,6 +71,7 @@ from .types import OrthoHydraAdapterType, RouterTraceType, StyleSetType
 from .widgets import parse_list, split_list
 
 log = logging.getLogger("ortho_hydra")
+BASES = BasisCache()  # SVD bases by weight content, for the next run on the same model (one per process)
 INITS = {"ortho": "ortho", "ortho_out": "ortho_out", "ortho_init": "ortho_init", "hydra_zero": "zero",
          "hydra_jitter": "jitter", "hydra_jitter_zero_sum": "jitter_zero_sum"}
 
@@ -83,15 +87,15 @@ class TrainConfig:
     alpha: float = 0.0
     init: str = "ortho"
     jitter_std: float = 0.1
-    balance_weight: float = 1e-2  # < 50 % collapsed layers where 1e-5 had 90-97 % (bench/router_collapse.py)
+    balance_weight: float = 1e-2  # < 50 % collapsed layers where 1e-5 had 90-97 % (experiments/router_collapse)
     balance_start: float = 0.0  # a step, or a fraction of the run when < 1
     balance_memory: int = 1  # micro-batches the balance term's expert usage is averaged over (UsageBalance)
-    router_lr_scale: float = 1.0  # x10 kept AdamW routers re-assigning styles (bench/style_separation.py)
+    router_lr_scale: float = 1.0  # x10 kept AdamW routers re-assigning styles (experiments/style_separation)
     targets: str = "attention+mlp"
     target_regex: str = ""
     timestep_sampling: str = "logit_normal"
     shift: float = 3.0
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = True  # as ComfyUI's trainer: one block's activations at a time (bench/README.md)
     training_dtype: str = "bf16"
     seed: int = 0
     save_every: int = 0
@@ -204,6 +208,11 @@ class OrthoHydraTrainSampler(comfy.samplers.Sampler):
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                disable_pbar=False):
+        # Here the model is loaded where it runs; grad is on whatever mode the host calls the sampler in.
+        with torch.inference_mode(False), torch.enable_grad(), frozen_tensors_out_of_inference(model_wrap.inner_model):
+            return self.loop(model_wrap, extra_args, latent_image)
+
+    def loop(self, model_wrap, extra_args: dict, latent_image: torch.Tensor) -> torch.Tensor:
         run, cfg = self.run, self.run.config
         model_wrap.conds = nodes_train.process_cond_list(model_wrap.conds)
         conds = model_wrap.conds["positive"]
@@ -297,6 +306,8 @@ class OrthoHydraTrainSampler(comfy.samplers.Sampler):
         run.router_gates.clear()
         guidance = guidance_weight(run.step, cfg.label_guidance, cfg.label_guidance_steps)
         detached = bool(guidance) and run.labels is not None and cfg.label_guidance_detached
+        run.gates.needs_graph = bool(balance_on and cfg.balance_weight) or (
+            bool(guidance) and run.labels is not None and not detached)
         for hook in run.hooks:
             hook.router_sink = run.router_gates if detached else None
         losses = {}
@@ -380,6 +391,8 @@ def train(model, latents: torch.Tensor, positive: list, config: TrainConfig, *, 
     """Run training and return (router-live MODEL, adapter, loss map, router trace).
 
     The node and the torchrun command (``ortho_hydra_train``) both call this; the command passes DDP replicas.
+    Callable inside ``torch.inference_mode()`` or ``torch.no_grad()`` (ComfyUI runs nodes in inference mode), on a
+    model loaded either way.
     """
     count = latents.shape[0]
     if len(positive) == 1 and count > 1:
@@ -411,16 +424,17 @@ def train(model, latents: torch.Tensor, positive: list, config: TrainConfig, *, 
                                            run.gates)
         require_hook_guards()  # a compiled model must not reuse a graph traced without these hooks
         mp.model.requires_grad_(False)
-        wrap_inference_weights(mp)
+        wrap_inference_weights(mp)  # only tensors the sampler cannot view out of inference mode (subclasses)
+        checkpointed = install_gradient_checkpointing(mp, run.hooks[0].state) if config.gradient_checkpointing \
+            else []
         comfy.model_management.load_models_gpu([mp], memory_required=1e20, force_full_load=True)
         guider = nodes_custom_sampler.Guider_Basic(mp)
         guider.set_conds(positive)
         sampler = OrthoHydraTrainSampler(run, unique_id)
         latents = latents.to(torch.float32).clone()  # a normal tensor: ComfyUI runs nodes in inference mode
         try:
-            with gradient_checkpointing(mp, config.gradient_checkpointing):
-                guider.sample(torch.zeros_like(latents), latents, sampler, torch.arange(count, dtype=torch.float32),
-                              seed=config.seed)
+            guider.sample(torch.zeros_like(latents), latents, sampler, torch.arange(count, dtype=torch.float32),
+                          seed=config.seed)
         except (comfy.model_management.InterruptProcessingException, KeyboardInterrupt):  # node cancel, Ctrl-C
             path = run.checkpoint()
             log.info("Ortho-Hydra training interrupted at step %d; checkpoint kept at %s", run.step, path)
@@ -432,6 +446,7 @@ def train(model, latents: torch.Tensor, positive: list, config: TrainConfig, *, 
                                   fix="enable gradient_checkpointing, lower batch_size, or lower rank") from exc
         finally:
             comfy.model_management.unload_all_models()
+            drop_restored_forwards(mp.model, checkpointed)
         run.checkpoint()
         run.network.requires_grad_(False)
         adapter = run.adapter()
@@ -454,11 +469,13 @@ def check_slots(config: TrainConfig) -> None:
 
 def _new_run(config: TrainConfig, targets: dict, fingerprint: dict, labels: torch.Tensor | None,
              device) -> TrainingRun:
-    weights = {p: w.detach().float().clone() for p, (_, w) in targets.items()}
+    # The model's own weights, wherever and in whatever dtype they are: the network takes one fp32 copy at a time.
+    weights = {p: w.detach() for p, (_, w) in targets.items()}
     check_slots(config)
     try:
         network = OrthoHydraNetwork(weights, config.rank, config.experts, alpha=config.alpha or None,
                                     init=INITS[config.init], seed=config.seed, jitter_std=config.jitter_std,
+                                    basis_cache=BASES,
                                     **({"slot": config.slot, "slots": config.slots} if config.slots else {}))
     except ValueError as exc:
         raise OrthoHydraError(f"{exc}.", key="rank", fix="lower the rank (it must fit min(in, out))") from exc
@@ -519,7 +536,11 @@ class OrthoHydraTrain(io.ComfyNode):
                 io.Combo.Input("timestep_sampling", options=list(TIMESTEP_SAMPLING), default="logit_normal",
                                tooltip="How noise levels are drawn."),
                 io.Float.Input("shift", default=3.0, min=1.0, max=20.0, step=0.1, tooltip="timestep_sampling=shift."),
-                io.Boolean.Input("gradient_checkpointing", default=False, tooltip="Trade compute for memory."),
+                io.Boolean.Input("gradient_checkpointing", default=TrainConfig.gradient_checkpointing,
+                                 tooltip="Keep only each DiT block's inputs and re-run the block in the backward pass: "
+                                         "the activations of one block at a time instead of all of them, for one more "
+                                         "forward pass per step. On by default, as in ComfyUI's own trainer; the loss "
+                                         "and the trained adapter are the same either way."),
                 io.Combo.Input("training_dtype", options=["fp32", "bf16"], default="bf16",
                                tooltip="Autocast dtype of the forward; adapter weights stay fp32."),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=True,

@@ -11,54 +11,46 @@ import dataclasses
 import json
 import os
 
-import comfy.lora
 import comfy.model_management
 import comfy.utils
 import folder_paths
 import torch
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ortho_hydra import Adapter, OrthoHydraError, PlainLoRA, save
 from ortho_hydra.expert_stack import lora_expert
 from ortho_hydra.lora_dict import lora_state_dict
 from ortho_hydra.safetensors_io import write_safetensors
-from ortho_hydra.targets import plan
 from ortho_hydra.transfer import MODES, TransferOptions, TransferResult, transfer
 
 from .adapter_files import lora_output_path
 from .expert_bank import NONE, lora_choices, lora_pieces, read_lora
 from .gate_recording import recording
+from .key_space import key_space
 from .level_sampling import predict_at_levels
-from .patcher import apply_adapter, model_architecture, weight_shapes
+from .patcher import apply_adapter, model_architecture
 from .types import OrthoHydraAdapterType
-
-_FLOAT = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+from .weight_storage import is_quantized_tensor, stored_weight
 
 
 def _weight_of(model, key: str) -> torch.Tensor:
-    """The model's own stored weight in fp32 (patches from other loaders are not applied)."""
-    weight = comfy.utils.get_attr(model.model, key)
-    if weight.dtype not in _FLOAT:
-        module = comfy.utils.get_attr(model.model, key.rsplit(".", 1)[0])
-        scale = getattr(module, "scale_weight", None)
-        if weight.dtype in (torch.float8_e4m3fn, torch.float8_e5m2) and weight.dim() == 2:
-            weight = weight.float() * (scale.float() if scale is not None else 1.0)
-        else:
-            raise OrthoHydraError(f"{key} is stored as {weight.dtype} ({type(module).__name__}); the transfer needs "
-                                  f"its singular vectors.", key=key,
-                                  fix="load both base models unquantised (fp16, bf16 or fp32) for the transfer")
-    return weight.detach().float()
+    """The model's own stored weight in fp32, dequantised (patches from other loaders are not applied)."""
+    module = comfy.utils.get_attr(model.model, key.rsplit(".", 1)[0])
+    values, grid = stored_weight(module)
+    if grid.kind == "unknown" and not is_quantized_tensor(module.weight):
+        raise OrthoHydraError(f"{key} is stored as {grid.label}; the transfer needs its singular vectors.", key=key,
+                              fix="load both base models unquantised (fp16, bf16 or fp32) for the transfer")
+    return values.detach().float()
 
 
 def weight_sources(model, layers: dict, role: str) -> dict:
     """``{layer name: () -> the weight rows it writes}``; layers this model does not have are left out, layers it
     has in another shape are refused (a model of another size)."""
-    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
-    shapes = weight_shapes(model)
+    space = key_space(model)
     sources = {}
     for name, layer in layers.items():
         try:
-            layer_plan = plan({name: layer}, key_map, shapes)
+            layer_plan = space.plan({name: layer})
         except ValueError as exc:
             fix = ("pick the base model this adapter was trained on as the source" if role == "source" else
                    "transfer between versions of one architecture (same layer shapes); other sizes are out of scope")
@@ -81,11 +73,10 @@ def weight_sources(model, layers: dict, role: str) -> dict:
 
 def lora_file_adapter(model, name: str) -> Adapter:
     """A LoRA file as an adapter of plain layers (scale folded into the up), read by ComfyUI's own LoRA loader."""
-    shapes = weight_shapes(model)
-    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
+    space = key_space(model)
     layers = {}
     for prefix, pieces in lora_pieces(model, name, read_lora(name)).items():
-        one = lora_expert(prefix, pieces, *shapes[key_map[prefix]])  # the bank's own stacking, scale folded
+        one = lora_expert(prefix, pieces, *space.shapes[space.key_map[prefix]])  # the bank's own stacking, scale folded
         layers[prefix] = PlainLoRA(prefix, one.down, one.ups[0], alpha=one.alpha)
     return Adapter(layers={}, plain_layers=layers, path=name, metadata={"ss_network_module": "networks.lora"})
 

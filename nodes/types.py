@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 
 import comfy.samplers
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 OrthoHydraAdapterType = io.Custom("ORTHO_HYDRA")
 StyleProfileType = io.Custom("STYLE_PROFILE")

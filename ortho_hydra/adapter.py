@@ -6,7 +6,6 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from .chimera import describe as describe_chimera
 from .components import summary_lines
 from .overrides import Override, OverrideStack, count_blocks
 from .reft import ReFTEdit
@@ -85,11 +84,11 @@ class Adapter:
             f"{len(self.layers)} routed layers, {len(self.plain_layers)} plain LoRA legs",
             "experts: " + ", ".join(self.display_expert_names()),
         ]
-        if self.reft:
-            first_edit = next(iter(self.reft.values()))
-            lines.append(f"ReFT block edits on {len(self.reft)} blocks (rank {first_edit.rank}), applied to the "
-                         f"block outputs")
-        lines += describe_chimera(self.layers)
+        by_kind: dict[type, list] = {}
+        for member in (*self.reft.values(), *self.layers.values(), *self.plain_layers.values()):
+            by_kind.setdefault(type(member), []).append(member)
+        for kind, members in by_kind.items():
+            lines += kind.summary_lines(members)
         if provenance:
             lines.append(f"provenance: {provenance}")
         lines += summary_lines(self.metadata)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
+
+from .subspace import weight_digest
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,12 @@ def _fix_signs(u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return u * signs, v * signs
 
 
+def _warn_replicated(num_experts: int, rank: int, limit: int) -> None:
+    warnings.warn(f"Ortho-Hydra: {num_experts} experts x rank {rank} = {num_experts * rank} > min(out, in) = "
+                  f"{limit}; replicating the top-{rank} slice for every expert (no disjoint subspaces, "
+                  f"the router starts degenerate). Use num_experts*rank <= {limit}.", stacklevel=3)
+
+
 def disjoint_basis(weight: torch.Tensor, num_experts: int, rank: int, *, seed: int = 0,
                    niter: int = 6, oversample: int = 8) -> ExpertBasis:
     """Top-(E*r) singular vectors of ``weight`` (out, in), cut into E disjoint out-slices.
@@ -42,9 +51,7 @@ def disjoint_basis(weight: torch.Tensor, num_experts: int, rank: int, *, seed: i
     replicated = num_experts * rank > limit
     wanted = rank if replicated else num_experts * rank
     if replicated:
-        warnings.warn(f"Ortho-Hydra: {num_experts} experts x rank {rank} = {num_experts * rank} > min(out, in) = "
-                      f"{limit}; replicating the top-{rank} slice for every expert (no disjoint subspaces, "
-                      f"the router starts degenerate). Use num_experts*rank <= {limit}.", stacklevel=2)
+        _warn_replicated(num_experts, rank, limit)
     w = weight.detach().float()
     q = min(wanted + oversample, limit)
     gen_device = w.device if w.device.type != "meta" else torch.device("cpu")
@@ -58,3 +65,42 @@ def disjoint_basis(weight: torch.Tensor, num_experts: int, rank: int, *, seed: i
     else:
         out_bases = u.reshape(out_features, num_experts, rank).permute(1, 0, 2).contiguous()
     return ExpertBasis(in_basis=in_basis, out_bases=out_bases, replicated=replicated)
+
+
+class BasisCache:
+    """Disjoint bases by weight content (:func:`~.subspace.weight_digest`, as the transfer's subspace cache keys them)
+    and every setting they depend on, kept on the CPU, least recently used out past ``max_bytes``.
+
+    Why: setup takes one randomised SVD per adapted weight (280 at 2 B parameters, most of a minute on a CPU); a
+    second run on the same model, with any seed-independent change of settings (steps, lr, data), hashes the
+    weights instead.  A hit returns copies on the weight's device, so a run that changes its bases in place (a
+    resume) never changes the cache.
+    """
+
+    def __init__(self, max_bytes: int = 1 << 30) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[tuple, ExpertBasis] = OrderedDict()
+        self.computed = 0  # SVDs actually run (tests and the benchmark read them)
+        self.hits = 0
+
+    def _bytes(self) -> int:
+        return sum(b.in_basis.nbytes + b.out_bases.nbytes for b in self._items.values())
+
+    def get(self, weight: torch.Tensor, num_experts: int, rank: int, *, seed: int = 0) -> ExpertBasis:
+        """:func:`disjoint_basis` of ``weight``, computed once per content and settings."""
+        key = (weight_digest(weight), num_experts, rank, seed)
+        cached = self._items.get(key)
+        if cached is not None:
+            self._items.move_to_end(key)
+            self.hits += 1
+            if cached.replicated:  # the warning a fresh computation gives
+                _warn_replicated(num_experts, rank, min(weight.shape))
+            return ExpertBasis(cached.in_basis.to(weight.device, copy=True),
+                               cached.out_bases.to(weight.device, copy=True), cached.replicated)
+        basis = disjoint_basis(weight, num_experts, rank, seed=seed)
+        self.computed += 1
+        self._items[key] = ExpertBasis(basis.in_basis.to("cpu", copy=True), basis.out_bases.to("cpu", copy=True),
+                                       basis.replicated)
+        while len(self._items) > 1 and self._bytes() > self.max_bytes:
+            self._items.popitem(last=False)
+        return basis

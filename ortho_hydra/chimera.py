@@ -40,7 +40,8 @@ import torch
 import torch.nn.functional as F
 
 from .errors import OrthoHydraError
-from .layer import AdapterLayer, GateSink
+from .kind import Capability, FileKeys, Refusal, alpha_or_rank, stamped_expert_names, stored_alpha, truthy
+from .layer import GateSink, RoutedLayer
 from .routing import (
     GateContext,
     GateOverride,
@@ -63,12 +64,8 @@ _SINGLE = re.compile(r"^(?P<prefix>.+?)\.(?P<suffix>lora_down\.weight|lora_ups\.
 _FIX = "the file is inconsistent or damaged; re-export it with the reference trainer"
 
 
-def _truthy(value) -> bool:
-    return str(value).strip().lower() in ("1", "true", "yes")
-
-
-def is_chimera(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bool:
-    return _truthy(metadata.get("ss_use_chimera_hydra")) or any(".lora_down_c." in k for k in tensors)
+def is_chimera(tensors: Mapping[str, object], metadata: Mapping[str, str]) -> bool:
+    return truthy(metadata.get("ss_use_chimera_hydra")) or any(".lora_down_c." in k for k in tensors)
 
 
 @dataclass(frozen=True)
@@ -149,10 +146,22 @@ class FreqRouter:
 
 @dataclass(frozen=True)
 class ContentRouter:
-    """The cross-attention content router: one π_c per sample from the ``llm_adapter`` output (B, L, D)."""
+    """The cross-attention content router: one π_c per sample from the ``llm_adapter`` output (B, L, D), computed
+    once per model call by a hook on that module (a layer's ``module_routers``)."""
 
     net: MLPRouter
     layer_norm: bool = False
+    module: ClassVar[str] = CONTENT_ROUTER_MODULE  # whose output it reads
+    state_key: ClassVar[str] = CONTENT_GATE_KEY  # where its gate waits for the layers of the same call
+
+    def with_net(self, net: MLPRouter) -> ContentRouter:
+        return replace(self, net=net)
+
+    def missing_module(self, architecture: str, path: str | None) -> OrthoHydraError:
+        """The error for a model without :attr:`module`."""
+        return OrthoHydraError(f"this ChimeraHydra adapter routes its content pool on the text context of "
+                               f"{self.module}, which this {architecture} model does not have.", path=path,
+                               key="content_router.net.0.weight", fix="load the Anima model it was trained on")
 
     def gate(self, context: torch.Tensor) -> torch.Tensor:
         if context.ndim != 3 or context.shape[-1] != self.net.in_features:
@@ -168,7 +177,7 @@ class ContentRouter:
 
 
 @dataclass
-class ChimeraLayer(AdapterLayer):
+class ChimeraLayer(RoutedLayer):
     """One ChimeraHydra Linear (see the module docstring); ``down`` is the content (or shared) down."""
 
     name: str
@@ -185,24 +194,26 @@ class ChimeraLayer(AdapterLayer):
     inv_scale: torch.Tensor | None = None
     router: RouterSpec = field(default_factory=RouterSpec)  # what the host needs: σ, FEI and its blur divisor
 
-    routed: ClassVar[bool] = True
-    fp32_tensors: ClassVar[tuple[str, ...]] = ("router_weight", "router_bias")
+    refusals: ClassVar[Mapping[Capability, Refusal]] = {
+        Capability.SAVE: Refusal("writing ChimeraHydra layers is not supported; keep the file they were loaded from.",
+                                 "pin or blend the experts and bake them into a plain LoRA to get a new file"),
+        Capability.ROUTER_FIT: Refusal("fitting routers is not available for ChimeraHydra adapters (their content "
+                                       "and frequency routers are trained together).",
+                                       "pin or blend the ChimeraHydra experts with the router node instead"),
+        Capability.NORM_CONTROL: Refusal("norm_control does not apply to ChimeraHydra layers (each pool's blend "
+                                         "weights are normalised to sum 1).",
+                                         "turn norm_control off; use strength to scale the adapter"),
+        Capability.TRANSFER: Refusal("{name}: a ChimeraLayer layer cannot be transferred.",
+                                     "transfer LoRA or Ortho-Hydra layers only"),
+    }
 
     @property
     def dual(self) -> bool:
         return self.down_f is not None
 
     @property
-    def num_experts(self) -> int:
-        return int(self.ups.shape[0])
-
-    @property
     def num_freq(self) -> int:
         return self.num_experts - self.num_content
-
-    @property
-    def out_features(self) -> int:
-        return int(self.ups.shape[1])
 
     @property
     def scale(self) -> float:
@@ -221,6 +232,54 @@ class ChimeraLayer(AdapterLayer):
 
     def with_router_nets(self, freq: MLPRouter | None = None) -> ChimeraLayer:
         return self if freq is None else replace(self, freq=replace(self.freq, net=freq))
+
+    def module_routers(self) -> dict[str, ContentRouter]:
+        return {} if self.content_router is None else {"content": self.content_router}
+
+    def default_expert_names(self) -> list[str]:
+        return expert_names(self.num_content, self.num_freq)
+
+    @classmethod
+    def read(cls, file: FileKeys) -> dict[str, ChimeraLayer]:
+        """A ChimeraHydra file's layers and network routers; its plain legs are left to the plain kind."""
+        tensors = file.remaining()
+        if not is_chimera(tensors, file.metadata):
+            return {}
+        layers, consumed = parse(tensors, file.metadata, file.path)
+        file.take(consumed)
+        return layers
+
+    @classmethod
+    def describe_header(cls, entries: Mapping[str, dict], metadata: Mapping[str, str], path: str) -> dict | None:
+        if not is_chimera(entries, metadata):
+            return None
+        try:
+            k_c, k_f = int(metadata["ss_num_experts_content"]), int(metadata["ss_num_experts_freq"])
+        except (KeyError, ValueError):
+            raise OrthoHydraError("ChimeraHydra file without integer ss_num_experts_content / ss_num_experts_freq.",
+                                  path=path, key="ss_num_experts_content",
+                                  fix="re-export it with the reference trainer") from None
+        downs = [e for k, e in entries.items() if k.endswith((".lora_down.weight", ".lora_down_c.weight"))
+                 and isinstance(e, dict)]
+        names = stamped_expert_names(metadata)
+        return {"num_experts": k_c + k_f,
+                "expert_names": names if names and len(names) == k_c + k_f else expert_names(k_c, k_f),
+                "rank": max((int(e["shape"][0]) for e in downs), default=0),
+                "routed_layers": sum(1 for k in entries if k.endswith((".lora_down_c.weight", ".lora_ups.0.weight"))),
+                "spec": metadata.get("ss_network_spec", "chimera_hydra"), "router_source": "chimera",
+                "consistent": True}
+
+    @classmethod
+    def summary_lines(cls, layers: list[ChimeraLayer]) -> list[str]:
+        """The pools (read from the first layer: a file has one layout)."""
+        first = layers[0]
+        content = "cross-attention router on the text context" if first.content_router else "per-Linear router"
+        layout = "dual-A" if first.dual else "single-A"
+        return [f"ChimeraHydra ({layout}, {len(layers)} layers): applied. Content pool {first.num_content} experts "
+                f"({content}); frequency pool {first.num_freq} experts ({first.freq.describe()})"
+                + ("; centered gates" if first.centered else ""),
+                f"expert axis for pin / blend: 0..{first.num_content - 1} content, {first.num_content}.."
+                f"{first.num_experts - 1} frequency; pinning one expert turns the other pool off"]
 
     def live_gate(self, lx_c: torch.Tensor, sigma: torch.Tensor | None, fei: torch.Tensor | None,
                   context: GateContext | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -270,7 +329,7 @@ class ChimeraLayer(AdapterLayer):
                 context or GateContext(layer=self.name, sigma=sigma)) is not None:
             raise OrthoHydraError("omcd / mc_dropout blends are not available for ChimeraHydra layers.",
                                   key=self.name, fix="use pin or blend in the router node for this adapter")
-        lx_c = project_down(x, self.down, self.inv_scale)
+        lx_c = self.project(x)
         w_c, w_f = self._weights(lx_c, sigma, override, context, fei, sink)
         ups_c, ups_f = self.ups[: self.num_content], self.ups[self.num_content:]
         if not self.dual:  # one shared projection: one mix over all E experts
@@ -282,12 +341,7 @@ class ChimeraLayer(AdapterLayer):
         return out
 
     def factors(self, gate: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        if gate is None:
-            raise ValueError(f"{self.name}: a routed layer needs a constant gate to become a weight")
-        g = gate.to(dtype=torch.float32, device=self.ups.device).reshape(-1)
-        if g.numel() != self.num_experts:
-            raise ValueError(f"gate has {g.numel()} weights for {self.num_experts} experts")
-        w_c, w_f = self.pool_weights(g)
+        w_c, w_f = self.pool_weights(self.constant_gate(gate))
         ups = self.ups.float()
         up_c = self.scale * torch.einsum("e,eor->or", w_c, ups[: self.num_content])
         up_f = self.scale * torch.einsum("e,eor->or", w_f, ups[self.num_content:])
@@ -296,16 +350,6 @@ class ChimeraLayer(AdapterLayer):
             return up_c + up_f, down_c
         down_f = self.down_f.float() if self.inv_scale is None else self.down_f.float() * self.inv_scale.float()
         return torch.cat([up_c, up_f], dim=1), torch.cat([down_c, down_f], dim=0)
-
-    def static_delta_weight(self, gate: torch.Tensor) -> torch.Tensor:
-        return self.delta_weight(gate)
-
-    def output_mapped(self, transform) -> ChimeraLayer:
-        return replace(self, ups=torch.stack([transform(up) for up in self.ups]))
-
-    def chunk(self, index: int, parts: int, name: str) -> ChimeraLayer:
-        size = self.out_features // parts
-        return replace(self, name=name, ups=self.ups[:, index * size:(index + 1) * size])
 
 
 # --- reading the reference layout -------------------------------------------------------------------------------
@@ -363,7 +407,7 @@ def parse(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str],
           path: str | os.PathLike | None) -> tuple[dict[str, ChimeraLayer], set[str]]:
     """``({prefix: layer}, the keys consumed)`` for a ChimeraHydra file; other keys are left to the caller."""
     path = os.fspath(path) if path is not None else None
-    if not _truthy(metadata.get("ss_use_chimera_hydra")):
+    if not truthy(metadata.get("ss_use_chimera_hydra")):
         raise OrthoHydraError("the file has ChimeraHydra dual-A keys but no ss_use_chimera_hydra=true.", path=path,
                               key="ss_use_chimera_hydra", fix=_FIX)
     k_c = _int(metadata, "ss_num_experts_content", path)
@@ -396,7 +440,7 @@ def parse(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str],
     content = None
     if source in ("crossattn", "crossattn_emb"):
         content = ContentRouter(_net(tensors, "content_router", path, tau, k_c, None),
-                                _truthy(metadata.get("ss_chimera_content_router_layer_norm")))
+                                truthy(metadata.get("ss_chimera_content_router_layer_norm")))
         consumed |= {k for k in tensors if k.startswith("content_router.")}
     elif source != "input":
         raise OrthoHydraError(f"content router source {source!r} is unknown (input, crossattn_emb).", path=path,
@@ -414,7 +458,7 @@ def parse(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str],
         if match is not None and match["prefix"] in groups:
             groups[match["prefix"]][match["suffix"]] = tensor
             consumed.add(key)
-    centered = dual and _truthy(metadata.get("ss_chimera_centered_gate"))
+    centered = dual and truthy(metadata.get("ss_chimera_centered_gate"))
     layers = {p: _layer(p, g, path, dual, k_c, k_f, freq, content, centered, spec) for p, g in sorted(groups.items())}
     return layers, consumed
 
@@ -460,33 +504,12 @@ def _layer(prefix: str, group: dict[str, torch.Tensor], path: str | None, dual: 
     if inv is not None and inv.numel() != in_features:
         raise OrthoHydraError(f"inv_scale has {inv.numel()} entries for {in_features} inputs.", path=path,
                               key=f"{prefix}.inv_scale", fix=_FIX)
-    alpha_t = group.get("alpha")
-    alpha = float(alpha_t.float().reshape(-1)[0]) if alpha_t is not None and alpha_t.numel() else 0.0
     return ChimeraLayer(name=prefix, down=down, ups=torch.stack(ups).float(), num_content=k_c, freq=freq,
-                        alpha=alpha or float(rank), router_weight=router_w, router_bias=router_b, down_f=down_f,
-                        content_router=content, centered=centered,
+                        alpha=alpha_or_rank(stored_alpha(group.get("alpha")), rank), router_weight=router_w,
+                        router_bias=router_b, down_f=down_f, content_router=content, centered=centered,
                         inv_scale=None if inv is None else inv.reshape(-1).float(), router=spec)
-
-
-def chimera_layers(layers: Mapping[str, AdapterLayer]) -> list[ChimeraLayer]:
-    return [layer for layer in layers.values() if isinstance(layer, ChimeraLayer)]
 
 
 def expert_names(num_content: int, num_freq: int) -> list[str]:
     return [f"content {i}" for i in range(num_content)] + [f"freq {j}" for j in range(num_freq)]
 
-
-def describe(layers: Mapping[str, AdapterLayer]) -> list[str]:
-    """Summary lines for the Chimera pools (empty when there are none)."""
-    chimeras = chimera_layers(layers)
-    if not chimeras:
-        return []
-    first = chimeras[0]
-    content = "cross-attention router on the text context" if first.content_router else "per-Linear router"
-    layout = "dual-A" if first.dual else "single-A"
-    lines = [f"ChimeraHydra ({layout}, {len(chimeras)} layers): applied. Content pool {first.num_content} experts "
-             f"({content}); frequency pool {first.num_freq} experts ({first.freq.describe()})"
-             + ("; centered gates" if first.centered else ""),
-             f"expert axis for pin / blend: 0..{first.num_content - 1} content, {first.num_content}.."
-             f"{first.num_experts - 1} frequency; pinning one expert turns the other pool off"]
-    return lines

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .adapter import Adapter
+from .basis import BasisCache
 from .distill import distill
 from .trainable import OrthoHydraLinear
 
@@ -20,10 +21,16 @@ def module_key(prefix: str) -> str:
 
 
 class OrthoHydraNetwork(nn.Module):
-    """One OrthoHydraLinear per adapted weight; ``replicated`` lists layers that hit the basis fallback."""
+    """One OrthoHydraLinear per adapted weight; ``replicated`` lists layers that hit the basis fallback.
+
+    Layers are built one weight at a time, each on its weight's device: with the model's own weights passed in
+    (any dtype), setup holds one weight's fp32 copy at a time, never a copy of them all.  ``basis_cache`` keeps the
+    SVD bases for the next run on the same weights.
+    """
 
     def __init__(self, weights: Mapping[str, torch.Tensor], rank: int, num_experts: int, *,
-                 alpha: float | None = None, init: str = "ortho", seed: int = 0, **layer_kwargs) -> None:
+                 alpha: float | None = None, init: str = "ortho", seed: int = 0,
+                 basis_cache: BasisCache | None = None, **layer_kwargs) -> None:
         super().__init__()
         self.prefixes: dict[str, str] = {}
         layers = nn.ModuleDict()
@@ -32,7 +39,7 @@ class OrthoHydraNetwork(nn.Module):
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 layer = OrthoHydraLinear(weight, rank, num_experts, alpha=alpha, init=init, seed=seed + i,
-                                         name=prefix, **layer_kwargs)
+                                         name=prefix, basis_cache=basis_cache, **layer_kwargs)
             if layer.basis_replicated:
                 self.replicated.append(prefix)
             elif caught:

@@ -22,6 +22,7 @@ from .routing import GateContext
 MODES = ("live", "pin", "blend", "bias", "temperature", "top_k", "profile", *STOCHASTIC_MODES)
 CONSTANT_MODES = ("pin", "blend", "profile")
 SIDES = ("both", "positive", "negative")
+POSITIONS_KEY = "override_positions"  # GateContext.extra: every override's keyframe position in this model call
 GROUPS = ("all", "attention", "mlp", "early", "middle", "late")
 
 
@@ -225,29 +226,39 @@ class Override:
         return Override(self.keyframes, self.scope, self.side, self.interpolation,
                         tuple(float(percent_to_sigma(k.start_percent)) for k in self.keyframes))
 
-    def gate(self, logits: torch.Tensor, layer: str, sampler_sigma: float | None) -> torch.Tensor | None:
-        """The gate of this override at this σ, or None before its first keyframe starts."""
+    def position(self, sampler_sigma: float | None) -> tuple[int, torch.Tensor] | None:
+        """(the keyframe in force at this σ, the linear blend weight toward the next one as a 0-d tensor), or None
+        before the first keyframe starts.  Resolved once per model call, outside any compiled graph, so a compiled
+        hook branches on the keyframe index (one graph per keyframe) and never specialises on σ itself."""
         frames = self.keyframes
         if sampler_sigma is None or self.sigmas is None:
-            return frames[0].rule.gate(logits, layer) if frames[0].start_percent == 0 else None
+            return (0, torch.zeros(())) if frames[0].start_percent == 0 else None
         active = [i for i, s in enumerate(self.sigmas) if sampler_sigma <= s + 1e-9 * max(1.0, abs(s))]
         if not active:
             return None
         i = active[-1]
-        gate = frames[i].rule.gate(logits, layer)
+        a = 0.0
         if self.interpolation == "linear" and i + 1 < len(frames):
             hi, lo = self.sigmas[i], self.sigmas[i + 1]
             if hi > lo:
                 a = min(max((hi - sampler_sigma) / (hi - lo), 0.0), 1.0)
-                gate = (1 - a) * gate + a * frames[i + 1].rule.gate(logits, layer)
+        return i, torch.tensor(a)
+
+    def gate(self, logits: torch.Tensor, layer: str, position: tuple[int, torch.Tensor] | None
+             ) -> torch.Tensor | None:
+        """The gate of this override at a :meth:`position`, or None before its first keyframe starts."""
+        if position is None:
+            return None
+        i, a = position
+        gate = self.keyframes[i].rule.gate(logits, layer)
+        if self.interpolation == "linear" and i + 1 < len(self.keyframes):
+            a = a.to(gate)
+            gate = (1 - a) * gate + a * self.keyframes[i + 1].rule.gate(logits, layer)
         return gate
 
-    def active_rule(self, sampler_sigma: float | None) -> GateRule | None:
-        """The keyframe rule in force at this σ (step interpolation), or None before the first keyframe."""
-        if sampler_sigma is None or self.sigmas is None:
-            return self.keyframes[0].rule if self.keyframes[0].start_percent == 0 else None
-        active = [i for i, s in enumerate(self.sigmas) if sampler_sigma <= s + 1e-9 * max(1.0, abs(s))]
-        return self.keyframes[active[-1]].rule if active else None
+    def active_rule(self, position: tuple[int, torch.Tensor] | None) -> GateRule | None:
+        """The keyframe rule in force at a :meth:`position` (step interpolation), or None before the first."""
+        return None if position is None else self.keyframes[position[0]].rule
 
     def describe(self) -> str:
         rules = "; ".join(f"{k.start_percent:.0%}: {k.rule.describe()}" for k in self.keyframes) \
@@ -273,6 +284,17 @@ class OverrideStack:
     def covering(self, layer: str) -> list[Override]:
         return [o for o in self.overrides if o.scope.matches(layer, self.num_blocks)]
 
+    def positions(self, sampler_sigma: float | None) -> tuple:
+        """Every override's :meth:`Override.position` at this σ, for a whole model call (``POSITIONS_KEY``)."""
+        return tuple(o.position(sampler_sigma) for o in self.overrides)
+
+    def _covering_at(self, context: GateContext) -> list[tuple[Override, tuple | None]]:
+        positions = context.extra.get(POSITIONS_KEY)
+        if positions is None or len(positions) != len(self.overrides):
+            positions = self.positions(context.extra.get("sampler_sigma"))
+        return [(o, p) for o, p in zip(self.overrides, positions, strict=True)
+                if o.scope.matches(context.layer, self.num_blocks)]
+
     def constant_gate(self, layer: str, num_experts: int) -> torch.Tensor | None:
         """(E,) when this layer's gate is fixed for every row and σ (foldable into the weights)."""
         covering = self.covering(layer)
@@ -286,21 +308,20 @@ class OverrideStack:
     def element_mix(self, context: GateContext) -> ElementMix | None:
         """The stochastic blend deciding this layer at this σ, if the deciding override has one."""
         deciding = None
-        for override in self.covering(context.layer):
-            rule = override.active_rule(context.extra.get("sampler_sigma"))
+        for override, position in self._covering_at(context):
+            rule = override.active_rule(position)
             if rule is not None and (override.side == "both" or context.extra.get("uncond_rows") is None):
                 deciding = rule
         return None if deciding is None else deciding.element_mix()
 
     def __call__(self, logits: torch.Tensor, context: GateContext) -> torch.Tensor:
         gate = torch.softmax(logits, -1)
-        covering = self.covering(context.layer)
+        covering = self._covering_at(context)
         if not covering:
             return gate
-        sampler_sigma = context.extra.get("sampler_sigma")
         uncond = context.extra.get("uncond_rows")
-        for override in covering:
-            new = override.gate(logits, context.layer, sampler_sigma)
+        for override, position in covering:
+            new = override.gate(logits, context.layer, position)
             if new is None:
                 continue
             if override.side == "both" or uncond is None:

@@ -13,11 +13,13 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from .errors import OrthoHydraError
+from .kind import FileKeys, Kind, alpha_or_rank, cpu_tensor, stored_alpha
 
 KEY = re.compile(r"^(?P<name>reft_unet_blocks_(?P<block>\d+))\.(?P<part>rotate_layer\.weight|learned_source\.weight|"
                  r"learned_source\.bias|alpha)$")
@@ -26,12 +28,14 @@ _PARTS = ("rotate_layer.weight", "learned_source.weight", "learned_source.bias")
 
 
 @dataclass(frozen=True)
-class ReFTEdit:
+class ReFTEdit(Kind):
     name: str  # reft_unet_blocks_<i>
     rotate: torch.Tensor  # R (r, d)
     source_weight: torch.Tensor  # W (r, d)
     source_bias: torch.Tensor  # b (r,)
-    alpha: float
+    alpha: float  # as stored (0 when absent), so a re-save writes it back unchanged
+
+    adapter_field: ClassVar[str] = "reft"
 
     @property
     def block(self) -> int:
@@ -47,13 +51,30 @@ class ReFTEdit:
 
     @property
     def scale(self) -> float:
-        return (self.alpha if self.alpha else self.rank) / self.rank
+        return alpha_or_rank(self.alpha, self.rank) / self.rank
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"rotate": self.rotate, "source_weight": self.source_weight, "source_bias": self.source_bias}
 
     def with_tensors(self, **tensors: torch.Tensor) -> ReFTEdit:
         return replace(self, **tensors)
+
+    @classmethod
+    def read(cls, file: FileKeys) -> dict[str, ReFTEdit]:
+        keys = [k for k in file.remaining() if is_reft_key(k)]
+        file.take(keys)
+        return parse({k: file.tensors[k] for k in keys}, file.path)
+
+    @classmethod
+    def summary_lines(cls, layers: list[ReFTEdit]) -> list[str]:
+        return [f"ReFT block edits on {len(layers)} blocks (rank {layers[0].rank}), applied to the block outputs"]
+
+    def file_tensors(self, prefix: str, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        """The reference layout, always fp32."""
+        return {f"{prefix}.rotate_layer.weight": cpu_tensor(self.rotate, torch.float32),
+                f"{prefix}.learned_source.weight": cpu_tensor(self.source_weight, torch.float32),
+                f"{prefix}.learned_source.bias": cpu_tensor(self.source_bias, torch.float32),
+                f"{prefix}.alpha": torch.tensor(float(self.alpha))}
 
     def edit(self, h: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
         """``h + strength · s · Rᵀ(W h + b)`` over the last dimension, in h's dtype."""
@@ -86,18 +107,6 @@ def parse(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike | None = 
             raise OrthoHydraError(f"rotate_layer {tuple(rotate.shape)}, learned_source {tuple(weight.shape)} and bias "
                                   f"{tuple(bias.shape)} do not fit one (r, d) edit.", path=path,
                                   key=f"{name}.learned_source.weight", fix="the file is damaged; re-export it")
-        alpha = parts.get("alpha")
-        edits[name] = ReFTEdit(name, rotate, weight, bias, float(alpha.float().reshape(-1)[0]) if alpha is not None
-                               and alpha.numel() else 0.0)
+        edits[name] = ReFTEdit(name, rotate, weight, bias, stored_alpha(parts.get("alpha")))
     return edits
 
-
-def state_dict(edits: Mapping[str, ReFTEdit]) -> dict[str, torch.Tensor]:
-    """The reference layout, for saving."""
-    out = {}
-    for name, e in edits.items():
-        out[f"{name}.rotate_layer.weight"] = e.rotate.detach().cpu().contiguous()
-        out[f"{name}.learned_source.weight"] = e.source_weight.detach().cpu().contiguous()
-        out[f"{name}.learned_source.bias"] = e.source_bias.detach().cpu().contiguous()
-        out[f"{name}.alpha"] = torch.tensor(float(e.alpha))
-    return out

@@ -85,11 +85,16 @@ def similarity(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def weight_digest(weight: torch.Tensor) -> str:
-    """A content hash of the weight's fp32 values: the cache key (names lie; two bases share names)."""
-    data = weight.detach().float().contiguous().cpu()
+    """A content hash of the weight's stored values, dtype and shape: the cache key (names lie; two bases share names).
+
+    It hashes the bytes as stored, one weight at a time, with no fp32 copy: a 2 B-parameter bf16 model hashes in
+    seconds.  Equal values stored in two dtypes get two keys, which costs a recomputation, never a wrong hit.
+    """
+    data = weight.detach()
+    data = (data.cpu() if data.device.type != "cpu" else data).contiguous()
     h = hashlib.blake2b(digest_size=16)
-    h.update(str(tuple(data.shape)).encode())
-    h.update(data.view(torch.uint8).numpy().tobytes())
+    h.update(f"{tuple(data.shape)} {data.dtype}".encode())
+    h.update(memoryview(data.reshape(-1).view(torch.uint8).numpy()))
     return h.hexdigest()
 
 

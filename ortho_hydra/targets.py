@@ -9,6 +9,10 @@ that we resolve the two fusion mismatches ourselves:
 * fused file, split model: a ``…_qkv_proj`` / ``…_kv_proj`` layer is chunked along ``out``;
 * the reference trainer's runtime names for adaLN legs (``…_adaln_up_<branch>``) map to ComfyUI's
   ``…_adaln_modulation_<branch>_2``.
+
+Where the host knows a fused weight's real row layout (``fused_layouts``: grouped-query attention gives q more
+rows than k and v), split q/k/v legs are placed from it, whatever the key map's slice says; every slice is checked
+against the weight it lands in, so a wrong map is refused instead of writing outside the weight.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from dataclasses import dataclass, field
 from .layer import AdapterLayer
 
 KeyMapValue = str | tuple
+FusedLayout = Mapping[str, tuple[int, int]]  # part ("q", "k", "v") -> (first row, rows)
 _SPLIT = re.compile(r"^(?P<stem>.*[_.])(?P<part>q|k|v)(?P<tail>(?:_proj)?)$")
 _FUSED = re.compile(r"^(?P<stem>.*[_.])(?P<group>qkv|kv)(?P<tail>(?:_proj)?)$")
 _GROUPS = {"qkv": ("q", "k", "v"), "kv": ("k", "v")}
@@ -42,17 +47,25 @@ class Target:
     legs: list[Leg] = field(default_factory=list)
 
 
+class KeyMapSliceError(ValueError):
+    """The host's key map puts a layer's rows outside the weight it names (the map is wrong, not the file)."""
+
+
 @dataclass
 class PatchPlan:
     targets: dict[str, Target]
     matched: list[str]
     unmatched: list[str]
+    relocated: list[str] = field(default_factory=list)  # legs placed from the model's layout, not the key map
 
     def coverage(self) -> str:
         """One compact line, never a line per key."""
         line = f"{len(self.matched)} adapter layers matched onto {len(self.targets)} model Linears"
         if self.unmatched:
             line += f"; {len(self.unmatched)} unmatched: {summarize(self.unmatched)}"
+        if self.relocated:
+            line += (f"; {len(self.relocated)} q/k/v slices placed from the model's head counts where the host's key "
+                     f"map disagrees: {summarize(self.relocated)}")
         return line
 
 
@@ -90,23 +103,32 @@ def summarize(names: list[str], limit: int = 4) -> str:
 
 
 def plan(layers: Mapping[str, AdapterLayer], key_map: Mapping[str, KeyMapValue],
-         weight_shapes: Mapping[str, tuple[int, ...]]) -> PatchPlan:
-    """Resolve every adapter layer to (module, output slice); ``weight_shapes`` keyed by weight key."""
+         weight_shapes: Mapping[str, tuple[int, ...]],
+         fused_layouts: Mapping[str, FusedLayout] | None = None) -> PatchPlan:
+    """Resolve every adapter layer to (module, output slice); ``weight_shapes`` and ``fused_layouts`` keyed by
+    weight key.  Raises :class:`KeyMapSliceError` for a key-map slice outside its weight, ``ValueError`` for an
+    adapter whose width does not fit."""
     targets: dict[str, Target] = {}
     matched: list[str] = []
     unmatched: list[str] = []
+    relocated: list[str] = []
 
     def add(weight_key: str, layer, offset: int = 0, size: int | None = None) -> None:
         shape = weight_shapes.get(weight_key)
         if shape is None or len(shape) != 2:
             raise KeyError(weight_key)
+        rows = int(shape[0])
+        if size is not None and (offset < 0 or size <= 0 or offset + size > rows):
+            raise KeyMapSliceError(f"{layer.name}: the key map places it at rows {offset}-{offset + size} of "
+                                   f"{weight_key}, which has {rows} rows")
         module = _module_of(weight_key)
-        target = targets.setdefault(module, Target(module=module, out_features=int(shape[0])))
+        target = targets.setdefault(module, Target(module=module, out_features=rows))
         target.legs.append(Leg(layer, offset, size))
 
+    resolver = _Resolver(key_map, weight_shapes, fused_layouts or {}, add, relocated)
     for name, layer in layers.items():
         try:
-            if _resolve(name, layer, key_map, weight_shapes, add):
+            if resolver.resolve(name, layer):
                 matched.append(name)
                 continue
         except KeyError:
@@ -119,43 +141,76 @@ def plan(layers: Mapping[str, AdapterLayer], key_map: Mapping[str, KeyMapValue],
             if out != size:
                 raise ValueError(f"{leg.layer.name}: adapter writes {out} outputs but {target.module} "
                                  f"{'slice' if leg.size is not None else 'Linear'} has {size}")
-    return PatchPlan(targets=targets, matched=matched, unmatched=unmatched)
+    return PatchPlan(targets=targets, matched=matched, unmatched=unmatched, relocated=relocated)
 
 
-def _resolve(name: str, layer, key_map: Mapping[str, KeyMapValue], weight_shapes, add) -> bool:
-    """Try the direct name, its aliases, then the two fusion directions; add legs on success."""
-    candidates = [name] + [pattern.sub(repl, name) for pattern, repl in _ALIASES if pattern.search(name)]
-    for candidate in candidates:
-        if candidate in key_map:
-            key, slice_, transform = _weight_key(key_map[candidate])
-            if transform is not None:
-                layer = layer.output_mapped(transform)
-            if slice_ is None:
-                add(key, layer)
-            elif slice_[0] == 0:
-                add(key, layer, slice_[1], slice_[2])
-            else:
-                return False
-            return True
-    split = _SPLIT.match(name)
-    if split:
-        for group, parts in _GROUPS.items():
-            fused_name = f"{split['stem']}{group}{split['tail']}"
-            if split["part"] in parts and fused_name in key_map:
-                key = _weight_key(key_map[fused_name])[0]
-                size = int(weight_shapes[key][0]) // len(parts)
-                add(key, layer, parts.index(split["part"]) * size, size)
+@dataclass
+class _Resolver:
+    key_map: Mapping[str, KeyMapValue]
+    weight_shapes: Mapping[str, tuple[int, ...]]
+    fused_layouts: Mapping[str, FusedLayout]
+    add: Callable
+    relocated: list[str]
+
+    def resolve(self, name: str, layer) -> bool:
+        """Try the direct name, its aliases, then the two fusion directions; add legs on success."""
+        candidates = [name] + [pattern.sub(repl, name) for pattern, repl in _ALIASES if pattern.search(name)]
+        for candidate in candidates:
+            if candidate in self.key_map:
+                key, slice_, transform = _weight_key(self.key_map[candidate])
+                if transform is not None:
+                    layer = layer.output_mapped(transform)
+                if slice_ is None:
+                    self.add(key, layer)
+                elif slice_[0] == 0:
+                    offset, size = slice_[1], slice_[2]
+                    placed = self._part_rows(candidate, key)
+                    if placed is not None and placed != (offset, size):
+                        self.relocated.append(name)
+                        offset, size = placed
+                    self.add(key, layer, offset, size)
+                else:
+                    return False
                 return True
-    fused = _FUSED.match(name)
-    if fused:
-        parts = _GROUPS[fused["group"]]
-        split_names = [f"{fused['stem']}{p}{fused['tail']}" for p in parts]
-        if all(n in key_map for n in split_names):
-            for i, split_name in enumerate(split_names):
-                key = _weight_key(key_map[split_name])[0]
-                add(key, layer.chunk(i, len(parts), split_name))
-            return True
-    return False
+        split = _SPLIT.match(name)
+        if split:
+            for group, parts in _GROUPS.items():
+                fused_name = f"{split['stem']}{group}{split['tail']}"
+                if split["part"] in parts and fused_name in self.key_map:
+                    key = _weight_key(self.key_map[fused_name])[0]
+                    offset, size = self._part_rows(name, key) or self._equal_part(key, parts, split["part"])
+                    self.add(key, layer, offset, size)
+                    return True
+        fused = _FUSED.match(name)
+        if fused:
+            parts = _GROUPS[fused["group"]]
+            split_names = [f"{fused['stem']}{p}{fused['tail']}" for p in parts]
+            if all(n in self.key_map for n in split_names):
+                for i, split_name in enumerate(split_names):
+                    key = _weight_key(self.key_map[split_name])[0]
+                    self.add(key, layer.chunk(i, len(parts), split_name))
+                return True
+        return False
+
+    def _part_rows(self, name: str, weight_key: str) -> tuple[int, int] | None:
+        return layout_rows(name, self.fused_layouts.get(weight_key))
+
+    def _equal_part(self, weight_key: str, parts: tuple[str, ...], part: str) -> tuple[int, int]:
+        rows = int(self.weight_shapes[weight_key][0])
+        if rows % len(parts):
+            raise KeyMapSliceError(f"{weight_key} has {rows} rows, which do not split into {len(parts)} equal "
+                                   f"{'/'.join(parts)} parts, and the host gave no layout for it")
+        size = rows // len(parts)
+        return parts.index(part) * size, size
+
+
+def layout_rows(name: str, layout: FusedLayout | None) -> tuple[int, int] | None:
+    """The (first row, rows) a fused weight's own layout gives the q/k/v part that layer ``name`` ends in."""
+    split = _SPLIT.match(name)
+    if split is None or layout is None or split["part"] not in layout:
+        return None
+    offset, size = layout[split["part"]]
+    return int(offset), int(size)
 
 
 def merge_shared_legs(target: Target) -> list[Leg]:

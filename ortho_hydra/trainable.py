@@ -7,10 +7,10 @@ import math
 import torch
 from torch import nn
 
-from .basis import disjoint_basis
+from .basis import BasisCache, disjoint_basis
 from .cayley import cayley
 from .layer import GateSink
-from .routing import GateOverride, RouterSpec, project_down, rms_pool
+from .routing import GateOverride, RouterSpec
 from .runtime import ExpertLayer
 
 INIT_MODES = ("ortho", "ortho_out", "ortho_init", "zero", "jitter", "jitter_zero_sum")
@@ -37,7 +37,8 @@ class OrthoHydraLinear(nn.Module):
     def __init__(self, weight: torch.Tensor, rank: int, num_experts: int, *, alpha: float | None = None,
                  init: str = "ortho", jitter_std: float = 0.1, centered_gate: bool = False,
                  centered_lambda_init: float = 1e-2, sigma_feature_dim: int = 0, seed: int = 0,
-                 name: str = "", slot: int = 0, slots: int = 0, router_std: float = 0.01) -> None:
+                 name: str = "", slot: int = 0, slots: int = 0, router_std: float = 0.01,
+                 basis_cache: BasisCache | None = None) -> None:
         super().__init__()
         if init not in INIT_MODES:
             raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INIT_MODES)}")
@@ -59,7 +60,8 @@ class OrthoHydraLinear(nn.Module):
             raise ValueError(f"{name or 'layer'}: slot training needs one expert, init ortho or ortho_out and "
                              f"0 <= slot < slots (got {num_experts} experts, init {init}, slot {slot} of {slots})")
         if init in ORTHO_MODES:
-            basis = disjoint_basis(weight, slots or num_experts, rank, seed=BASIS_SEED if slots else seed)
+            bases = basis_cache.get if basis_cache is not None else disjoint_basis
+            basis = bases(weight, slots or num_experts, rank, seed=BASIS_SEED if slots else seed)
             if slots and basis.replicated:
                 raise ValueError(f"{name or 'layer'}: {slots} slots x rank {rank} exceed min(out, in) = "
                                  f"{min(out_features, in_features)}; no disjoint slots fit")
@@ -124,8 +126,7 @@ class OrthoHydraLinear(nn.Module):
     @torch.no_grad()
     def router_input(self, x: torch.Tensor) -> torch.Tensor:
         """The pooled rank-r projection (B, r) the router reads, before any standardisation."""
-        down, _ = self.factors()
-        return rms_pool(project_down(x, down.to(x.dtype), None))
+        return self.as_runtime().router_input(x)
 
     @torch.no_grad()
     def calibrate_router(self, pooled: torch.Tensor) -> None:
@@ -160,7 +161,8 @@ class OrthoHydraLinear(nn.Module):
         Its value is the forward's gate; its gradient reaches this layer's router and the down projection the router
         reads through, never x (hence no adapter upstream).  Label guidance trains on it: with the gradient through
         x, every layer's gate/label cross-entropy also reshaped all earlier adapters into style classifiers, which
-        cost ortho_init + guidance 14-50 % of the single LoRA's held-out loss at σ 0.1-0.25 (bench/style_separation.py).
+        cost ortho_init + guidance 14-50 % of the single LoRA's held-out loss at σ 0.1-0.25
+        (experiments/style_separation).
         """
         return self.as_runtime().gate(x.detach(), sigma)
 

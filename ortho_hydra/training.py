@@ -142,11 +142,17 @@ def balance_starts_at(balance_start: float, total_steps: int) -> int:
 class StepGates(dict):
     """The routing distributions of the current micro-step, by layer: the trainer's one explicit gate store.
 
-    Hooks call it as a gate sink; the loop reads it for the balance and label terms, then clears it.
+    Hooks call it as a gate sink; the loop reads it for the balance and label terms, then clears it.  Gates keep
+    their autograd graph only while ``needs_graph`` (a loss term reads them); otherwise they are stored detached, so
+    the store holds no graph past the backward pass.
     """
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.needs_graph = True
+
     def __call__(self, layer: str, gate: torch.Tensor, context=None) -> None:
-        self[layer] = gate
+        self[layer] = gate if self.needs_graph else gate.detach()
 
 
 @dataclass

@@ -28,8 +28,8 @@ import torch
 
 from .adapter import Adapter
 from .errors import OrthoHydraError
+from .kind import Capability
 from .layer import AdapterLayer
-from .runtime import ExpertLayer, PlainLoRA
 from .subspace import Subspace, SubspaceCache, similarity
 
 MODES = ("subspace", "subspace+null", "copy")
@@ -120,17 +120,10 @@ def _both_sides(x: torch.Tensor, source: torch.Tensor | None, target: torch.Tens
 
 
 def _moved_factors(layer: AdapterLayer, src: Subspace | None, tgt: Subspace, mode: str) -> AdapterLayer:
-    down = layer.folded_down()
+    layer.require(Capability.TRANSFER, key=layer.name)
     src_u, src_v = (src.u, src.v) if src is not None else (None, None)
-    new_down = _both_sides(down.T, src_v, tgt.v, mode).T.contiguous()
-    if isinstance(layer, ExpertLayer):
-        ups = torch.stack([_both_sides(up, src_u, tgt.u, mode) for up in layer.ups])
-        return replace(layer, down=new_down.to(layer.down.dtype), ups=ups.to(layer.ups.dtype), inv_scale=None)
-    if isinstance(layer, PlainLoRA):
-        up = _both_sides(layer.up, src_u, tgt.u, mode)
-        return replace(layer, down=new_down.to(layer.down.dtype), up=up.to(layer.up.dtype), inv_scale=None)
-    raise OrthoHydraError(f"{layer.name}: a {type(layer).__name__} layer cannot be transferred.", key=layer.name,
-                          fix="transfer LoRA or Ortho-Hydra layers only")
+    new_down = _both_sides(layer.folded_down().T, src_v, tgt.v, mode).T.contiguous()
+    return layer.transferred(new_down, lambda up: _both_sides(up, src_u, tgt.u, mode))
 
 
 def _uniform_delta_norm(layer: AdapterLayer) -> float:

@@ -40,12 +40,13 @@ def boot(comfy_dir: Path, cpu: bool) -> None:
     import nodes  # noqa: F401
 
 
-def import_pack() -> ModuleType:
-    """This repository as the custom-node package ComfyUI would see (after :func:`boot`)."""
+def import_pack(root: Path = PACK_ROOT) -> ModuleType:
+    """This repository (or another checkout of the pack at ``root``: a benchmark's earlier trainer) as the custom-node
+    package ComfyUI would see (after :func:`boot`).  One process holds one checkout's pack."""
     if PACK_MODULE in sys.modules:
         return sys.modules[PACK_MODULE]
-    spec = importlib.util.spec_from_file_location(PACK_MODULE, PACK_ROOT / "__init__.py",
-                                                  submodule_search_locations=[str(PACK_ROOT)])
+    spec = importlib.util.spec_from_file_location(PACK_MODULE, root / "__init__.py",
+                                                  submodule_search_locations=[str(root)])
     module = importlib.util.module_from_spec(spec)
     sys.modules[PACK_MODULE] = module
     spec.loader.exec_module(module)

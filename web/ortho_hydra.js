@@ -45,16 +45,21 @@ function clearMixer(node) {
   node.widgets = (node.widgets || []).filter((w) => !w.name.startsWith(MIXER_PREFIX));
 }
 
-// After widget changes. The canvas only needs a new size. Nodes 2.0 (front end 1.32) renders a copy of each
-// widget's value and options that its node manager takes when a node is added to the graph, so announce the
-// node again through the graph's onNodeAdded hook; that hook also re-wraps every widget callback, so the
-// callbacks are put back afterwards instead of nesting one wrapper deeper per change.
+// After widget changes. The canvas only needs a new size. Nodes 2.0 differs by front end:
+// - 1.3x renders a copy of each widget's value and options that its node manager takes when a node is added to the
+//   graph, so the node is announced again through the graph's onNodeAdded hook; that hook also re-wraps every widget
+//   callback, so the callbacks are put back afterwards instead of nesting one wrapper deeper per change.
+// - 1.49 binds each widget to its reactive widget store (the widget then has a widgetId) and re-renders from it when a
+//   value changes or a widget is added or removed, reading options.hidden afresh. Announcing the node again there
+//   wraps its node.widgets accessor once more per change, so every later read of node.widgets walks one getter
+//   deeper (measured: 2000 reads after 600 mode changes took 42 s, 0.07 s without): never re-announce a store-bound node.
 function refresh(node) {
   node.setSize([node.size[0], node.computeSize()[1]]);
   const graph = node.graph;
   // while a workflow loads, the manager takes its copy after the graph is configured anyway
   const vue = globalThis.LiteGraph?.vueNodesMode && !app.configuringGraph;
-  if (vue && graph?.onNodeAdded && graph.getNodeById(node.id) === node) {
+  const storeBound = (node.widgets || []).some((w) => w.widgetId != null);
+  if (vue && !storeBound && graph?.onNodeAdded && graph.getNodeById(node.id) === node) {
     const callbacks = (node.widgets || []).map((w) => [w, w.callback]);
     graph.onNodeAdded(node);
     for (const [w, callback] of callbacks) w.callback = callback;
@@ -95,6 +100,7 @@ function usedWidgets(node) {
 
 // The canvas's widget layout (front end 1.32) still gives a hidden widget its row; a computeSize of zero height
 // takes it out (it wins over a DOM widget's computeLayoutSize too). The widget's own one comes back on show.
+// 1.49 lays out only the widgets its getLayoutWidgets returns (not hidden ones), so there this changes nothing.
 const ZERO_SIZE = () => [0, -4];
 function collapse(w, hidden) {
   if (hidden && !("ohComputeSize" in w)) {
@@ -177,6 +183,10 @@ function pushBlend(node) {
   updateVisibility(node);
 }
 
+// storedValue: front end 1.49 keeps each widget's value in its widget store under graph, node and widget name, and a
+// removed widget's entry stays there; a widget added later under the same name takes that old value instead of the
+// one given to addWidget. So a rebuilt mixer would show the sliders as they were, not the router's weights: each
+// mixer widget gets its value again once added.
 async function buildMixer(node) {
   // a workflow load fires many connection changes: only the latest build may touch the widgets
   const token = (node.ohBuild = (node.ohBuild || 0) + 1);
@@ -197,11 +207,12 @@ async function buildMixer(node) {
   const current = text ? text.split(",").map(Number) : [];
   info.expert_names.forEach((label, e) => {
     const start = Number.isFinite(current[e]) ? current[e] : 1 / info.num_experts;
-    // the value is set here too: Nodes 2.0 only writes it back into widgets it saw when the node was added
+    // the callback sets the value too: Nodes 2.0 (1.3x) only writes it back into widgets it saw when the node was added
     const slider = transient(node.addWidget("slider", `${MIXER_PREFIX} w ${e}: ${label}`, start, (v) => {
       slider.value = Number(v);
       pushBlend(node);
     }, { min: 0, max: 1, step: 0.01, precision: 2 }));
+    slider.value = start; // see storedValue
   });
   info.expert_names.forEach((label, e) => {
     transient(node.addWidget("button", `${MIXER_PREFIX} pin ${e}: ${label}`, null, () => {
@@ -217,8 +228,17 @@ async function buildMixer(node) {
     if (renorm) renorm.value = !!v;
     refresh(node);
   }));
+  normalise.value = renorm ? renorm.value : true; // see storedValue
   node.setSize([Math.max(node.size[0], 320), node.size[1]]);
   refresh(node);
+}
+
+// Builds are requested by the node's creation, every connection change (many while a workflow loads), the loader's
+// file and the refresh button; ohMixerPending counts those not yet finished, so anyone (the browser test too) can
+// tell when the mixer has settled.
+function requestMixer(node, delay = 0) {
+  node.ohMixerPending = (node.ohMixerPending || 0) + 1;
+  setTimeout(() => buildMixer(node).finally(() => { node.ohMixerPending -= 1; }), delay);
 }
 
 function drawChart(node) {
@@ -260,21 +280,21 @@ app.registerExtension({
       lora.callback = function (...args) {
         const result = original?.apply(this, args);
         for (const other of app.graph._nodes) {
-          if (other.comfyClass === "OrthoHydraRouter") buildMixer(other);
+          if (other.comfyClass === "OrthoHydraRouter") requestMixer(other);
         }
         return result;
       };
     }
     if (node.comfyClass === "OrthoHydraRouter") {
       setupRouter(node);
-      transient(node.addWidget("button", "refresh experts", null, () => buildMixer(node)));
+      transient(node.addWidget("button", "refresh experts", null, () => requestMixer(node)));
       const original = node.onConnectionsChange;
       node.onConnectionsChange = function (...args) {
         const result = original?.apply(this, args);
-        setTimeout(() => buildMixer(node), 0);
+        requestMixer(node);
         return result;
       };
-      setTimeout(() => buildMixer(node), 50);
+      requestMixer(node, 50);
     }
     if (node.comfyClass === "OrthoHydraTrain") {
       const canvas = document.createElement("canvas");

@@ -56,14 +56,21 @@ UIS = ["canvas", "nodes2"]
 @pytest.fixture(params=UIS)
 def ui(request, page):
     """Switch the front end between the canvas and Vue nodes; each test then loads its own workflow."""
-    page.evaluate("on => window.app.extensionManager.setting.set('Comfy.VueNodes.Enabled', on)",
-                  request.param == "nodes2")
-    page.wait_for_timeout(500)
+    on = request.param == "nodes2"
+    page.evaluate("on => window.app.extensionManager.setting.set('Comfy.VueNodes.Enabled', on)", on)
+    page.wait_for_function("on => window.LiteGraph.vueNodesMode === on", arg=on)
     return request.param
 
 
 def _shot(name: str, ui: str) -> Path:
     return ARTIFACTS / (f"{name}.png" if ui == "canvas" else f"{name}_nodes2.png")
+
+
+def _frames(page, count: int = 2) -> None:
+    """Wait until the page has drawn ``count`` more frames: the canvas lays widgets out and Vue patches the DOM by
+    then (both run on the frame after a change)."""
+    page.evaluate("n => new Promise(done => { const step = k => k ? requestAnimationFrame(() => step(k - 1)) : done();"
+                  " step(n); })", count)
 
 
 def _show(page, node_type: str, path: Path) -> None:
@@ -84,7 +91,7 @@ def _show(page, node_type: str, path: Path) -> None:
         const x = (n.pos[0] + c.ds.offset[0]) * scale, y = (n.pos[1] - title + c.ds.offset[1]) * scale;
         return {x: Math.max(0, x - 8), y: Math.max(top, y - 8), width: (n.size[0] + 16 / scale) * scale,
                 height: (n.size[1] + title + 16 / scale) * scale, top}; }""", node_type)
-    page.wait_for_timeout(800)
+    _frames(page)
     vue = page.evaluate("""([t, top]) => {  // a Vue node is taller than its LiteGraph size: fit its element
         const n = window.app.graph._nodes.find(n => n.comfyClass === t);
         const el = LiteGraph.vueNodesMode && document.querySelector(`[data-node-id="${n.id}"]`);
@@ -97,7 +104,7 @@ def _show(page, node_type: str, path: Path) -> None:
                           / c.ds.scale;
         window.app.graph.setDirtyCanvas(true, true); return true; }""", [node_type, rect["top"]])
     if vue:
-        page.wait_for_timeout(800)
+        _frames(page)
         rect = page.evaluate("""t => { const n = window.app.graph._nodes.find(n => n.comfyClass === t);
             const r = document.querySelector(`[data-node-id="${n.id}"]`).getBoundingClientRect();
             return {x: Math.max(0, r.left - 8), y: Math.max(0, r.top - 8), width: r.width + 16,
@@ -142,23 +149,50 @@ def _set(page, name, value) -> None:
 def _visible(page, ui: str) -> set[str]:
     """The router widgets the user sees: the canvas asks the node; Nodes 2.0 reads the rendered widget rows
     (a row's label, or a text box's aria-label)."""
+    _frames(page)
     if ui == "canvas":
-        page.wait_for_timeout(150)  # a frame lays the widgets out
-        names, gap = page.evaluate(f"""() => {{ const n = ({ROUTER})();
-            return [n.widgets.filter(w => n.isWidgetVisible(w)).map(w => w.name),
-                    n.widgets.filter(w => !n.isWidgetVisible(w)).reduce((h, w) => h + (w.computedHeight ?? 0), 0)];
-            }}""")
-        assert gap == 0  # hidden widgets leave no empty rows
+        # Empty rows, three ways, each 0:
+        # - height the front end gives hidden widgets in its layout. Front end 1.3x lays out every widget;
+        #   1.49 only those its getLayoutWidgets returns (the shown ones), leaving a hidden widget's computedHeight
+        #   as it was when last shown, which is no row;
+        # - space between one shown row's end and the next one's start;
+        # - node height beyond what its shown widgets need (computeSize).
+        names, hidden_rows, holes, spare = page.evaluate(f"""() => {{ const n = ({ROUTER})();
+            const shown = n.widgets.filter(w => n.isWidgetVisible(w)), laidOut = n.getLayoutWidgets?.() ?? n.widgets;
+            return [shown.map(w => w.name),
+                    laidOut.filter(w => !n.isWidgetVisible(w)).reduce((h, w) => h + (w.computedHeight ?? 0), 0),
+                    shown.slice(1).reduce((h, w, i) => h + Math.abs(w.y - shown[i].y - shown[i].computedHeight), 0),
+                    n.size[1] - n.computeSize()[1]]; }}""")
+        assert (hidden_rows, holes, spare) == (0, 0, 0)  # hidden widgets leave no empty rows
     else:
-        page.wait_for_timeout(150)  # Vue renders on the next tick
         names = page.evaluate(f"""() => Array.from(({NODE_EL})(({ROUTER})()).querySelectorAll('.lg-node-widget'))
             .map(e => e.querySelector('textarea')?.getAttribute('aria-label') || e.innerText.trim().split('\\n')[0])""")
     return set(names) & set(ROUTER_WIDGETS)
 
 
+# Nodes 2.0 reads node.widgets through an accessor its node manager puts on the node. This probe wraps it once and
+# notes how deep the call stack is when a read of node.widgets reaches the probe: if anything wraps the accessor
+# again on every widget change, every read walks one getter deeper per change and the page slows down for good.
+WIDGETS_DEPTH = f"""() => {{ const n = ({ROUTER})();
+    if (!n.ohDepthProbe) {{
+        const below = Object.getOwnPropertyDescriptor(n, 'widgets');
+        n.ohDepthProbe = {{ depth: null }};
+        Object.defineProperty(n, 'widgets', {{ configurable: true, enumerable: true, set: below.set,
+            get() {{ if (n.ohDepthProbe.on) n.ohDepthProbe.depth = new Error().stack.split('\\n').length;
+                     return below.get.call(this); }} }});
+    }}
+    const limit = Error.stackTraceLimit;
+    Error.stackTraceLimit = Infinity;
+    n.ohDepthProbe.on = true; n.ohDepthProbe.depth = null; n.widgets; n.ohDepthProbe.on = false;
+    Error.stackTraceLimit = limit;
+    return n.ohDepthProbe.depth; }}"""
+
+
 def test_router_shows_only_the_widgets_its_mode_reads(page, ui):
     _load(page, "02_pin_blend_gallery.json")
     page.wait_for_function(f"() => ({ROUTER})().widgets.some(w => w.name.startsWith('mix: w '))", timeout=30_000)
+    page.wait_for_function(f"() => ({ROUTER})().ohMixerPending === 0")
+    depth = page.evaluate(WIDGETS_DEPTH) if ui == "nodes2" else None
     for mode, extra in PER_MODE.items():
         _set(page, "mode", mode)
         assert _visible(page, ui) == PLAIN | extra, mode
@@ -178,6 +212,10 @@ def test_router_shows_only_the_widgets_its_mode_reads(page, ui):
     _set(page, "schedule (keyframes)", False)
     assert page.evaluate(f"() => ({ROUTER})().widgets.find(w => w.name === 'keyframes').value") == ""
     assert _visible(page, ui) == PLAIN | {"expert", "interpolation"}
+    if ui == "nodes2":
+        assert depth is not None
+        after = page.evaluate(WIDGETS_DEPTH)  # None: a front end (1.3x) that replaced the accessor, not wrapped it
+        assert after is None or after == depth, f"reads of node.widgets went {after - depth} getters deeper"
 
 
 def _router_values(page) -> list:
@@ -218,7 +256,7 @@ def test_mixer_shows_one_slider_per_expert_and_drives_the_prompt(server, page, u
     _load(page, "02_pin_blend_gallery.json")
     page.wait_for_function(f"() => ({ROUTER})().widgets.filter(w => w.name.startsWith('mix: w ')).length === 2",
                            timeout=30_000)
-    page.wait_for_timeout(1000)  # let any late connection-change rebuilds settle
+    page.wait_for_function(f"() => ({ROUTER})().ohMixerPending === 0")  # late connection-change rebuilds too
     assert page.evaluate(f"() => ({ROUTER})().widgets.filter(w => w.name.startsWith('mix: w ')).length") == 2
     labels = page.evaluate(f"() => ({ROUTER})().widgets.filter(w => w.name.startsWith('mix: ')).map(w => w.name)")
     assert any(demo_assets.STYLE_NAMES[1] in label for label in labels)
@@ -227,7 +265,7 @@ def test_mixer_shows_one_slider_per_expert_and_drives_the_prompt(server, page, u
         page.evaluate(f"""() => {{ const el = ({NODE_EL})(({ROUTER})());
             const b = Array.from(el.querySelectorAll('button')).find(b => b.innerText.includes('mix: pin 0'));
             b.click(); }}""")
-        page.wait_for_timeout(200)
+        page.wait_for_function(f"() => ({ROUTER})().widgets.find(w => w.name === 'mode').value === 'pin'")
         assert page.evaluate(f"() => ({ROUTER})().widgets.find(w => w.name === 'expert').value") == 0
     # move the second expert's slider the way the canvas does: set the value, fire the widget callback
     page.evaluate(f"""() => {{
@@ -254,6 +292,29 @@ def test_mixer_shows_one_slider_per_expert_and_drives_the_prompt(server, page, u
                              ".map(e => e.innerText)")
         assert sum("mix: w" in r for r in rows) == 2
     _show(page, "OrthoHydraRouter", _shot("mixer", ui))
+
+
+def test_rebuilt_mixer_starts_from_the_router_values(page, ui):
+    """A rebuilt mixer (refresh experts, a new adapter) shows the router's weights and renormalize, not what its
+    sliders showed before: front end 1.49 hands a new widget the stored value of a removed one of the same name."""
+    _load(page, "02_pin_blend_gallery.json")
+    page.wait_for_function(f"() => ({ROUTER})().widgets.some(w => w.name.startsWith('mix: w '))", timeout=30_000)
+    page.wait_for_function(f"() => ({ROUTER})().ohMixerPending === 0")
+    mixer = f"() => ({ROUTER})().widgets.filter(w => /^mix: (w |normalise)/.test(w.name)).map(w => w.value)"
+    assert page.evaluate(mixer) == [0.5, 0.5, True]
+    _set(page, "mode", "blend")
+    _set(page, "weights", "0.3,0.7")
+    _set(page, "renormalize", False)
+    page.evaluate(f"() => ({ROUTER})().widgets.find(w => w.name === 'refresh experts').callback()")
+    page.wait_for_function(f"() => ({ROUTER})().ohMixerPending === 0")
+    assert page.evaluate(mixer) == [0.3, 0.7, False]
+    if ui == "nodes2":  # and the Vue node draws those values
+        _frames(page)
+        drawn = page.evaluate(f"""() => {{ const rows = Array.from(({NODE_EL})(({ROUTER})())
+            .querySelectorAll('.lg-node-widget')).filter(e => /mix: (w |normalise)/.test(e.innerText));
+            return rows.map(e => e.querySelector('[role=slider]')?.getAttribute('aria-valuenow')
+                                 ?? e.querySelector('[role=switch]')?.getAttribute('aria-checked')); }}""")
+        assert drawn == ["0.3", "0.7", "false"]
 
 
 def test_training_chart_receives_points(server, page, ui):
@@ -301,6 +362,6 @@ def test_every_example_workflow_loads_with_no_missing_nodes(page, name):
     assert page.evaluate("() => window.app.graph._nodes.length") == expected
     page.evaluate("() => { const c = window.app.canvas; c.ds.scale = 0.55; c.ds.offset = [40, 60];"
                   " window.app.graph.setDirtyCanvas(true, true); }")
-    page.wait_for_timeout(500)
+    _frames(page)
     page.screenshot(path=str(ARTIFACTS / f"workflow_{Path(name).stem}.png"), clip={"x": 60, "y": 80,
                                                                                   "width": 1200, "height": 800})

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from devkit import tiny_dit
 from devkit.adapters import library
-from devkit.host import ROOT, import_pack
+from devkit.host import COMFY_DIR, ROOT, import_pack, loras_folder
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +96,7 @@ def test_bad_inputs_are_refused(vae, output):
         (output / "ortho_hydra_datasets" / "other").iterdir())
 
 
+@pytest.mark.multiprocess  # torchrun, two processes: the slow tier (make test-slow)
 def test_the_command_trains_on_the_cache_and_the_nodes_load_the_result(vae, output):
     images = torch.rand(4, 64, 64, 3, generator=torch.Generator().manual_seed(2))
     conditioning = [tiny_dit.mmdit_conditioning(seed=i)[0] for i in range(4)]
@@ -103,15 +104,15 @@ def test_the_command_trains_on_the_cache_and_the_nodes_load_the_result(vae, outp
     save_file(tiny_dit.mmdit_state_dict(depth=2, seed=0), str(output / "dit.safetensors"))
     (output / "train.toml").write_text('steps = 3\nrank = 2\nexperts = 2\ntraining_dtype = "fp32"\nbatch_size = 1\n'
                                        'output_name = "from_cache"\ntargets = "mlp"\n')
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "COMFYUI_DIR": str(ROOT / ".host" / "ComfyUI")}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COMFYUI_DIR": str(COMFY_DIR)}
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
                           str(31500 + os.getpid() % 1000), "-m", "ortho_hydra_train", "--model",
                           str(output / "dit.safetensors"), "--dataset", path, "--config", str(output / "train.toml"),
                           "--output-dir", str(output / "loras")], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
-    folder_paths.add_model_folder_path("loras", str(output / "loras"), is_default=True)
-    adapter, summary = import_pack().nodes.load_apply.OrthoHydraLoader.execute("from_cache.safetensors").args
+    with loras_folder(output / "loras"):
+        adapter, summary = import_pack().nodes.load_apply.OrthoHydraLoader.execute("from_cache.safetensors").args
     assert adapter.num_experts == 2 and "2 experts" in summary
 
 

@@ -238,18 +238,15 @@ def test_router_fitting_is_refused_for_chimera_adapters(cosmos, tmp_path):
                                               torch.tensor([0, 1]), holdout=0.5, steps=1, seed=0)
 
 
-def test_load_and_apply_node_lists_the_pools_as_applied_and_strict_refuses_only_the_rest(cosmos, tmp_path):
-    import folder_paths
-
+def test_load_and_apply_node_lists_the_pools_as_applied_and_strict_refuses_only_the_rest(cosmos, loras):
     pack = import_pack()
-    folder_paths.add_model_folder_path("loras", str(tmp_path))
     t, meta = chimera_tensors(cosmos, dual=True, mode="fei")
-    write(tmp_path / "node_chimera.safetensors", t, meta)
+    write(loras / "node_chimera.safetensors", t, meta)
     node = pack.nodes.load_apply.OrthoHydraLoadAndApply
     _, summary = node.execute(cosmos, "node_chimera.safetensors", 1.0, "training", True).args
     assert "ChimeraHydra (dual-A, 2 layers): applied" in summary and "NOT APPLIED" not in summary
     assert "2 adapter layers matched onto 2 model Linears" in summary
-    write(tmp_path / "tokens_chimera.safetensors", {**t, "soft_tokens.embedding": torch.zeros(4, 8)}, meta)
+    write(loras / "tokens_chimera.safetensors", {**t, "soft_tokens.embedding": torch.zeros(4, 8)}, meta)
     with pytest.raises(library().OrthoHydraError, match=r"soft tokens \(1 keys\)"):
         node.execute(cosmos, "tokens_chimera.safetensors", 1.0, "training", True)
     _, summary = node.execute(cosmos, "tokens_chimera.safetensors", 1.0, "training", False).args

@@ -11,9 +11,11 @@ import torch
 from safetensors.torch import save_file
 
 from devkit import tiny_dit
-from devkit.host import ROOT
+from devkit.host import COMFY_DIR, ROOT
 from ortho_hydra import dataset_cache as dataset
 from ortho_hydra import load
+
+pytestmark = pytest.mark.multiprocess  # torchrun, several processes: the slow tier (make test-slow)
 
 CONFIG = """steps = 10
 learning_rate = 1e-2
@@ -49,7 +51,7 @@ def files(tmp_path_factory):
 def command(files, *args, processes: int = 1, timeout: int = 300) -> subprocess.CompletedProcess:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes),
                 "--master-port", str(29500 + os.getpid() % 1000)] if processes > 1 else [sys.executable]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "COMFYUI_DIR": str(ROOT / ".host" / "ComfyUI")}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COMFYUI_DIR": str(COMFY_DIR)}
     return subprocess.run([*launcher, "-m", "ortho_hydra_train", "--model", str(files / "dit.safetensors"),
                            "--dataset", str(files / "data"), *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
@@ -83,7 +85,7 @@ def test_bad_inputs_end_with_one_clear_line(files, tmp_path):
     assert result.returncode == 2 and "key 'learning_rat' is not a trainer option" in result.stderr
     no_model = subprocess.run([sys.executable, "-m", "ortho_hydra_train", "--model", str(tmp_path / "nope.safetensors"),
                                "--dataset", str(files / "data"), "--config", str(files / "b2.toml")], cwd=ROOT,
-                              env={**os.environ, "COMFYUI_DIR": str(ROOT / ".host" / "ComfyUI")},
+                              env={**os.environ, "COMFYUI_DIR": str(COMFY_DIR)},
                               capture_output=True, text=True, timeout=300)
     assert no_model.returncode == 2 and "nope.safetensors: no such model file" in no_model.stderr
     no_data = command(files, "--config", str(files / "b2.toml"), "--dataset", str(tmp_path))
@@ -120,7 +122,7 @@ def test_killing_one_rank_leaves_a_loadable_checkpoint_and_a_failed_exit(files, 
     long.write_text(CONFIG.replace("steps = 10", "steps = 400") + "batch_size = 2\nsave_every = 2\n")
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                 "--master-port", str(30500 + os.getpid() % 1000)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "COMFYUI_DIR": str(ROOT / ".host" / "ComfyUI")}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COMFYUI_DIR": str(COMFY_DIR)}
     proc = subprocess.Popen([*launcher, "-m", "ortho_hydra_train", "--model", str(files / "dit.safetensors"),
                              "--dataset", str(files / "data"), "--config", str(long), "--output-dir",
                              str(tmp_path / "out")], cwd=ROOT, env=env, stdout=subprocess.PIPE,

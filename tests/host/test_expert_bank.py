@@ -2,7 +2,6 @@
 
 import comfy.lora
 import comfy.model_management as mm
-import folder_paths
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -14,12 +13,6 @@ from devkit.host import import_pack
 POSITIVE = tiny_dit.mmdit_conditioning(seed=11)
 NEGATIVE = tiny_dit.mmdit_conditioning(seed=12)
 LATENT = torch.zeros(1, 16, 16, 16)
-
-
-@pytest.fixture()
-def loras(tmp_path):
-    folder_paths.add_model_folder_path("loras", str(tmp_path), is_default=True)
-    return tmp_path
 
 
 def _linears(base, pattern: str) -> dict[str, tuple[int, int]]:

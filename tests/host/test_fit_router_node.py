@@ -1,5 +1,7 @@
 """Fitting an expert bank's routers from labelled latents on the real host, checked by routing it live."""
 
+import dataclasses
+
 import comfy.model_management as mm
 import torch
 
@@ -42,3 +44,28 @@ def test_fitted_routers_send_held_out_latents_to_their_expert(base):
     for name, entries in rec.records().items():
         picked = entries[0]["gate"].argmax(-1)
         assert (picked == truth).double().mean() >= 0.85, (name, picked.tolist(), truth.tolist())
+
+
+def test_a_router_fitted_on_an_adapter_with_inv_scale_routes_live_as_it_was_fitted(base):
+    """The fit reads the router input that inference reads, ``inv_scale`` included: routed live over the fit's own
+    latents, noise and levels, the fitted router gives the gates the fit predicted on its features (fp64 softmax)."""
+    pack = import_pack()
+    name = "lora_unet_joint_blocks_0_x_block_mlp_fc1"  # one Linear: nothing upstream changes its input when live
+    adapter = randomized_adapter(lora_weights(base, prefixes=[name]), rank=4, experts=2, seed=4)
+    layer = adapter.layers[name]
+    inv_scale = 0.1 + 2.5 * torch.rand(layer.in_features, generator=torch.Generator().manual_seed(9))
+    adapter = dataclasses.replace(adapter, layers={name: dataclasses.replace(layer, inv_scale=inv_scale)})
+    latents, labels = _two_styles(10, seed=1)
+    positive = tiny_dit.mmdit_conditioning(seed=3)
+    fitted, _ = pack.nodes.router_fit.fit_bank_router(base, adapter, latents, positive, labels, holdout=0.0,
+                                                      steps=100, seed=0)
+    features = pack.nodes.router_fit.collect_features(base, adapter, latents, positive, seed=0)[name].double()
+    router = fitted.layers[name]
+    predicted = torch.softmax(features @ router.router_weight.double().T + router.router_bias.double(), -1)
+    live, _ = pack.nodes.patcher.apply_adapter(base, fitted)
+    with pack.nodes.gate_recording.recording(live) as rec:
+        pack.nodes.level_sampling.predict_at_levels(live, latents, positive, seed=0)
+    routed = torch.cat([entry["gate"] for entry in rec.records()[name]]).double()
+    assert routed.shape == predicted.shape == (3 * 10, 2)
+    assert (predicted - routed).abs().max() < 1e-5, (predicted - routed).abs().max()
+    assert predicted.argmax(-1).unique().numel() == 2  # the fit does route, so matching gates mean something

@@ -6,11 +6,10 @@ import subprocess
 import sys
 import textwrap
 
-import folder_paths
 import torch
 
 from devkit.adapters import library
-from devkit.host import ROOT, import_pack
+from devkit.host import ROOT, import_pack, loras_folder
 
 KILLED_SAVE = textwrap.dedent("""
     import os, signal, sys
@@ -51,10 +50,7 @@ def test_a_save_killed_before_the_rename_keeps_the_old_file_and_lists_no_temp(tm
         torch.testing.assert_close(reloaded.layers[name].ups, layer.ups)
     leftovers = [p.name for p in folder.iterdir() if p.name != path.name]
     assert leftovers and all(n.startswith(".") and n.endswith(".tmp") for n in leftovers)  # the temp stayed ...
-    folder_paths.add_model_folder_path("loras", str(folder), is_default=True)
-    try:
+    with loras_folder(folder):
         listed = import_pack().nodes.adapter_files.adapter_choices()
-        assert path.name in listed and not any(n in listed for n in leftovers)  # ... but nothing lists it
-    finally:
-        folder_paths.folder_names_and_paths["loras"][0].remove(str(folder))
+    assert path.name in listed and not any(n in listed for n in leftovers)  # ... but nothing lists it
     assert os.path.exists(folder / leftovers[0])

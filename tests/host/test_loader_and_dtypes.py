@@ -2,7 +2,6 @@ import os
 
 import comfy.model_management as mm
 import comfy.sd
-import folder_paths
 import pytest
 import torch
 
@@ -11,11 +10,10 @@ from devkit.adapters import library, lora_weights, randomized_adapter
 from devkit.host import import_pack
 
 
-def test_loader_cache_picks_up_a_retrained_file(tmp_path):
+def test_loader_cache_picks_up_a_retrained_file(loras):
     files = import_pack().nodes.adapter_files
-    folder_paths.add_model_folder_path("loras", str(tmp_path))
     w = {"lora_unet_blocks_0_mlp_layer1": torch.randn(32, 24)}
-    path = tmp_path / "retrained_moe.safetensors"
+    path = loras / "retrained_moe.safetensors"
     library().save(randomized_adapter(w, rank=2, experts=2, seed=1), path)
     first = files.load_cached("retrained_moe.safetensors")
     assert files.load_cached("retrained_moe.safetensors") is first  # cached
@@ -72,13 +70,12 @@ def test_user_typed_file_names_cannot_leave_their_folder():
         assert "key 'output_name'" in str(err.value) and "Fix:" in str(err.value)
 
 
-def test_save_node_names_do_not_leak_into_its_input(tmp_path):
+def test_save_node_names_do_not_leak_into_its_input(loras):
     """The input is usually the loader's cached adapter: names typed in one Save must not reach other branches."""
-    folder_paths.add_model_folder_path("loras", str(tmp_path), is_default=True)
     lib, nodes = library(), import_pack().nodes
     adapter = randomized_adapter({"lora_unet_blocks_0_mlp_layer1": torch.randn(32, 24)}, rank=2, experts=3)
     nodes.save_plot.OrthoHydraSave.execute(adapter, "named", "ink, oil, pixel")
     assert adapter.expert_names is None
-    assert lib.load(tmp_path / "named.safetensors").expert_names == ("ink", "oil", "pixel")
+    assert lib.load(loras / "named.safetensors").expert_names == ("ink", "oil", "pixel")
     nodes.save_plot.OrthoHydraSave.execute(adapter, "unnamed", "")
-    assert lib.load(tmp_path / "unnamed.safetensors").expert_names is None
+    assert lib.load(loras / "unnamed.safetensors").expert_names is None

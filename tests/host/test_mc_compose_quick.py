@@ -1,8 +1,12 @@
-"""bench/mc_compose.py --quick end to end on the real host, and its verdict rule on synthetic intervals."""
+"""experiments/mc_compose --quick end to end on the real host, and its verdict rule on synthetic intervals."""
 
+import pytest
 import torch
 
-from bench import mc_compose
+from experiments.mc_compose import report
+from experiments.mc_compose import run as mc_compose
+
+pytestmark = pytest.mark.study  # a study's smoke run: the slow tier (make test-slow)
 
 
 def test_quick_composition_run_reports_every_method_and_part(tmp_path):
@@ -16,9 +20,9 @@ def test_quick_composition_run_reports_every_method_and_part(tmp_path):
 
 
 def test_bootstrap_interval_and_verdict():
-    mean, low, high = mc_compose.bootstrap(torch.tensor([True] * 48 + [False] * 16))
+    mean, low, high = report.bootstrap(torch.tensor([True] * 48 + [False] * 16))
     assert mean == 0.75 and 0.6 < low < 0.75 < high < 0.87
     better = {"OMCD": {"both": (0.9, 0.85, 0.95)}, "direct blend": {"both": (0.5, 0.4, 0.6)}}
-    assert mc_compose.verdict(better).startswith("**OMCD helps here**")
+    assert report.verdict(better).startswith("**OMCD helps here**")
     same = {"OMCD": {"both": (0.55, 0.45, 0.65)}, "direct blend": {"both": (0.5, 0.4, 0.6)}}
-    assert mc_compose.verdict(same).startswith("**OMCD does not help here**")
+    assert report.verdict(same).startswith("**OMCD does not help here**")

@@ -1,9 +1,13 @@
-"""bench/orthogonal_slots.py --quick end to end on the real host: both arms, metrics in range, slots disjoint."""
+"""experiments/orthogonal_slots --quick end to end on the real host: both arms, metrics in range, slots disjoint."""
 
 import json
 import math
 
-from bench import orthogonal_slots
+import pytest
+
+from experiments.orthogonal_slots import run as orthogonal_slots
+
+pytestmark = pytest.mark.study  # a study's smoke run: the slow tier (make test-slow)
 
 
 def test_quick_run_trains_both_arms_and_measures_them(tmp_path):

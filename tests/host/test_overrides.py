@@ -4,7 +4,6 @@ import dataclasses
 import json
 
 import comfy.model_management as mm
-import folder_paths
 import pytest
 import torch
 import torch.nn.functional as F
@@ -216,13 +215,12 @@ def test_fold_equals_hook_and_fully_folded_adapters_install_no_hooks(pack, base,
     assert (applied.folded, applied.hooked) == (2, 2) and _rel(folded, hooked) < 1e-5
 
 
-def test_baked_lora_through_the_stock_loader_equals_the_fold(pack, base, adapter, tmp_path):
+def test_baked_lora_through_the_stock_loader_equals_the_fold(pack, base, adapter, loras):
     import nodes as comfy_nodes
 
-    folder_paths.add_model_folder_path("loras", str(tmp_path), is_default=True)
     routed, _ = route(pack, adapter, mode="blend", weights="0.6,0.1,0.3")
     path = pack.nodes.bake.OrthoHydraBakeLoRA.execute(base, routed, "baked_blend").args[0]
-    assert path.startswith(str(tmp_path))
+    assert path.startswith(str(loras))
     stock = comfy_nodes.LoraLoaderModelOnly().load_lora_model_only(base, "baked_blend.safetensors", 1.0)[0]
     baked = tiny_dit.sample(stock, torch.zeros(1, 16, 16, 16), tiny_dit.mmdit_conditioning(seed=1),
                             tiny_dit.mmdit_conditioning(seed=2), steps=3)
@@ -234,7 +232,7 @@ def test_baked_lora_through_the_stock_loader_equals_the_fold(pack, base, adapter
     scheduled, _ = route(pack, adapter, mode="pin", start_percent=0.5)
     with pytest.raises(library().OrthoHydraError, match="no constant gate"):
         pack.nodes.bake.OrthoHydraBakeLoRA.execute(base, scheduled, "scheduled_is_refused")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["baked_blend.safetensors"]  # atomic: no leftovers
+    assert sorted(p.name for p in loras.iterdir()) == ["baked_blend.safetensors"]  # atomic: no leftovers
 
 
 def test_profile_capture_is_deterministic_replays_as_a_static_blend_and_round_trips(pack, base, adapter, tmp_path):

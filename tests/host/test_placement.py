@@ -17,7 +17,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from devkit import tiny_dit
-from devkit.adapters import lora_weights, randomized_adapter
+from devkit.adapters import chimera_file, lora_weights, randomized_adapter
 
 META = torch.device("meta")
 CPU = torch.device("cpu")
@@ -163,42 +163,6 @@ def test_a_hook_that_finds_its_tensors_elsewhere_moves_them_once_and_warns(pack,
     assert len(warnings) == 1 and "load_models_gpu" in warnings[0].getMessage()
 
 
-def _chimera_file(tmp_path, model, content_router: bool):
-    """A dual-A ChimeraHydra file (reference layout) on two Linears of a tiny Cosmos DiT, with a learned frequency
-    router and either per-Linear content routers or the cross-attention one."""
-    from safetensors.torch import save_file
-
-    kc, kf, r, hid, sig = 3, 2, 4, 8, 4
-    sd = model.model.diffusion_model.state_dict()
-    g = torch.Generator().manual_seed(0)
-    t = {}
-    for prefix, module in (("lora_unet_blocks_0_mlp_layer1", "blocks.0.mlp.layer1"),
-                           ("lora_unet_blocks_1_self_attn_q_proj", "blocks.1.self_attn.q_proj")):
-        out, inn = sd[f"{module}.weight"].shape
-        for d in ("lora_down_c", "lora_down_f"):
-            t[f"{prefix}.{d}.weight"] = torch.randn(r, inn, generator=g) / inn ** 0.5
-        for stem, k in (("lora_ups_c", kc), ("lora_ups_f", kf)):
-            for e in range(k):
-                t[f"{prefix}.{stem}.{e}.weight"] = 0.3 * torch.randn(out, r, generator=g)
-        if not content_router:
-            t[f"{prefix}.router.weight"] = torch.randn(kc, r, generator=g)
-            t[f"{prefix}.router.bias"] = torch.zeros(kc)
-        t[f"{prefix}.alpha"] = torch.tensor(2.0)
-    for stem, shapes in (("freq_router", ((hid, 2 + sig), (kf, hid))),
-                         ("content_router", ((hid, 1024), (kc, hid)) if content_router else ())):
-        for index, shape in zip((0, 2), shapes, strict=False):
-            t[f"{stem}.net.{index}.weight"] = torch.randn(*shape, generator=g)
-            t[f"{stem}.net.{index}.bias"] = torch.randn(shape[0], generator=g)
-    meta = {"ss_network_spec": "chimera_hydra", "ss_use_chimera_hydra": "true", "ss_num_experts_content": str(kc),
-            "ss_num_experts_freq": str(kf), "ss_chimera_fei_feature_dim": "2",
-            "ss_chimera_sigma_feature_dim": str(sig), "ss_chimera_fei_sigma_low_div": "4",
-            "ss_chimera_freq_router_mode": "learned"}
-    if content_router:
-        meta["ss_chimera_content_router_source"] = "crossattn_emb"
-    save_file(t, str(tmp_path / "c_chimera.safetensors"), metadata=meta)
-    return t, tmp_path / "c_chimera.safetensors"
-
-
 @pytest.mark.parametrize("content_router", [False, True], ids=["per-linear-content", "cross-attention-content"])
 def test_chimera_router_nets_are_placed_once_and_never_copied_per_call(pack, tmp_path, content_router):
     """ChimeraHydra's network-level routers (the frequency MLP every layer reads, the content MLP on the text
@@ -209,7 +173,7 @@ def test_chimera_router_nets_are_placed_once_and_never_copied_per_call(pack, tmp
     model = tiny_dit.load_cosmos(num_blocks=2, seed=5)
     if content_router:
         model.model.diffusion_model.llm_adapter = torch.nn.Linear(1024, 1024)
-    t, path = _chimera_file(tmp_path, model, content_router)
+    t, path = chimera_file(tmp_path, model, content_router)
     adapter = library().load(path)
     patched = pack.nodes.patcher.apply_adapter(model, adapter)[0]
     (ours,) = patched.get_additional_models()

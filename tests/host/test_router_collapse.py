@@ -1,10 +1,14 @@
-"""bench/router_collapse.py --quick end to end on the real host: runs, metrics in range, the table reads the runs."""
+"""experiments/router_collapse --quick end to end on the real host: runs, metrics in range, the table reads the runs."""
 
 import json
 import math
 import statistics
 
-from bench import router_collapse
+import pytest
+
+from experiments.router_collapse import run as router_collapse
+
+pytestmark = pytest.mark.study  # a study's smoke run: the slow tier (make test-slow)
 
 
 def test_quick_run_measures_both_variants_and_tabulates_them(tmp_path):

@@ -1,7 +1,8 @@
-"""Orthogonal slots on the real host: train two slot adapters, save, load, merge, and sample against closed forms."""
+"""Orthogonal slots on the real host: train two slot adapters, save, load, merge, and sample against closed forms.
+
+The model is loaded, and trained, inside ``torch.inference_mode()``, as ComfyUI's executor runs nodes."""
 
 import comfy.model_management as mm
-import folder_paths
 import pytest
 import torch
 
@@ -14,17 +15,18 @@ POSITIVE = tiny_dit.mmdit_conditioning(seed=4)
 NEGATIVE = tiny_dit.mmdit_conditioning(seed=5)
 
 
-@pytest.fixture()
-def loras(tmp_path):
-    folder_paths.add_model_folder_path("loras", str(tmp_path), is_default=True)
-    return tmp_path
+@pytest.fixture(scope="module")
+def base():
+    with torch.inference_mode():
+        return tiny_dit.load_mmdit(depth=2, seed=0)
 
 
 def _train(pack, base, slot: int, seed: int, name: str):
     T = pack.nodes.train
     config = T.TrainConfig(steps=6, learning_rate=2e-2, batch_size=2, rank=4, experts=1, init="ortho_out",
                            training_dtype="fp32", seed=seed, output_name=name, slot=slot, slots=2)
-    T.train(base, LATENTS[2 * slot:2 * slot + 2], POSITIVE, config)
+    with torch.inference_mode():
+        T.train(base, LATENTS[2 * slot:2 * slot + 2], POSITIVE, config)
     return pack.nodes.load_apply.OrthoHydraLoader.execute(f"{name}.safetensors", "training").args[0]
 
 
@@ -66,6 +68,6 @@ def test_slot_training_refuses_several_experts_and_a_slot_out_of_range(base, lor
     T = pack.nodes.train
     for kw, key in (({"experts": 4, "slot": 0}, "slots"), ({"experts": 1, "slot": 2}, "slot")):
         config = T.TrainConfig(steps=1, rank=4, init="ortho_out", training_dtype="fp32", slots=2, **kw)
-        with pytest.raises(library().OrthoHydraError) as err:
+        with pytest.raises(library().OrthoHydraError) as err, torch.inference_mode():
             T.train(base, LATENTS, POSITIVE, config)
         assert err.value.key == key

@@ -2,7 +2,6 @@
 
 import comfy.lora
 import comfy.model_management as mm
-import folder_paths
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,14 +16,13 @@ PREFIX = "lora_unet_joint_blocks_1_x_block_mlp_fc1"
 
 
 @pytest.fixture()
-def lora_file(base, tmp_path):
-    folder_paths.add_model_folder_path("loras", str(tmp_path), is_default=True)
+def lora_file(base, loras):
     sd = base.model.state_dict()
     out_f, in_f = sd[f"{MODULE}.weight"].shape
     g = torch.Generator().manual_seed(3)
     up, down = torch.randn(out_f, 4, generator=g) * 0.3, torch.randn(4, in_f, generator=g) * 0.3
     save_file({f"{PREFIX}.lora_up.weight": up, f"{PREFIX}.lora_down.weight": down,
-               f"{PREFIX}.alpha": torch.tensor(2.0)}, str(tmp_path / "plain.safetensors"))
+               f"{PREFIX}.alpha": torch.tensor(2.0)}, str(loras / "plain.safetensors"))
     assert comfy.lora.model_lora_keys_unet(base.model, {})[PREFIX] == f"{MODULE}.weight"
     return "plain.safetensors", (2.0 / 4) * up @ down
 

@@ -1,4 +1,4 @@
-"""bench/style_separation.py --quick end to end on the real host: every output exists, every metric is in range."""
+"""experiments/style_separation --quick end to end on the real host: every output exists, every metric is in range."""
 
 import csv
 import json
@@ -7,8 +7,10 @@ import math
 import folder_paths
 import pytest
 
-from bench import style_separation
-from bench.style_separation_report import rerender
+from experiments.style_separation import run as style_separation
+from experiments.style_separation.report import rerender
+
+pytestmark = pytest.mark.study  # a study's smoke run: the slow tier (make test-slow)
 
 
 @pytest.fixture(scope="module")

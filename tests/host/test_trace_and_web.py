@@ -4,7 +4,6 @@ import json
 from pathlib import Path
 
 import comfy.model_management as mm
-import folder_paths
 import pytest
 import torch
 
@@ -46,12 +45,11 @@ def test_trace_records_both_sides_per_step_and_draws_them(pack):
                      {"samples": torch.zeros(1, 16, 16, 16)}, 3, 2, 3.0, "euler", "simple", "positive")
 
 
-def test_expert_route_reads_listed_headers_only(pack, tmp_path):
-    folder_paths.add_model_folder_path("loras", str(tmp_path))
+def test_expert_route_reads_listed_headers_only(pack, loras):
     adapter = randomized_adapter({"lora_unet_blocks_0_mlp_layer1": torch.randn(32, 24)}, rank=2, experts=3)
     adapter = adapter.with_expert_names(["ink", "oil", "pixel"])
-    library().save(adapter, tmp_path / "named_moe.safetensors")
-    (tmp_path / "plain.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    library().save(adapter, loras / "named_moe.safetensors")
+    (loras / "plain.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
     respond = pack.nodes.web_routes.experts_response
     status, body = respond("named_moe.safetensors")
     assert status == 200 and body["num_experts"] == 3 and body["expert_names"] == ["ink", "oil", "pixel"]

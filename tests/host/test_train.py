@@ -1,11 +1,13 @@
-"""The in-graph trainer on the real host (CPU): fitting, de-uniformisation, resume, interrupt, reload, errors."""
+"""The in-graph trainer on the real host (CPU): fitting, de-uniformisation, resume, interrupt, reload, errors.
+
+As ComfyUI's executor does, every model here is loaded, and every training run called, inside
+``torch.inference_mode()``."""
 
 import itertools
 import math
 import warnings
 
 import comfy.model_management as mm
-import folder_paths
 import pytest
 import torch
 
@@ -19,10 +21,17 @@ def T():
     return import_pack().nodes.train
 
 
-@pytest.fixture()
-def loras(tmp_path):
-    folder_paths.add_model_folder_path("loras", str(tmp_path), is_default=True)
-    return tmp_path
+@pytest.fixture(scope="module")
+def base():
+    """The tiny MMDiT, loaded inside inference mode (its weights are inference tensors, as in ComfyUI)."""
+    with torch.inference_mode():
+        return tiny_dit.load_mmdit(depth=2, seed=0)
+
+
+def train(*args, **kwargs):
+    """``train`` called as the node's ``execute`` is: inside inference mode."""
+    with torch.inference_mode():
+        return import_pack().nodes.train.train(*args, **kwargs)
 
 
 LATENTS = torch.randn(4, 16, 16, 16, generator=torch.Generator().manual_seed(0))
@@ -40,7 +49,7 @@ def config(T, **kw):
 
 
 def test_fixed_batch_loss_falls_and_ortho_gates_leave_uniform(T, base, loras):
-    _, _, loss_map, trace = T.train(base, LATENTS, POSITIVE, config(T, fixed_noise=True, trace_every=1,
+    _, _, loss_map, trace = train(base, LATENTS, POSITIVE, config(T, fixed_noise=True, trace_every=1,
                                                                      learning_rate=3e-2, targets="all_linear"))
     loss = loss_map["loss"]
     assert len(loss) == 20 and all(torch.isfinite(torch.tensor(loss)))
@@ -54,9 +63,9 @@ def test_fixed_batch_loss_falls_and_ortho_gates_leave_uniform(T, base, loras):
 
 def test_resume_is_exact(T, base, loras):
     lib = library()
-    full = T.train(base, LATENTS, POSITIVE, config(T, steps=8, output_name="straight"))[1]
-    T.train(base, LATENTS, POSITIVE, config(T, steps=4, output_name="split"))
-    resumed = T.train(base, LATENTS, POSITIVE, config(T, steps=8, output_name="split"),
+    full = train(base, LATENTS, POSITIVE, config(T, steps=8, output_name="straight"))[1]
+    train(base, LATENTS, POSITIVE, config(T, steps=4, output_name="split"))
+    resumed = train(base, LATENTS, POSITIVE, config(T, steps=8, output_name="split"),
                       resume=str(loras / "split.resume.safetensors"))[1]
     state = lib.training_state.load_training_state(loras / "split.resume.safetensors")
     assert state.step == 8
@@ -64,7 +73,7 @@ def test_resume_is_exact(T, base, loras):
         other = resumed.layers[name]
         for attr in ("down", "ups", "router_weight", "router_bias"):
             assert torch.allclose(getattr(layer, attr), getattr(other, attr), atol=1e-6, rtol=1e-5), (name, attr)
-    assert not torch.equal(full.layers[name].ups, T.train(base, LATENTS, POSITIVE, config(
+    assert not torch.equal(full.layers[name].ups, train(base, LATENTS, POSITIVE, config(
         T, steps=4, output_name="short"))[1].layers[name].ups)  # and 4 steps really differ from 8
 
 
@@ -72,15 +81,15 @@ def test_a_resume_file_without_a_data_order_still_resumes_exactly_and_says_so(T,
     """Files written before epoch sampling have no data_order; the order is derived from the step anyway. Batch 3
     of 4 images: one batch per epoch, one image sits out each epoch."""
     lib = library()
-    full = T.train(base, LATENTS, POSITIVE, config(T, steps=6, batch_size=3, output_name="epochs"))[1]
-    T.train(base, LATENTS, POSITIVE, config(T, steps=3, batch_size=3, output_name="old"))
+    full = train(base, LATENTS, POSITIVE, config(T, steps=6, batch_size=3, output_name="epochs"))[1]
+    train(base, LATENTS, POSITIVE, config(T, steps=3, batch_size=3, output_name="old"))
     path = loras / "old.resume.safetensors"
     state = lib.training_state.load_training_state(path)
     assert state.info.pop("data_order") == {"sampler": "DistributedSampler", "dataset": 4, "global_batch": 3,
                                             "epoch": 3, "batch_in_epoch": 0}
     lib.training_state.save_training_state(path, state)  # as an old trainer wrote it
     with caplog.at_level("WARNING", logger="ortho_hydra"):
-        resumed = T.train(base, LATENTS, POSITIVE, config(T, steps=6, batch_size=3, output_name="old"),
+        resumed = train(base, LATENTS, POSITIVE, config(T, steps=6, batch_size=3, output_name="old"),
                           resume=str(path))[1]
     assert "old.resume.safetensors predates epoch sampling" in caplog.text
     for name, layer in full.layers.items():
@@ -92,7 +101,7 @@ def test_a_decaying_lr_follows_its_curve_and_resumes_exactly(T, base, loras):
     resumed from its step-3 checkpoint (same total) ends where the uninterrupted one does."""
     lib = library()
     cosine = dict(steps=6, lr_schedule="cosine", save_every=3)
-    full = T.train(base, LATENTS, POSITIVE, config(T, output_name="cos_full", **cosine))[1]
+    full = train(base, LATENTS, POSITIVE, config(T, output_name="cos_full", **cosine))[1]
     groups = lib.training_state.load_training_state(loras / "cos_full.resume.safetensors").info["param_groups"]
     expected = 0.5 * (1 + math.cos(math.pi * 5 / 6))  # the 6th update has index 5
     assert [g["lr"] for g in groups] == pytest.approx([1e-2 * expected, 1e-1 * expected], rel=1e-12)
@@ -110,10 +119,10 @@ def test_a_decaying_lr_follows_its_curve_and_resumes_exactly(T, base, loras):
     original = T.TrainingRun.checkpoint
     with pytest.MonkeyPatch.context() as mp, pytest.raises(mm.InterruptProcessingException):
         mp.setattr(T.TrainingRun, "checkpoint", stop_after_checkpoint)
-        T.train(base, LATENTS, POSITIVE, config(T, output_name="cos_split", **cosine))
-    resumed = T.train(base, LATENTS, POSITIVE, config(T, output_name="cos_split", **cosine),
+        train(base, LATENTS, POSITIVE, config(T, output_name="cos_split", **cosine))
+    resumed = train(base, LATENTS, POSITIVE, config(T, output_name="cos_split", **cosine),
                       resume=str(loras / "cos_split.resume.safetensors"))[1]
-    constant = T.train(base, LATENTS, POSITIVE, config(T, output_name="cos_const", steps=6))[1]
+    constant = train(base, LATENTS, POSITIVE, config(T, output_name="cos_const", steps=6))[1]
     for name, layer in full.layers.items():
         assert torch.allclose(layer.ups, resumed.layers[name].ups, atol=1e-6, rtol=1e-5), name
     assert not torch.allclose(full.layers[name].ups, constant.layers[name].ups, atol=1e-6)  # the schedule acts
@@ -126,7 +135,7 @@ def test_interrupt_saves_a_loadable_checkpoint_then_re_raises(T, base, loras, mo
 
     monkeypatch.setattr(T, "notify", press_cancel_after_step_three)
     with pytest.raises(mm.InterruptProcessingException):
-        T.train(base, LATENTS, POSITIVE, config(T, steps=10, output_name="stopped", trace_every=1))
+        train(base, LATENTS, POSITIVE, config(T, steps=10, output_name="stopped", trace_every=1))
     adapter = library().load(loras / "stopped.safetensors")
     assert adapter.num_experts == 4 and len(adapter.layers) > 0
     assert library().training_state.load_training_state(loras / "stopped.resume.safetensors").step == 3
@@ -135,7 +144,7 @@ def test_interrupt_saves_a_loadable_checkpoint_then_re_raises(T, base, loras, mo
 
 def test_trained_adapter_reloaded_through_the_loader_gives_the_same_sample(T, base, loras):
     pack = import_pack()
-    live, _adapter, _, _ = T.train(base, LATENTS, POSITIVE, config(T, steps=6, output_name="reload_me"))
+    live, _adapter, _, _ = train(base, LATENTS, POSITIVE, config(T, steps=6, output_name="reload_me"))
     loaded = pack.nodes.load_apply.OrthoHydraLoader.execute("reload_me.safetensors", "training").args[0]
     again = pack.nodes.load_apply.OrthoHydraApply.execute(base, loaded, 1.0).args[0]
     latent = torch.zeros(1, 16, 16, 16)
@@ -149,7 +158,7 @@ def test_trained_adapter_reloaded_through_the_loader_gives_the_same_sample(T, ba
 
 def test_hydra_baselines_train_and_are_stamped_hydra(T, base, loras):
     for init in ("hydra_zero", "hydra_jitter"):
-        _, adapter, loss_map, trace = T.train(base, LATENTS, POSITIVE, config(T, steps=3, init=init,
+        _, adapter, loss_map, trace = train(base, LATENTS, POSITIVE, config(T, steps=3, init=init,
                                                                               output_name=init))
         assert adapter.spec == "hydra" and trace.init == init and len(loss_map["loss"]) == 3
         assert library().load(loras / f"{init}.safetensors").metadata["ss_network_spec"] == "hydra"
@@ -158,26 +167,27 @@ def test_hydra_baselines_train_and_are_stamped_hydra(T, base, loras):
 def test_bad_inputs_get_clear_errors(T, base, loras):
     lib = library()
     with pytest.raises(lib.OrthoHydraError, match="3 conditionings for 4 latents"):
-        T.train(base, LATENTS, POSITIVE * 3, config(T))
+        train(base, LATENTS, POSITIVE * 3, config(T))
     with pytest.raises(lib.OrthoHydraError, match="rank 999 exceeds min") as err:
-        T.train(base, LATENTS, POSITIVE, config(T, rank=999))
+        train(base, LATENTS, POSITIVE, config(T, rank=999))
     assert "Fix:" in str(err.value)
     with pytest.raises(lib.OrthoHydraError, match="3 style labels for 4 images"):
-        T.train(base, LATENTS, POSITIVE, config(T), labels=T.style_labels_from("0,1,0", 3))
+        train(base, LATENTS, POSITIVE, config(T), labels=T.style_labels_from("0,1,0", 3))
     with warnings.catch_warnings(record=True) as caught:  # E·r over the disjoint limit: warn and report, no crash
         warnings.simplefilter("always")
-        _, _adapter, _, trace = T.train(base, LATENTS, POSITIVE, config(T, steps=2, rank=48, experts=4,
+        _, _adapter, _, trace = train(base, LATENTS, POSITIVE, config(T, steps=2, rank=48, experts=4,
                                                                         output_name="crowded"))
     assert trace.replicated_layers and any("replicating the top slice" in str(w.message) or "deadlock" in
                                            str(w.message) for w in caught)
-    T.train(base, LATENTS, POSITIVE, config(T, steps=2, output_name="for_sd3"))
-    other = tiny_dit.load_mmdit(depth=3, seed=1)
+    train(base, LATENTS, POSITIVE, config(T, steps=2, output_name="for_sd3"))
+    with torch.inference_mode():
+        other = tiny_dit.load_mmdit(depth=3, seed=1)
     with pytest.raises(lib.OrthoHydraError, match="written for another model") as err:
-        T.train(other, LATENTS, tiny_dit.mmdit_conditioning(seed=1), config(T, steps=4, output_name="x"),
+        train(other, LATENTS, tiny_dit.mmdit_conditioning(seed=1), config(T, steps=4, output_name="x"),
                 resume=str(loras / "for_sd3.resume.safetensors"))
     assert "for_sd3.resume.safetensors" in str(err.value)
     with pytest.raises(lib.OrthoHydraError, match="settings differ"):
-        T.train(base, LATENTS, POSITIVE, config(T, steps=4, rank=2, output_name="y"),
+        train(base, LATENTS, POSITIVE, config(T, steps=4, rank=2, output_name="y"),
                 resume=str(loras / "for_sd3.resume.safetensors"))
 
 
@@ -193,7 +203,7 @@ def test_out_of_memory_becomes_a_clear_error_and_keeps_the_checkpoint(T, base, l
 
     monkeypatch.setattr(T.UsageBalance, "loss", runs_out_of_memory_on_the_third_step)
     with pytest.raises(library().OrthoHydraError) as err:
-        T.train(base, LATENTS, POSITIVE, config(T, steps=10, output_name="oom"))
+        train(base, LATENTS, POSITIVE, config(T, steps=10, output_name="oom"))
     message = str(err.value)
     assert "out of GPU memory at step 2" in message and "gradient_checkpointing" in message
     assert "oom.safetensors" in message
@@ -253,3 +263,19 @@ def test_each_image_in_a_batch_is_predicted_with_its_own_conditioning_only(T, ba
     assert probe.batched_rows == ([4] if len(set(tokens)) == 1 else [1, 1, 1, 1])
     different = _PredictionProbe(T, sigmas).run(base.clone(), positive[::-1])
     assert not torch.allclose(different.batched, probe.batched, atol=1e-3)  # the conditioning does matter
+
+
+def test_training_runs_under_no_grad_and_gives_the_model_back_as_it_was(T, base, loras):
+    """A script may call ``train`` under ``torch.no_grad()``; checkpointing patches each block's ``forward`` and the
+    trainer views inference weights as normal tensors while it runs: afterwards every module and tensor is the
+    original one."""
+    tensors = {name: t for name, t in base.model.state_dict(keep_vars=True).items()}
+    with torch.no_grad():
+        _, adapter, loss_map, _ = T.train(base, LATENTS, POSITIVE, config(T, steps=2, gradient_checkpointing=True,
+                                                                          output_name="no_grad"))
+    assert len(loss_map["loss"]) == 2 and adapter.layers
+    assert any(not torch.equal(layer.ups, torch.zeros_like(layer.ups)) for layer in adapter.layers.values())
+    after = base.model.state_dict(keep_vars=True)
+    assert after.keys() == tensors.keys() and all(after[k] is t for k, t in tensors.items())
+    assert all(t.is_inference() for t in tensors.values())
+    assert not [name for name, module in base.model.named_modules() if "forward" in module.__dict__]

@@ -5,7 +5,6 @@ import dataclasses
 import comfy.lora
 import comfy.model_management as mm
 import comfy.sd
-import folder_paths
 import pytest
 import torch
 
@@ -16,12 +15,6 @@ from nodes import LoraLoaderModelOnly
 
 R = 24
 PATTERN = "x_block_(attn_qkv|mlp_fc1)"
-
-
-@pytest.fixture()
-def loras(tmp_path):
-    folder_paths.add_model_folder_path("loras", str(tmp_path), is_default=True)
-    return tmp_path
 
 
 @pytest.fixture(scope="module")

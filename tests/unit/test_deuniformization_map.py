@@ -1,6 +1,7 @@
 """The phase diagram's reading of its cells: which settings support the claim (it writes the README's verdict)."""
 
-from bench.deuniformization_map import Cell, CellResult, claim_holds, report
+from experiments.deuniformization_map.config import Cell
+from experiments.deuniformization_map.report import CellResult, claim_holds, report
 
 
 def _cell(init, crosses, opt="adamw", std=0.01, lr=2e-5, batch=1):

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.deuniformization import Config
-from bench.deuniformization_report import RunResult, departure, headline, judge, report, verdict
+from experiments.deuniformization.config import Config
+from experiments.deuniformization.report import RunResult, departure, headline, judge, report, verdict
 
 CFG = Config()  # 1,000 steps, threshold 0.005, E = 4
 LR, HIGH_LR = 1e-3, 1e-2
@@ -170,7 +170,7 @@ def test_departure_averages_over_seeds():
 
 def test_the_report_modules_import_without_the_comfyui_host():
     root = Path(__file__).resolve().parents[2]
-    code = ("import sys; sys.path.insert(0, '.'); import bench.deuniformization, bench.deuniformization_report; "
+    code = ("import sys; import experiments.deuniformization.run, experiments.deuniformization.report; "
             "hosts = sorted(m for m in sys.modules if m.split('.')[0] in ('comfy', 'folder_paths', 'nodes')); "
             "assert not hosts, hosts")
     subprocess.run([sys.executable, "-c", code], cwd=root, check=True, timeout=120)

@@ -1,6 +1,6 @@
 """The Orthogonal Adaptation verdict, read off synthetic results (it writes the README's conclusion)."""
 
-from bench.orthogonal_slots import verdict
+from experiments.orthogonal_slots.report import verdict
 
 BASE = [1.0, 1.0, 1.0, 1.0]
 

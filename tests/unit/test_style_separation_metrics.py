@@ -1,4 +1,4 @@
-"""The style-separation benchmark's metrics on synthetic inputs (no ComfyUI host needed)."""
+"""The style-separation study's metrics on synthetic inputs (no ComfyUI host needed)."""
 
 import itertools
 import math
@@ -6,21 +6,19 @@ import math
 import pytest
 import torch
 
-from bench.style_separation_report import (
+from experiments.gate_measures import collapse_share, layer_collapse, routing_purity
+from experiments.style_separation.report import (
     RunRecord,
-    collapse_share,
-    layer_collapse,
     match_experts,
     paired_ci,
     paired_style,
     paired_table,
     pin_accuracy,
     reachable_share,
-    routing_purity,
-    sigma_style_means,
     style_check,
     verdict,
 )
+from experiments.toy_harness import sigma_style_means
 
 STYLES = ("warm", "cool stripes", "dots", "grain")
 

@@ -1,8 +1,8 @@
-"""The transfer benchmark's verdict: gap closed against its definition, and 'holds' only under both conditions."""
+"""The transfer study's verdict: gap closed against its definition, and 'holds' only under both conditions."""
 
 import pytest
 
-from bench.transfer import gap_closed, verdict
+from experiments.transfer.report import gap_closed, verdict
 
 
 def run(kind: str, none: float, copy: float, sub: float, null: float, oracle: float) -> dict:
