@@ -399,12 +399,13 @@ def _save_model(state: dict, stats: dict, r: dict, path: str | os.PathLike) -> N
                                           "ortho_hydra_glyph_stats": json.dumps(stats), "torch": torch.__version__})
 
 
-def _train_in_subprocess(r: dict, tmp: str, log) -> dict:
+def _train_in_subprocess(r: dict, tmp: str, log, threads: int = TRAIN_THREADS) -> dict:
     """Train in a fresh interpreter with ``OMP_WAIT_POLICY=PASSIVE`` (threads sleep instead of spinning while
     they wait: on shared cores, spinning made toy-world steps 25x slower)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    cmd = [sys.executable, "-m", "devkit.glyph_world", "--train-recipe", json.dumps(r), "--train-to", tmp]
+    cmd = [sys.executable, "-m", "devkit.glyph_world", "--train-recipe", json.dumps(r), "--train-to", tmp,
+           "--threads", str(threads)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines, stats = [], None
     for line in proc.stdout:
@@ -421,7 +422,7 @@ def _train_in_subprocess(r: dict, tmp: str, log) -> dict:
 
 
 def build_base_model(models_dir: str | os.PathLike | None = None, r: dict | None = None, log=print,
-                     force: bool = False, in_process: bool = False) -> Path:
+                     force: bool = False, in_process: bool = False, threads: int = TRAIN_THREADS) -> Path:
     """The cached base model file for ``r`` (default :func:`recipe`), trained only when it is missing."""
     global BUILD_COUNT
     from ortho_hydra.atomic import atomic_path
@@ -434,10 +435,10 @@ def build_base_model(models_dir: str | os.PathLike | None = None, r: dict | None
     started = time.time()
     with atomic_path(path) as tmp:
         if in_process:
-            state, stats = train_base_model(r, log=log)
+            state, stats = train_base_model(r, log=log, threads=threads)
             _save_model(state, stats, r, tmp)
         else:
-            stats = _train_in_subprocess(r, tmp, log)
+            stats = _train_in_subprocess(r, tmp, log, threads)
         os.chmod(tmp, 0o644)
     BUILD_COUNT += 1
     log(f"wrote {path} (loss {stats['final_loss']:.4f}, {stats['train_seconds']:.0f} s training, "
@@ -493,17 +494,19 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="glyph_world_out", help="folder for the PNGs and summary.json")
     parser.add_argument("--models-dir", default=None, help="ComfyUI models folder (default: the host's)")
+    parser.add_argument("--threads", type=int, default=TRAIN_THREADS,
+                        help="torch threads for training the base model (1 when the other core is busy)")
     parser.add_argument("--train-recipe", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--train-to", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.train_recipe:
         r = json.loads(args.train_recipe)
-        state, stats = train_base_model(r, log=print)
+        state, stats = train_base_model(r, log=print, threads=args.threads)
         _save_model(state, stats, r, args.train_to)
         print(_STATS_PREFIX + json.dumps(stats), flush=True)
         return stats
     out = Path(args.out)
-    path = build_base_model(args.models_dir)
+    path = build_base_model(args.models_dir, threads=args.threads)
     classes = [NEUTRAL, *range(len(STYLES))]
     lat, _, _ = dataset(range(len(CONTENTS)), classes)
     grid = save_grid_png(lat, out / "glyph_world_dataset.png", ncols=len(classes) * 6,
