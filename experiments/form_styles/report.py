@@ -20,7 +20,7 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
-from .plan import ARMS, MOE_ARMS, REFERENCE, Plan
+from .plan import ARMS, MOE_ARMS, REFERENCE, RUN_ARMS, Plan
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -236,13 +236,16 @@ def table_plan(plan: Plan | dict) -> list[str]:
              f"| routing purity | NMI(style, argmax expert) of live gates at σ ∈ "
              f"{{{', '.join(f'{x:g}' for x in p.purity_sigmas)}}}, mean over routed layers |",
              f"| samples | euler {p.sample_steps} steps, cfg {p.cfg:g}, {p.samples_per_char} per (style, character) |",
+             f"| arms run (revision 1), in order | {', '.join(ARMS[a].label for a in RUN_ARMS)}; the others "
+             "are planned and not run |",
              f"| the promise holds for an arm | mean pin ≥ {p.promise_pin:g}, mean content ≥ {p.promise_content:g}, "
              f"and pin non-inferior to {ARMS[REFERENCE].label}: lower 95 % bound of the paired difference above "
              f"−{p.margin_pin:g} |",
              f"| secondary margins | content −{p.margin_content:g}, bleed +{p.margin_bleed:g}, held-out loss ratio "
              f"{p.margin_loss_ratio:g} (upper bound) |",
-             f"| positive control passes | pin ≥ {p.positive_control_pin:g} and content ≥ "
-             f"{p.positive_control_content:g} for every style |"]
+             f"| positive control passes | single LoRA r={p.rank}, one style alone, lr {p.positive_control_lr:g}, seed "
+             f"{p.selection_seed}, {p.positive_control_samples} samples per held-out character: pin ≥ "
+             f"{p.positive_control_pin:g} and content ≥ {p.positive_control_content:g} for every style |"]
     return rows
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .plan import ARMS, PLAN, QUICK, Plan
+from .plan import ARMS, PLAN, QUICK, RUN_ARMS, Plan
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -51,7 +51,7 @@ def positive_control(study, plan: Plan, out: Path, log) -> list[dict]:
     path = out / "runs.jsonl"
     done = _done(path)
     records = []
-    lr = plan.lrs[len(plan.lrs) // 2]
+    lr = plan.positive_control_lr
     for style in range(len(gw.STYLES)):
         key = _key("positive", "lora_r8", lr, plan.selection_seed, gw.STYLES[style])
         if key in done:
@@ -60,7 +60,7 @@ def positive_control(study, plan: Plan, out: Path, log) -> list[dict]:
         _, adapter, losses, seconds = study.train("lora_r8", lr, plan.selection_seed, styles=[style])
         model = study.pinned(adapter, 0)
         held = study.splits["held_out"]
-        lat, contents = study.samples(model, held.chars)
+        lat, contents = study.samples(model, held.chars, repeats=plan.positive_control_samples)
         read = study.read(lat, contents, style)
         record = {"key": key, "stage": "positive", "arm": "lora_r8", "style": gw.STYLES[style], "lr": lr,
                   "seed": plan.selection_seed, "train_seconds": seconds,
@@ -116,7 +116,7 @@ def compare(study, plan: Plan, arms: Sequence[str], out: Path, log) -> list[dict
 def main(argv: Sequence[str] | None = None, base_recipe: dict | None = None, models_dir: str | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stage", choices=("positive", "compare", "all"), default="all")
-    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(RUN_ARMS))
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads (run with OMP_WAIT_POLICY=PASSIVE "

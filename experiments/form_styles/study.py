@@ -19,6 +19,7 @@ import torch
 
 from devkit import form_probe as fp
 from devkit import glyph_world as gw
+from devkit.host import loras_folder
 
 from .plan import ARMS, PLAN, Arm, Plan
 
@@ -30,19 +31,6 @@ def host():
 
     boot(cpu=True)
     return import_pack()
-
-
-@contextlib.contextmanager
-def lora_folder(path: str):
-    """Make ``path`` the default "loras" folder (where the trainer writes) while the block runs."""
-    import folder_paths
-
-    folder_paths.add_model_folder_path("loras", path, is_default=True)
-    try:
-        yield
-    finally:
-        with contextlib.suppress(KeyError, ValueError):
-            folder_paths.folder_names_and_paths["loras"][0].remove(path)
 
 
 @dataclass
@@ -118,11 +106,12 @@ class GlyphStudy:
             init=arm.init, training_dtype="fp32", seed=seed, output_name=f"form_styles_{seed}_{lr:g}",
             label_guidance=plan.label_guidance if arm.guided else 0.0,
             label_guidance_steps=round(plan.guidance_fraction * steps) if arm.guided else 0,
-            style_names=tuple(gw.STYLES) if arm.experts > 1 else ())
+            style_names=tuple(gw.STYLES) if arm.experts > 1 else (),
+            gradient_checkpointing=False)  # a 2-block toy: recomputing activations only costs time
         positive = gw.per_image_conditioning(content.tolist(), style.tolist() if arm.named else None)
         labels = style if arm.experts > 1 else None
         started = time.perf_counter()
-        with lora_folder(self._tmp.name):
+        with loras_folder(self._tmp.name):
             live, adapter, loss_map, _ = train.train(self.base, latents, positive, config, labels=labels)
         return live, adapter, loss_map["loss"], time.perf_counter() - started
 
@@ -156,12 +145,15 @@ class GlyphStudy:
                  for k, s in enumerate(self.plan.loss_sigmas)}
         return per_sigma.mean(0), gates
 
-    def samples(self, model, chars: str, seed_offset: int = 0, style: int | None = None) -> tuple[torch.Tensor, list]:
-        """``samples_per_char`` samples of every character (one batched call per repeat); (latents, content ids)."""
+    def samples(self, model, chars: str, seed_offset: int = 0, style: int | None = None,
+                repeats: int | None = None) -> tuple[torch.Tensor, list]:
+        """``repeats`` (default the plan's ``samples_per_char``) samples of every character (one batched call per
+        repeat); (latents, content ids)."""
         contents = gw.ids(chars)
+        repeats = repeats or self.plan.samples_per_char
         out = [gw.sample(model, contents, seed=self.plan.sample_seed + 1000 * r + seed_offset, style=style,
-                         steps=self.plan.sample_steps, cfg=self.plan.cfg) for r in range(self.plan.samples_per_char)]
-        return torch.cat(out), contents * self.plan.samples_per_char
+                         steps=self.plan.sample_steps, cfg=self.plan.cfg) for r in range(repeats)]
+        return torch.cat(out), contents * repeats
 
     def read(self, latents: torch.Tensor, contents: Sequence[int], target: int | None) -> dict:
         """The probes on samples meant to be in style ``target`` (None: no style asked for)."""
