@@ -25,10 +25,10 @@ LATENT_NAME = "ortho_hydra_glyph_styles.latent"
 OUTPUT_NAME = "ortho_hydra_glyph_styles"
 WORKFLOW = Path(__file__).resolve().parents[1] / "example_workflows" / "09_train_glyph_styles_and_pin.json"
 # the study's arm and settings (experiments/form_styles/plan.py; lr as the study chose it for this arm)
-TRAIN = {"steps": 400, "learning_rate": 3e-3, "batch_size": 8, "rank": 8, "experts": 4, "init": "ortho_init",
-         "label_guidance": 1.0, "label_guidance_steps": 240}
+TRAIN = {"steps": 150, "learning_rate": 1e-2, "batch_size": 8, "rank": 8, "experts": 4, "init": "ortho_init",
+         "label_guidance": 1.0, "label_guidance_steps": 90}
 GALLERY_SEED = 5
-SAMPLE_STEPS = 12
+SAMPLE_STEPS = 10
 
 
 def training_set() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

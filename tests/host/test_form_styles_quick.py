@@ -2,16 +2,20 @@
 
 It checks the plumbing (every arm trains through the pack's trainer, every metric is measured on the held-out
 characters, a re-run resumes instead of retraining, the report reads the records), not the science: the study's
-own results are in experiments/form_styles/results/.
+own results are in experiments/form_styles/results/.  Marked ``study`` (the slow tier): the probes are fitted once
+per host (a few minutes on 2 cores, then cached) and the quick plan trains 6 adapters of 30 steps.
 """
 
 import json
+
+import pytest
 
 from devkit import glyph_world as gw
 from experiments.form_styles import run
 from experiments.form_styles.plan import QUICK
 
 
+@pytest.mark.study
 def test_the_quick_study_measures_every_arm_on_held_out_characters_and_resumes(tmp_path):
     base = gw.recipe(steps=2, warmup=1, batch=4)
     summary = run.main(["--quick", "--out", str(tmp_path)], base_recipe=base, models_dir=str(tmp_path / "models"))
