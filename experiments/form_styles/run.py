@@ -138,8 +138,13 @@ def main(argv: Sequence[str] | None = None, base_recipe: dict | None = None, mod
     study = GlyphStudy(plan, log=log, base_recipe=base_recipe, models_dir=models_dir)
     log(f"base model ready ({study.base_seconds:.0f} s); form probe held-out accuracy "
         f"{study.probe_report['held_out_accuracy_augmented']:.3f}; matched rank {study.matched_rank}")
+    from devkit import form_probe, glyph_world
+
+    world = {"recipe_hash": glyph_world.recipe_hash(base_recipe), "base_build_seconds": study.base_build_seconds,
+             "ink": glyph_world.ink_report(), "ink_only_check": form_probe.ink_only_check()}
     meta = {"plan": asdict(plan), "matched_rank": study.matched_rank, "adapted_layers": len(study.targets),
-            "probe": study.probe_report, "base": study.base_reference(), "load_average_start": os.getloadavg()}
+            "probe": study.probe_report, "base": study.base_reference(), "world": world,
+            "load_average_start": os.getloadavg()}
     out.mkdir(parents=True, exist_ok=True)
     if args.stage in ("positive", "all"):
         positive_control(study, plan, out, log)

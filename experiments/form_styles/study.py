@@ -71,6 +71,7 @@ class GlyphStudy:
         started = time.perf_counter()
         self.base = gw.load_base_model(models_dir, base_recipe, log=log)
         self.base_seconds = time.perf_counter() - started
+        self.base_build_seconds = gw.build_seconds(gw.model_path(models_dir, base_recipe))  # stamped at build time
         self.form, self.content = fp.certified_probes()
         self.probe_report = self.form.report
         self.targets = self.pack.nodes.model_linears.adaptable_linears(self.base, "attention+mlp")

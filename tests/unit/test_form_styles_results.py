@@ -84,3 +84,18 @@ def test_verdicts_follow_the_planned_rules():
     assert s["promise_holds"]["ortho_lg"] is False
     assert s["promise_holds"]["hydra_zero"] is False
     assert s["comparisons"]["hydra_zero"]["loss_ratio"]["mean"] == pytest.approx(1.0)
+
+
+def test_a_report_of_the_positive_control_alone_says_what_has_not_run():
+    plan = {k: list(v) if isinstance(v, tuple) else v for k, v in PLAN.__dict__.items()}
+    meta = {"plan": plan, "matched_rank": 20, "adapted_layers": 10, "probe": {}, "base": {}}
+    runs = [{"key": f"positive|lora_r8|0.01|0|{style}", "stage": "positive", "arm": "lora_r8", "style": style,
+             "lr": 0.01, "seed": 0, "pin": pin, "content": 0.95, "bleed": 0.1}
+            for style, pin in zip(report.STYLE_NAMES, (1.0, 0.93, 0.86, 1.0), strict=True)]
+    s = report.summarise(runs, meta)
+    assert s["positive_control"]["passes"] is False  # oblique 0.86 < 0.9
+    assert s["arms"] == {} and s["promise_holds"] == {}
+    text = report.headline(s)[0]
+    assert "**fails**" in text and "oblique 0.86" in text and "comparison has not been run" in text
+    rows = report.table_positive(s)
+    assert [r.rsplit("|", 2)[1].strip() for r in rows[2:]] == ["yes", "yes", "no", "yes"]
