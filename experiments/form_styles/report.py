@@ -153,12 +153,12 @@ def table_probe(s: dict) -> list[str]:
 
 
 def table_arms(s: dict) -> list[str]:
-    rows = ["| arm | rank | lr | pin accuracy | content accuracy | bleed | held-out loss | routing purity |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = ["| arm | rank | lr | seeds | pin accuracy | content accuracy | bleed | held-out loss | routing purity |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for e in s["arms"].values():
         purity = _pm(e["purity"]) if "purity" in e else "–"
-        rows.append(f"| {e['label']} | {e['rank']} | {e['lr']:g} | {_pm(e['pin'])} | {_pm(e['content'])} | "
-                    f"{_pm(e['bleed'], '.3f')} | {_pm(e['heldout_loss'], '.4f')} | {purity} |")
+        rows.append(f"| {e['label']} | {e['rank']} | {e['lr']:g} | {len(e['seeds'])} | {_pm(e['pin'])} | "
+                    f"{_pm(e['content'])} | {_pm(e['bleed'], '.3f')} | {_pm(e['heldout_loss'], '.4f')} | {purity} |")
     return rows
 
 
@@ -231,7 +231,7 @@ def headline(s: dict) -> list[str]:
         return [first + " The comparison has not been run."]
     holds = [ARMS[a].label for a, v in s["promise_holds"].items() if v]
     ref = s["arms"].get(REFERENCE)
-    line = (f"Held-out characters, {len(s['plan']['seeds'])} seeds: the fair supervised baseline "
+    line = (f"Held-out characters, seeds {', '.join(map(str, ref['seeds']))}: the fair supervised baseline "
             f"({ARMS[REFERENCE].label}) pins {_pm(ref['pin'])}" if ref else "")
     verdict = (f"the promise (pin ≥ {s['plan']['promise_pin']:g}, content kept, non-inferior by "
                f"{s['plan']['margin_pin']:g}) holds for: {', '.join(holds)}." if holds else
