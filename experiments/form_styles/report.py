@@ -103,7 +103,9 @@ def summarise(runs: list[dict], meta: dict) -> dict:
                               "chosen": chosen}
     positive = [r for r in runs if r["stage"] == "positive"]
     control = {"runs": [{k: r[k] for k in ("style", "lr", "seed", "pin", "content", "bleed")} for r in positive]}
-    if positive:
+    if positive and len(positive) < len(STYLE_NAMES):
+        control["passes"] = None  # stopped part-way: no verdict
+    elif positive:
         control["passes"] = all(r["pin"] >= plan.positive_control_pin and r["content"] >= plan.positive_control_content
                                 for r in positive)
     seconds = sum(r.get("train_seconds", 0) + r.get("eval_seconds", 0) for r in runs)
@@ -221,8 +223,10 @@ def headline(s: dict) -> list[str]:
     control = s["positive_control"]
     if "passes" in control:
         runs = control["runs"]
+        verdict = {True: "**passes**", False: "**fails**",
+                   None: f"**incomplete** ({len(runs)} of {len(STYLE_NAMES)} styles ran)"}[control["passes"]]
         first = (f"Positive control (single LoRA r={s['plan']['rank']}, one style alone, held-out characters): "
-                 f"{'**passes**' if control['passes'] else '**fails**'} (pin "
+                 f"{verdict} (pin "
                  + ", ".join(f"{r['style']} {r['pin']:.2f}" for r in runs) + "; content "
                  + ", ".join(f"{r['content']:.2f}" for r in runs) + ").")
     else:

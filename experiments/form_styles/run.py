@@ -146,12 +146,14 @@ def main(argv: Sequence[str] | None = None, base_recipe: dict | None = None, mod
             "probe": study.probe_report, "base": study.base_reference(), "world": world,
             "load_average_start": os.getloadavg()}
     out.mkdir(parents=True, exist_ok=True)
+    previous = json.loads((out / "meta.json").read_text()) if (out / "meta.json").is_file() else {}
+    meta["invocations"] = previous.get("invocations", [])
+    (out / "meta.json").write_text(json.dumps(meta, indent=2))  # first, so a run stopped part-way can be reported
     if args.stage in ("positive", "all"):
         positive_control(study, plan, out, log)
     if args.stage in ("compare", "all"):
         compare(study, plan, arms, out, log)
-    previous = json.loads((out / "meta.json").read_text()) if (out / "meta.json").is_file() else {}
-    meta["invocations"] = [*previous.get("invocations", []),
+    meta["invocations"] = [*meta["invocations"],
                            {"stage": args.stage, "arms": arms, "wall_minutes": (time.perf_counter() - wall) / 60,
                             "load_average_end": os.getloadavg()}]
     (out / "meta.json").write_text(json.dumps(meta, indent=2))

@@ -99,3 +99,6 @@ def test_a_report_of_the_positive_control_alone_says_what_has_not_run():
     assert "**fails**" in text and "oblique 0.86" in text and "comparison has not been run" in text
     rows = report.table_positive(s)
     assert [r.rsplit("|", 2)[1].strip() for r in rows[2:]] == ["yes", "yes", "no", "yes"]
+    part = report.summarise(runs[:2], meta)  # a run stopped after two styles gives no verdict
+    assert part["positive_control"]["passes"] is None
+    assert "**incomplete** (2 of 4 styles ran)" in report.headline(part)[0]
