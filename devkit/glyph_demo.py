@@ -24,7 +24,8 @@ MODEL_NAME = "ortho_hydra_glyph_world.safetensors"
 LATENT_NAME = "ortho_hydra_glyph_styles.latent"
 OUTPUT_NAME = "ortho_hydra_glyph_styles"
 WORKFLOW = Path(__file__).resolve().parents[1] / "example_workflows" / "09_train_glyph_styles_and_pin.json"
-# the study's arm and settings (experiments/form_styles/plan.py; lr as the study chose it for this arm)
+# the study's recommended arm (ortho_init + label guidance) at its revised settings (experiments/form_styles/plan.py);
+# lr: the positive control's, fixed in the plan (the study's lr selection for this arm has not run yet)
 TRAIN = {"steps": 150, "learning_rate": 1e-2, "batch_size": 8, "rank": 8, "experts": 4, "init": "ortho_init",
          "label_guidance": 1.0, "label_guidance_steps": 90}
 GALLERY_SEED = 5
