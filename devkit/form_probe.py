@@ -294,7 +294,7 @@ def training_set(r: dict, gen: torch.Generator) -> tuple[torch.Tensor, torch.Ten
 # --------------------------------------------------------------------------------------------------------------
 
 FORM_RECIPE = {"version": PROBE_VERSION, "world": gw.WORLD_VERSION, "chars": "".join(gw.SPLIT["train"]) + EXTRA_GLYPHS,
-               "augmented_per_pair": 24, "junk": 1200, "epochs": 16, "seed": 0}
+               "augmented_per_pair": 24, "junk": 1200, "epochs": 32, "seed": 0}
 
 
 class FormProbe:
@@ -580,3 +580,27 @@ def ink_only_check() -> dict:
     return {"chance": 1 / len(classes),
             "ink_mass": _nearest_centroid_accuracy(mass(train), ty, mass(test), sy),
             "ink_mass_and_histogram": _nearest_centroid_accuracy(histogram(train), ty, histogram(test), sy)}
+
+
+def certification_report() -> dict:
+    """The form probe's and the palette probe's reports on the same held-out characters and impostor suite."""
+    keys = ("chars", "held_out_accuracy_clean", "held_out_accuracy_augmented", "confusion_augmented", "classes",
+            "impostor_acceptance", "failures", "valid")
+    form = evaluate(fit_form_probe().predict_ink)
+    palette = evaluate(fit_palette_probe())
+    return {"form_probe": {"recipe": FORM_RECIPE, **{k: form[k] for k in keys}},
+            "palette_probe": {k: palette[k] for k in keys}, "thresholds": {"held_out": HELD_OUT_TARGET,
+                                                                           "impostor": IMPOSTOR_LIMIT}}
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Certify the form probe and try the palette probe on the same suite.")
+    parser.add_argument("--out", required=True, help="JSON file for both reports")
+    out = Path(parser.parse_args().out)
+    torch.set_num_threads(1)
+    report = certification_report()
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps({k: {m: v[m] for m in ("held_out_accuracy_augmented", "failures")} for k, v in report.items()
+                      if k != "thresholds"}, indent=2))
