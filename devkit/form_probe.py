@@ -294,7 +294,7 @@ def training_set(r: dict, gen: torch.Generator) -> tuple[torch.Tensor, torch.Ten
 # --------------------------------------------------------------------------------------------------------------
 
 FORM_RECIPE = {"version": PROBE_VERSION, "world": gw.WORLD_VERSION, "chars": "".join(gw.SPLIT["train"]) + EXTRA_GLYPHS,
-               "augmented_per_pair": 24, "junk": 1200, "epochs": 32, "seed": 0}
+               "augmented_per_pair": 24, "junk": 1200, "epochs": 8, "seed": 0}
 
 
 class FormProbe:
