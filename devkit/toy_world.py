@@ -95,6 +95,7 @@ from pathlib import Path
 
 import torch
 
+from .flow_pretraining import LossLog, flow_step
 from .host import COMFY_DIR, ROOT, boot
 
 WORLD_VERSION = 1  # part of the recipe: bump it whenever the neutral pictures or the conditioning change
@@ -505,7 +506,7 @@ def _train_base_model(r: dict, log, threads: int, parent: str | None) -> tuple[d
             return 0.5 * (1 + math.cos(math.pi * (step - r["warmup"]) / max(1, steps - r["warmup"])))
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-        start, running, log_every = time.time(), None, max(1, steps // 5)
+        losses = LossLog(steps, 5, log)
         for step in range(steps):
             pick = torch.randint(0, len(x0_all), (batch,), generator=g)
             x0, ids = x0_all[pick], ids_all[pick]
@@ -515,21 +516,8 @@ def _train_base_model(r: dict, log, threads: int, parent: str | None) -> tuple[d
             keep = (torch.rand(batch, generator=g) >= r["cfg_dropout"]).float()
             context = ctx_all[ids] * keep.view(-1, 1, 1)
             pooled = pooled_all[ids] * keep.view(-1, 1)
-            s = sigma.view(-1, 1, 1, 1)
-            x_t = (1 - s) * x0 + s * noise
-            v = model(x_t, sigma * 1000, y=pooled, context=context)
-            loss = (v - (noise - x0)).pow(2).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            with torch.no_grad():
-                for k, p in model.state_dict().items():
-                    ema[k].lerp_(p, 1 - r["ema"])
-            running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-            if (step + 1) % log_every == 0:
-                log(f"  step {step + 1}/{steps}: loss {running:.4f} ({time.time() - start:.0f} s)")
-        stats = {"final_loss": running if running is not None else float("nan"), "train_seconds": time.time() - start}
+            losses.add(step, flow_step(model, opt, sched, ema, r["ema"], x0, noise, sigma, pooled, context))
+        stats = losses.stats()
         return {k: v.contiguous() for k, v in ema.items()}, stats
     finally:
         torch.set_num_threads(old_threads)
