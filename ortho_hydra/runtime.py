@@ -81,16 +81,7 @@ class ExpertLayer(RoutedLayer):
 
     @classmethod
     def describe_header(cls, entries: Mapping[str, dict], metadata: Mapping[str, str], path: str) -> dict | None:
-        experts: dict[str, int] = {}
-        ranks: set[int] = set()
-        for key, entry in entries.items():
-            match = None if components.is_other_component(key) else _SUFFIX.match(key)
-            if match is None:
-                continue
-            if match["e"] is not None:
-                experts[match["prefix"]] = max(experts.get(match["prefix"], 0), int(match["e"]) + 1)
-            elif match["suffix"] == "lora_down.weight" and isinstance(entry, dict):
-                ranks.add(int(entry["shape"][0]))
+        experts, ranks = heads_in_header(entries)
         if not experts:
             return None
         counts = set(experts.values())
@@ -189,6 +180,22 @@ class ExpertLayer(RoutedLayer):
         """Copy with tensors moved; router tensors keep fp32 so the gate stays fp32."""
         return self.with_tensors(**{n: t.to(device=device, dtype=None if n in self.fp32_tensors else dtype)
                                     for n, t in self.tensors().items()})
+
+
+def heads_in_header(entries: Mapping[str, dict]) -> tuple[dict[str, int], set[int]]:
+    """From a file's header alone: the up-head count per layer prefix (``lora_ups.<e>``) and the ranks of the
+    ``lora_down`` weights."""
+    heads: dict[str, int] = {}
+    ranks: set[int] = set()
+    for key, entry in entries.items():
+        match = None if components.is_other_component(key) else _SUFFIX.match(key)
+        if match is None:
+            continue
+        if match["e"] is not None:
+            heads[match["prefix"]] = max(heads.get(match["prefix"], 0), int(match["e"]) + 1)
+        elif match["suffix"] == "lora_down.weight" and isinstance(entry, dict):
+            ranks.add(int(entry["shape"][0]))
+    return heads, ranks
 
 
 @dataclass

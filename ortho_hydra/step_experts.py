@@ -27,12 +27,11 @@ from typing import ClassVar
 
 import torch
 
-from . import components
 from .errors import OrthoHydraError
 from .kind import Capability, FileKeys, Refusal, alpha_or_rank, stored_alpha, truthy
 from .layer import GateSink
 from .routing import GateContext, GateOverride, finish_gate
-from .runtime import _SUFFIX, ExpertLayer, layout_groups
+from .runtime import ExpertLayer, heads_in_header, layout_groups
 
 log = logging.getLogger(__name__)
 
@@ -96,16 +95,7 @@ class StepExpertLayer(ExpertLayer):
     def describe_header(cls, entries: Mapping[str, dict], metadata: Mapping[str, str], path: str) -> dict | None:
         if not is_step_expert_file(metadata):
             return None
-        heads: dict[str, int] = {}
-        ranks: set[int] = set()
-        for key, entry in entries.items():
-            match = None if components.is_other_component(key) else _SUFFIX.match(key)
-            if match is None:
-                continue
-            if match["e"] is not None:
-                heads[match["prefix"]] = max(heads.get(match["prefix"], 0), int(match["e"]) + 1)
-            elif match["suffix"] == "lora_down.weight" and isinstance(entry, dict):
-                ranks.add(int(entry["shape"][0]))
+        heads, ranks = heads_in_header(entries)
         if not heads:
             return None
         counts = set(heads.values())
