@@ -38,11 +38,15 @@ SIZES = {
     "OrthoHydraTrain": (360, 930), "OrthoHydraExpertGallery": (340, 334), "OrthoHydraPlotTraining": (300, 90),
 }
 # Nodes 2.0 (Vue nodes) draws each node 1.2x as wide as its saved size and as tall as its DOM needs, from the same
-# position: these are those heights, title included, at the sizes above (measured on front end 1.3x); the layout
-# leaves room for whichever UI draws a node bigger, so neither overlaps (the browser test checks both).
+# position: these are those heights, title included, at the sizes above (measured on front end 1.3x; CLIPLoader
+# drew 205 with the Cosmos encoder in one run, so it gets 215); the layout leaves room for whichever UI draws a node
+# bigger, so neither overlaps (the browser test checks both).
 VUE_SCALE = 1.2
+# ... measured against the graph's own spacing, Nodes 2.0 (front end 1.3x and 1.49) lays positions out at 0.8 of the
+# canvas's: a gap of 100 graph units shows as 80 px beside nodes drawn 1.2x, so the layout divides by this
+VUE_SPACING = 0.8
 VUE_HEIGHTS = {
-    "CheckpointLoaderSimple": 161, "TripleCLIPLoader": 181, "UNETLoader": 147, "CLIPLoader": 180, "VAELoader": 112,
+    "CheckpointLoaderSimple": 161, "TripleCLIPLoader": 181, "UNETLoader": 147, "CLIPLoader": 215, "VAELoader": 112,
     "CLIPTextEncode": 205, "EmptySD3LatentImage": 181, "KSampler": 354, "VAEDecode": 103, "VAEEncode": 103,
     "SaveImage": 541, "PreviewImage": 541, "OrthoHydraLoraBank": 408, "OrthoHydraRouter": 544, "OrthoHydraApply": 171,
     "OrthoHydraLoader": 205, "OrthoHydraLoadStyleFolders": 344, "OrthoHydraTrain": 1333,
@@ -77,7 +81,7 @@ class Layout:
         node_id = self.graph.node(node_type, widgets, inputs, outputs, pos=(0, y))
         size = size or SIZES[node_type]
         self.graph.nodes[node_id - 1]["size"] = list(size)
-        vue = VUE_HEIGHTS.get(node_type, round(VUE_SCALE * size[1]) + TITLE + 1) - TITLE
+        vue = round(VUE_HEIGHTS.get(node_type, round(VUE_SCALE * size[1]) + TITLE + 1) / VUE_SPACING) - TITLE
         self.bottoms[column] = y + max(size[1], vue) + GAP
         self.columns[column].append(node_id)
         return node_id
@@ -96,7 +100,7 @@ class Layout:
             nodes = [self.graph.nodes[i - 1] for i in ids]
             for node in nodes:
                 node["pos"][0] = x
-            x += round(VUE_SCALE * max(node["size"][0] for node in nodes)) + COLUMN_GAP
+            x += round(VUE_SCALE / VUE_SPACING * max(node["size"][0] for node in nodes)) + COLUMN_GAP
         return self.graph.to_json()
 
 
