@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .host import boot
@@ -135,3 +137,20 @@ def anima_conditioning(tokens: int = 6, seed: int = 0):
 def cosmos_conditioning(tokens: int = 6, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     return [[torch.randn(1, tokens, 1024, generator=g), {}]]
+
+
+@functools.lru_cache(maxsize=1)
+def cosmos_backward_error() -> str | None:
+    """None when gradients flow through this host's Cosmos-Predict2 blocks, else the host's error.  ComfyUI 0.33 runs
+    Cosmos self-attention's RMS norm and RoPE as one comfy-kitchen op that has no autograd formula, so no training
+    through those blocks is possible there (found by the 0.33 host run of the training-memory tests)."""
+    model = load_cosmos(num_blocks=1, seed=0)
+    dm = model.model.diffusion_model
+    x = torch.randn(1, 16, 1, 8, 8, requires_grad=True)
+    try:
+        with torch.enable_grad():
+            out = dm(x, torch.full((1,), 0.5), torch.randn(1, 4, 1024))
+            out.float().sum().backward()
+    except RuntimeError as exc:
+        return str(exc).splitlines()[0]
+    return None
