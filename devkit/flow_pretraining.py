@@ -3,10 +3,22 @@ smoothed loss log (the worlds differ in data and conditioning, not in the step).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
 import torch
+
+
+def warmup_cosine(opt, warmup: int, steps: int):
+    """The worlds' learning-rate schedule: linear warm-up over ``warmup`` steps, then a cosine to 0 at ``steps``."""
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
 
 
 def flow_step(model, opt, sched, ema: dict[str, torch.Tensor], ema_rate: float, x0: torch.Tensor,

@@ -59,7 +59,6 @@ import argparse
 import functools
 import hashlib
 import json
-import math
 import os
 import subprocess
 import sys
@@ -70,7 +69,7 @@ from pathlib import Path
 import torch
 
 from . import toy_world
-from .flow_pretraining import LossLog, flow_step
+from .flow_pretraining import LossLog, flow_step, warmup_cosine
 from .host import COMFY_DIR, ROOT, boot
 
 WORLD_VERSION = 1  # part of the recipe: bump it whenever the faces, the layout or the conditioning change
@@ -352,13 +351,7 @@ def train_base_model(r: dict | None = None, log=print, threads: int = TRAIN_THRE
         g = torch.Generator().manual_seed(r["seed"] + 1)
         opt = torch.optim.AdamW(model.parameters(), lr=r["lr"], weight_decay=0.0)
         steps, batch = r["steps"], r["batch"]
-
-        def lr_at(step: int) -> float:
-            if step < r["warmup"]:
-                return (step + 1) / r["warmup"]
-            return 0.5 * (1 + math.cos(math.pi * (step - r["warmup"]) / max(1, steps - r["warmup"])))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+        sched = warmup_cosine(opt, r["warmup"], steps)
         losses = LossLog(steps, 10, log)
         for step in range(steps):
             pick = torch.randint(0, count, (batch,), generator=g)

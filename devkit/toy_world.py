@@ -95,7 +95,7 @@ from pathlib import Path
 
 import torch
 
-from .flow_pretraining import LossLog, flow_step
+from .flow_pretraining import LossLog, flow_step, warmup_cosine
 from .host import COMFY_DIR, ROOT, boot
 
 WORLD_VERSION = 1  # part of the recipe: bump it whenever the neutral pictures or the conditioning change
@@ -499,13 +499,7 @@ def _train_base_model(r: dict, log, threads: int, parent: str | None) -> tuple[d
         g = torch.Generator().manual_seed(r["seed"] + 1)
         opt = torch.optim.AdamW(model.parameters(), lr=r["lr"], weight_decay=r["weight_decay"])
         steps, batch = r["steps"], r["batch"]
-
-        def lr_at(step: int) -> float:
-            if step < r["warmup"]:
-                return (step + 1) / r["warmup"]
-            return 0.5 * (1 + math.cos(math.pi * (step - r["warmup"]) / max(1, steps - r["warmup"])))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+        sched = warmup_cosine(opt, r["warmup"], steps)
         losses = LossLog(steps, 5, log)
         for step in range(steps):
             pick = torch.randint(0, len(x0_all), (batch,), generator=g)
