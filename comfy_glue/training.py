@@ -53,6 +53,7 @@ from ortho_hydra.training_state import (
 )
 
 from .compile_support import require_hook_guards
+from .kitchen_autograd import OP_NAME, enable_kitchen_backward
 from .model_linears import adaptable_linears
 from .patcher import apply_adapter
 from .train_support import (
@@ -404,6 +405,9 @@ def train(model, latents: torch.Tensor, positive: list, config: TrainConfig, *, 
         lr_factor(0, config.steps, config.lr_schedule)
     except ValueError as exc:
         raise OrthoHydraError(f"{exc}.", key="lr_schedule", fix="pick one of the listed schedules") from exc
+    if not enable_kitchen_backward():
+        raise OrthoHydraError(f"this ComfyUI's fused attention op {OP_NAME} has no backward, and registering one "
+                              "failed.", key="model", fix="train on ComfyUI 0.3.75, or report this ComfyUI version")
     targets = adaptable_linears(model, config.targets, config.target_regex)
     fingerprint = {prefix: list(w.shape) for prefix, (_, w) in targets.items()}
     mp = model.clone()

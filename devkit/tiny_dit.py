@@ -142,8 +142,11 @@ def cosmos_conditioning(tokens: int = 6, seed: int = 0):
 @functools.lru_cache(maxsize=1)
 def cosmos_backward_error() -> str | None:
     """None when gradients flow through this host's Cosmos-Predict2 blocks, else the host's error.  ComfyUI 0.33 runs
-    Cosmos self-attention's RMS norm and RoPE as one comfy-kitchen op that has no autograd formula, so no training
-    through those blocks is possible there (found by the 0.33 host run of the training-memory tests)."""
+    Cosmos self-attention's RMS norm and RoPE as one comfy-kitchen op that has no autograd formula of its own; the
+    pack's trainer registers one (``comfy_glue.kitchen_autograd``), and so does this probe, as the trainer would."""
+    from comfy_glue.kitchen_autograd import enable_kitchen_backward
+
+    enable_kitchen_backward()
     model = load_cosmos(num_blocks=1, seed=0)
     dm = model.model.diffusion_model
     x = torch.randn(1, 16, 1, 8, 8, requires_grad=True)

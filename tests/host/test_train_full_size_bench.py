@@ -6,16 +6,8 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 from bench import train_full_size as bench
-from devkit import tiny_dit
 from devkit.host import ROOT
-
-# ComfyUI 0.33 runs Cosmos self-attention through a comfy-kitchen op with no autograd formula: no training through
-# those blocks there (a host limitation, stated in docs/compatibility.md); skipped where the probe says so
-pytestmark = pytest.mark.skipif(tiny_dit.cosmos_backward_error() is not None,
-                                reason=f"no gradients through Cosmos blocks: {tiny_dit.cosmos_backward_error()}")
 
 
 def test_quick_run_measures_every_configuration_and_phase(tmp_path):

@@ -11,11 +11,6 @@ from devkit import tiny_dit
 from devkit.host import import_pack
 from devkit.memory import TensorMemory
 
-# ComfyUI 0.33 runs Cosmos self-attention through a comfy-kitchen op with no autograd formula: no training through
-# those blocks there (a host limitation, stated in docs/compatibility.md); skipped where the probe says so
-pytestmark = pytest.mark.skipif(tiny_dit.cosmos_backward_error() is not None,
-                                reason=f"no gradients through Cosmos blocks: {tiny_dit.cosmos_backward_error()}")
-
 LATENTS = torch.randn(2, 16, 1, 32, 32, generator=torch.Generator().manual_seed(0))
 POSITIVE = tiny_dit.cosmos_conditioning(tokens=8, seed=1)
 
