@@ -242,12 +242,21 @@ def _run_core(spec: dict, model, latents, positive, phases: Phases, gemm) -> Non
     nodes_train.TrainSampler.sample = marked
     phases.mark("setup")
     with torch.inference_mode(), _within(gemm):
-        nodes_train.TrainLoraNode.execute(
+        nodes_train.TrainLoraNode.execute(**with_node_defaults(nodes_train.TrainLoraNode, dict(
             model=[model], latents=[{"samples": latents}, {"samples": latents}], positive=[positive],
             batch_size=[1], steps=[spec["steps"]], grad_accumulation_steps=[1], learning_rate=[1e-4],
             rank=[spec["rank"]], optimizer=["AdamW"], loss_function=["MSE"], seed=[0], training_dtype=["bf16"],
             lora_dtype=["bf16"], algorithm=["LoRA"], gradient_checkpointing=[spec["checkpointing"]],
-            existing_lora=["[None]"])
+            existing_lora=["[None]"])))
+
+
+def with_node_defaults(node, given: dict) -> dict:
+    """``given`` plus every other input of a V3 list-input node at its own default: ComfyUI 0.33's TrainLoraNode has
+    five inputs 0.3.75's lacks (quantized backward, checkpoint depth, offloading, buckets, bypass)."""
+    for item in node.define_schema().inputs:
+        if item.id not in given and getattr(item, "default", None) is not None:
+            given[item.id] = [item.default]
+    return given
 
 
 def training_loop(pack):
@@ -279,6 +288,7 @@ def _run_ours(spec: dict, model, latents, positive, phases: Phases, train, gemm)
 
     sampler.calibrate, sampler.fwd_bwd, sampler.sample = calibrating, stepping, sampling
     config = train.TrainConfig(steps=spec["steps"], batch_size=1, rank=spec["rank"], experts=4,
+                               init="ortho",  # the init bench/results were measured with
                                targets="attention+mlp", gradient_checkpointing=spec["checkpointing"],
                                output_name="train_full_size", seed=0)
     phases.mark("setup")

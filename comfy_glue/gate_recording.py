@@ -46,8 +46,9 @@ class GateRecording:
 
 
 @contextlib.contextmanager
-def recording(model, fix: str = "connect the output of Apply Ortho-Hydra (router-live); pinned or blended layers "
-                                "are folded into the weights and have no router to record") -> Iterator[GateRecording]:
+def recording(model, fix: str = "connect the output of Ortho-Hydra Apply Adapter (router-live); pinned or "
+                                "blended layers are folded into the weights and have no router to record",
+              ) -> Iterator[GateRecording]:
     """Record every gate of the last router-live adapter applied to ``model`` while the block runs."""
     applied = [a for a in applied_adapters(model) if a.hooked]
     if not applied:

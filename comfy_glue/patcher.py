@@ -324,7 +324,7 @@ def _bind_override(model, adapter: Adapter) -> OverrideStack:
                 frame.rule.check(adapter.num_experts)
             except ValueError as exc:
                 raise OrthoHydraError(f"router override: {exc}.", path=adapter.path, key="override",
-                                      fix="adjust the Ortho-Hydra Router node's settings") from exc
+                                      fix="adjust the Ortho-Hydra Expert Mixer node's settings") from exc
     sampling = model.get_model_object("model_sampling")
     return override.bind(lambda p: float(sampling.percent_to_sigma(p)))
 

@@ -40,8 +40,8 @@ def capture(model, latent: torch.Tensor, conditioning, percents: list[float], se
     sampler = comfy.samplers.sampler_object("euler")
     noise = comfy.sample.prepare_noise(latent, seed)
     pbar = comfy.utils.ProgressBar(len(percents))
-    with recording(model, fix="capture from a live (unpinned) adapter: connect Apply Ortho-Hydra's output to the "
-                              "capture node") as gates:
+    with recording(model, fix="capture from a live (unpinned) adapter: connect Ortho-Hydra Apply Adapter's output to "
+                              "the capture node") as gates:
         for percent in percents:
             comfy.model_management.throw_exception_if_processing_interrupted()
             sigma = float(sampling.percent_to_sigma(percent))

@@ -76,13 +76,13 @@ INITS = {"ortho": "ortho", "ortho_out": "ortho_out", "ortho_init": "ortho_init",
 @dataclass(frozen=True)
 class TrainConfig:
     steps: int = 500
-    learning_rate: float = 2e-4
+    learning_rate: float = 2e-3  # the studies' recipe (toy and glyph worlds); lower it for large real models
     batch_size: int = 1
     grad_accumulation: int = 1
     rank: int = 16
     experts: int = 4
     alpha: float = 0.0
-    init: str = "ortho"
+    init: str = "ortho_init"  # frozen-basis "ortho" could not carry the studies' styles (experiments/style_separation)
     jitter_std: float = 0.1
     balance_weight: float = 1e-2  # < 50 % collapsed layers where 1e-5 had 90-97 % (experiments/router_collapse)
     balance_start: float = 0.0  # a step, or a fraction of the run when < 1
@@ -100,7 +100,7 @@ class TrainConfig:
     fixed_noise: bool = False  # debugging aid: one noise draw and level per image, reused every step
     trace_every: int = 0
     calibrate_router: bool = True  # standardise each router's input on the data before step 1 (anti-collapse)
-    label_guidance: float = 0.0  # weight of the gate/label cross-entropy
+    label_guidance: float = 1.0  # weight of the gate/label cross-entropy; applies only when style labels are given
     label_guidance_steps: int = 0  # hold it this long, then decay to 0; 0: 60 % of the run
     label_guidance_detached: bool = True  # the gate/label term sees each layer's input detached (no upstream grads)
     lr_schedule: str = "cosine"  # a constant lr let fast runs undo their fit at the end (style_separation)
@@ -140,6 +140,11 @@ class TrainingRun:
     def adapter_path(self) -> str:
         return os.path.join(folder_paths.get_folder_paths("loras")[0], f"{self.config.output_name}.safetensors")
 
+    @property
+    def resume_path(self) -> str:
+        """The resume file, in its own folder so LoRA lists stay LoRAs (models/ortho_hydra_resume by default)."""
+        return os.path.join(resume_dir(), os.path.basename(resume_path_for(self.adapter_path)))
+
     def adapter(self):
         cfg = self.config
         adapter = self.network.to_adapter(
@@ -161,7 +166,7 @@ class TrainingRun:
                                        {"config": self.config.identity(), "fingerprint": self.fingerprint,
                                         "losses": self.losses, "balance_usage": self.balance.state(),
                                         "data_order": order})
-        save_training_state(resume_path_for(path), state)
+        save_training_state(self.resume_path, state)
         return path
 
     def resume(self, path: str) -> None:
@@ -378,9 +383,16 @@ def check_styles(config: TrainConfig, labels: torch.Tensor | None) -> None:
     if config.style_names and labels is not None and int(labels.max()) >= len(config.style_names):
         raise OrthoHydraError(f"label {int(labels.max())} has no style name ({len(config.style_names)} given).",
                               key="style_names", fix="give one name per style label")
-    if config.label_guidance > 0 and labels is None:
-        raise OrthoHydraError("label_guidance needs one style label per image.", key="style_labels",
-                              fix="connect the style-folders loader, type the labels, or set label_guidance to 0")
+
+
+def guidance_line(config: TrainConfig, labels: torch.Tensor | None) -> str:
+    """What label guidance did in a run, for the node's report: it applies only where style labels were given."""
+    if config.label_guidance <= 0:
+        return "label guidance: off (weight 0)"
+    if labels is None:
+        return "label guidance: off (no style labels connected)"
+    hold = guidance_hold(config.label_guidance_steps, config.steps)
+    return f"label guidance: weight {config.label_guidance:g}, held {hold} steps, then decayed"
 
 
 def train(model, latents: torch.Tensor, positive: list, config: TrainConfig, *, resume: str | None = None,
@@ -401,6 +413,8 @@ def train(model, latents: torch.Tensor, positive: list, config: TrainConfig, *, 
         raise OrthoHydraError(f"{labels.numel()} style labels for {count} images.", key="style_labels",
                               fix="give one label per image")
     check_styles(config, labels)
+    if labels is None and config.label_guidance:
+        config = replace(config, label_guidance=0.0)  # recorded as it ran: guidance needs labels
     try:
         lr_factor(0, config.steps, config.lr_schedule)
     except ValueError as exc:
@@ -489,5 +503,23 @@ def _new_run(config: TrainConfig, targets: dict, fingerprint: dict, labels: torc
     return run
 
 
+RESUME_FOLDER = "ortho_hydra_resume"
+
+
+def register_resume_folder() -> None:
+    """models/ortho_hydra_resume, for the trainer's ``*.resume.safetensors`` (optimizer state, step, data order)."""
+    if RESUME_FOLDER not in folder_paths.folder_names_and_paths:
+        path = os.path.join(folder_paths.models_dir, RESUME_FOLDER)
+        folder_paths.folder_names_and_paths[RESUME_FOLDER] = ([path], {".safetensors"})
+
+
+def resume_dir() -> str:
+    register_resume_folder()
+    path = folder_paths.get_folder_paths(RESUME_FOLDER)[0]
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
 def resume_choices() -> list[str]:
-    return [n for n in folder_paths.get_filename_list("loras") if n.endswith(RESUME_SUFFIX)]
+    register_resume_folder()
+    return [n for n in folder_paths.get_filename_list(RESUME_FOLDER) if n.endswith(RESUME_SUFFIX)]

@@ -3,11 +3,17 @@
 from dataclasses import dataclass
 
 import comfy.samplers
-from comfy_api.v0_0_2 import io
+from comfy_api.v0_0_2 import io, ui
 
 OrthoHydraAdapterType = io.Custom("ORTHO_HYDRA")
 StyleProfileType = io.Custom("STYLE_PROFILE")
 RouterTraceType = io.Custom("ROUTER_TRACE")
+
+
+def reported(*outputs, text: str) -> io.NodeOutput:
+    """Node outputs with ``text`` also shown on the node (ComfyUI's UI text; web/ortho_hydra.js draws it), so a
+    summary or report is seen without wiring its STRING output anywhere."""
+    return io.NodeOutput(*outputs, ui=ui.PreviewText(text))
 
 
 def sampler_inputs(seed_tip: str, steps_tip: str, max_steps: int) -> list:

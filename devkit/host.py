@@ -46,6 +46,7 @@ def loras_folder(path: str | os.PathLike) -> Iterator[Path]:
     before = {name: (entry, list(entry[0]), list(entry[1])) for name, entry in table.items()}
     listed = dict(folder_paths.filename_list_cache)
     folder_paths.add_model_folder_path("loras", str(path), is_default=True)
+    folder_paths.add_model_folder_path("ortho_hydra_resume", str(path), is_default=True)  # resume files beside
     try:
         yield Path(path)
     finally:

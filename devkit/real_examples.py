@@ -150,7 +150,7 @@ MOE_NOTE = _unwrap("""Reference-trainer _moe file -> load -> pin (Cosmos-Predict
 Pick:
 - Load Diffusion Model: cosmos_predict2_2B_t2i.safetensors, or another model of this family such as Anima,
   with the text encoder and VAE its own ComfyUI workflow uses (here the Cosmos T5 and the Wan 2.1 VAE).
-- Load Ortho-Hydra Adapter: your *_moe.safetensors from anima_lora (models/loras) for that model. Keep
+- Ortho-Hydra Load Adapter: your *_moe.safetensors from anima_lora (models/loras) for that model. Keep
   router_correction at 'training'.
 - Router: pin + expert 0 uses expert 0 alone; the mixer under the widgets shows one slider and pin button
   per expert, named from the file. Try blend, or keyframes for a schedule.

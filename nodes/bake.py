@@ -9,9 +9,10 @@ from comfy_api.v0_0_2 import io
 from ortho_hydra.bake import baked_lora
 from ortho_hydra.safetensors_io import write_safetensors
 
+from ..comfy_glue import menus
 from ..comfy_glue.adapter_files import lora_output_path
 from ..comfy_glue.patcher import make_plan
-from ..comfy_glue.types import OrthoHydraAdapterType
+from ..comfy_glue.types import OrthoHydraAdapterType, reported
 
 
 def constant_gates(adapter, plan=None) -> dict:
@@ -29,8 +30,8 @@ class OrthoHydraBakeLoRA(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="OrthoHydraBakeLoRA",
-            display_name="Bake Ortho-Hydra to LoRA",
-            category="loaders/ortho_hydra",
+            display_name="Ortho-Hydra Bake to LoRA",
+            category=menus.TOOLS,
             description="Writes a pinned, blended or profiled adapter as a plain LoRA (lora_up / lora_down / alpha "
                         "in ComfyUI's naming) into models/loras. Live or scheduled routing cannot be baked.",
             inputs=[
@@ -51,4 +52,4 @@ class OrthoHydraBakeLoRA(io.ComfyNode):
         override = adapter.override.describe()
         write_safetensors(path, tensors, {"ss_network_module": "networks.lora", "oh_baked_from":
                                           os.path.basename(adapter.path or "adapter"), "oh_override": override})
-        return io.NodeOutput(path)
+        return reported(path, text=f"baked to {path}")

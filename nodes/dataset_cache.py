@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from comfy_api.v0_0_2 import io
 
+from ..comfy_glue import menus
 from ..comfy_glue.dataset_cache import cache_dataset
-from ..comfy_glue.types import StyleSetType
+from ..comfy_glue.types import StyleSetType, reported
 
 
 class OrthoHydraCacheDataset(io.ComfyNode):
@@ -14,8 +15,8 @@ class OrthoHydraCacheDataset(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="OrthoHydraCacheDataset",
-            display_name="Cache Ortho-Hydra Dataset",
-            category="training/ortho_hydra",
+            display_name="Ortho-Hydra Cache Dataset",
+            category=menus.TRAIN,
             description="Encodes images with the VAE and captions with the text encoder once, and writes them as "
                         "safetensors shards plus a manifest under output/ortho_hydra_datasets/<name>, for the "
                         "torchrun trainer (python -m ortho_hydra_train). Re-running with the same inputs skips "
@@ -46,5 +47,6 @@ class OrthoHydraCacheDataset(io.ComfyNode):
     @classmethod
     def execute(cls, images, vae, dataset_name: str, captions: str, shard_size: int, clip=None, conditioning=None,
                 styles=None) -> io.NodeOutput:
-        return io.NodeOutput(*cache_dataset(images, vae, dataset_name, captions, shard_size, clip, conditioning,
-                                            styles))
+        path, latents, summary = cache_dataset(images, vae, dataset_name, captions, shard_size, clip, conditioning,
+                                               styles)
+        return reported(path, latents, summary, text=summary)

@@ -11,6 +11,7 @@ from comfy_api.v0_0_2 import io
 
 from ortho_hydra.text_lists import parse_list
 
+from ..comfy_glue import menus
 from ..comfy_glue.context_widths import context_widths
 
 
@@ -20,7 +21,7 @@ class OrthoHydraDemoConditioning(io.ComfyNode):
         return io.Schema(
             node_id="OrthoHydraDemoConditioning",
             display_name="Ortho-Hydra Demo Conditioning",
-            category="conditioning/ortho_hydra",
+            category=menus.DEMO,
             description="Demo helper: seeded random conditioning of the model's context width, for driving a "
                         "DiT without a text encoder. Not a prompt.",
             inputs=[

@@ -9,8 +9,9 @@ from comfy_api.v0_0_2 import io
 from ortho_hydra import OrthoHydraError
 from ortho_hydra.text_lists import adapter_names_from
 
+from ..comfy_glue import menus
 from ..comfy_glue.lora_bank import MAX_LORAS, NONE, build_bank, lora_choices
-from ..comfy_glue.types import OrthoHydraAdapterType
+from ..comfy_glue.types import OrthoHydraAdapterType, reported
 
 
 class OrthoHydraLoraBank(io.ComfyNode):
@@ -21,8 +22,8 @@ class OrthoHydraLoraBank(io.ComfyNode):
                                    tooltip="Another LoRA (optional).") for i in range(3, MAX_LORAS + 1)]
         return io.Schema(
             node_id="OrthoHydraLoraBank",
-            display_name="LoRA Stack to Ortho-Hydra Expert Bank",
-            category="loaders/ortho_hydra",
+            display_name="Ortho-Hydra Expert Bank (LoRA stack)",
+            category=menus.APPLY,
             description="Turns 2 to 8 ordinary LoRA files into one adapter whose expert i is LoRA i, exactly: "
                         "pinning expert i equals LoraLoaderModelOnly(LoRA i, strength 1), and a blend with "
                         "renormalize off equals stacking the loaders at those strengths. The router starts "
@@ -51,4 +52,5 @@ class OrthoHydraLoraBank(io.ComfyNode):
         stems = [os.path.splitext(os.path.basename(f))[0] for f in files]
         labels = adapter_names_from(stems, names)
         bank = build_bank(model, files, labels)
-        return io.NodeOutput(bank, bank.summary())
+        summary = bank.summary()
+        return reported(bank, summary, text=summary)

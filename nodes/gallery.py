@@ -7,6 +7,7 @@ from comfy_api.v0_0_2 import io
 
 from ortho_hydra.text_lists import split_list
 
+from ..comfy_glue import menus
 from ..comfy_glue.gallery import expert_gallery
 from ..comfy_glue.types import OrthoHydraAdapterType, sampler_inputs
 
@@ -17,7 +18,7 @@ class OrthoHydraExpertGallery(io.ComfyNode):
         return io.Schema(
             node_id="OrthoHydraExpertGallery",
             display_name="Ortho-Hydra Expert Gallery",
-            category="loaders/ortho_hydra",
+            category=menus.TOOLS,
             description="Renders one seed with each expert pinned, plus live routing, as a labelled grid: what "
                         "each expert does. Several positive entries give one row each.",
             inputs=[

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from comfy_api.v0_0_2 import io
 
+from ..comfy_glue import menus
 from ..comfy_glue.images import latent_to_rgb
 
 
@@ -17,7 +18,7 @@ class OrthoHydraLatentPreview(io.ComfyNode):
         return io.Schema(
             node_id="OrthoHydraLatentPreview",
             display_name="Ortho-Hydra Latent Preview (no VAE)",
-            category="latent/ortho_hydra",
+            category=menus.DEMO,
             description="Demo helper: approximate RGB of a latent through the model's latent_rgb_factors "
                         "(as ComfyUI's live preview does), for graphs without VAE weights.",
             inputs=[

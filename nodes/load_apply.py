@@ -7,11 +7,11 @@ from comfy_api.v0_0_2 import io
 from ortho_hydra.components import require_all_applied
 from ortho_hydra.moe_format import ROUTER_CORRECTIONS
 
+from ..comfy_glue import menus
 from ..comfy_glue.adapter_files import adapter_choices, file_fingerprint, load_cached, validation_error
 from ..comfy_glue.patcher import applied_adapters, apply_adapter
-from ..comfy_glue.types import OrthoHydraAdapterType
+from ..comfy_glue.types import OrthoHydraAdapterType, reported
 
-CATEGORY = "loaders/ortho_hydra"
 _STRENGTH_TIP = "Multiplier on the adapter's output. 0 disables it; negative values push away from the styles."
 _CORRECTION_TIP = ("'training' restores the gates the router was trained with on reference-trainer files; "
                    "'none' uses the router as stored, like the reference ComfyUI node.")
@@ -54,8 +54,8 @@ class OrthoHydraLoader(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="OrthoHydraLoader",
-            display_name="Load Ortho-Hydra Adapter",
-            category=CATEGORY,
+            display_name="Ortho-Hydra Load Adapter",
+            category=menus.APPLY,
             description="Reads a mixture-of-experts LoRA file (ours or the reference trainer's) and summarises it.",
             inputs=[_lora_input(), _correction_input(), _strict_input()],
             outputs=[OrthoHydraAdapterType.Output(display_name="adapter"),
@@ -73,7 +73,8 @@ class OrthoHydraLoader(io.ComfyNode):
     @classmethod
     def execute(cls, lora_name: str, router_correction: str = "training", strict: bool = True) -> io.NodeOutput:
         adapter = _loaded(lora_name, router_correction, strict)
-        return io.NodeOutput(adapter, adapter.summary())
+        summary = adapter.summary()
+        return reported(adapter, summary, text=summary)
 
 
 class OrthoHydraApply(io.ComfyNode):
@@ -81,8 +82,8 @@ class OrthoHydraApply(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="OrthoHydraApply",
-            display_name="Apply Ortho-Hydra",
-            category=CATEGORY,
+            display_name="Ortho-Hydra Apply Adapter",
+            category=menus.APPLY,
             description="Patches a clone of the diffusion model so every adapted Linear routes each sample "
                         "through its experts, as in training.",
             inputs=[
@@ -106,8 +107,8 @@ class OrthoHydraLoadAndApply(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="OrthoHydraLoadAndApply",
-            display_name="Load + Apply Ortho-Hydra",
-            category=CATEGORY,
+            display_name="Ortho-Hydra Load + Apply",
+            category=menus.APPLY,
             description="Load an adapter file and apply it router-live in one node.",
             inputs=[
                 io.Model.Input("model", tooltip="The diffusion model (DiT) to patch; the input is left untouched."),
@@ -140,4 +141,5 @@ class OrthoHydraLoadAndApply(io.ComfyNode):
             coverage += f"; {applied[-1].placement()}"
         if adapter.reft:
             coverage += f"; {len(adapter.reft)} ReFT block edits applied at strength_reft {strength_reft:g}"
-        return io.NodeOutput(patched, adapter.summary() + "\n" + coverage)
+        summary = adapter.summary() + "\n" + coverage
+        return reported(patched, summary, text=summary)

@@ -9,7 +9,8 @@ from ortho_hydra.override_settings import build_override, norm_controlled
 from ortho_hydra.overrides import GROUPS, MODES, SIDES
 from ortho_hydra.profiles import check_matches
 
-from ..comfy_glue.types import OrthoHydraAdapterType, StyleProfileType
+from ..comfy_glue import menus
+from ..comfy_glue.types import OrthoHydraAdapterType, StyleProfileType, reported
 
 KEYFRAMES_TIP = ("Optional schedule, one keyframe per line: '<start_percent> <mode> [args]', e.g. '0.0 live' / "
                  "'0.4 pin 2' / '0.7 blend 1,1,0,0' / 'bias 0,2,0,0' / 'temperature 0.5' / 'top_k 2'. "
@@ -21,8 +22,8 @@ class OrthoHydraRouter(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="OrthoHydraRouter",
-            display_name="Ortho-Hydra Router",
-            category="loaders/ortho_hydra",
+            display_name="Ortho-Hydra Expert Mixer",
+            category=menus.MIXER,
             description="Override the learned router: pin one expert, blend experts by hand, bias, sharpen or "
                         "top-k the gates, for a scope of layers and a window of the denoise. Chain several; "
                         "later nodes win where scopes overlap. Constant overrides fold into the weights at zero "
@@ -107,4 +108,4 @@ class OrthoHydraRouter(io.ComfyNode):
         constant = sum(stack.constant_gate(n, adapter.num_experts) is not None for n in adapter.layers)
         summary = (f"{stack.describe()}\n{constant} of {len(adapter.layers)} routed layers have a constant gate "
                    "(folded into the weights at apply time)." + note)
-        return io.NodeOutput(routed, summary)
+        return reported(routed, summary, text=summary)

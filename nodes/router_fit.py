@@ -7,9 +7,10 @@ from comfy_api.v0_0_2 import io
 
 from ortho_hydra import OrthoHydraError
 
+from ..comfy_glue import menus
 from ..comfy_glue.router_fit import fit_bank_router
 from ..comfy_glue.training import style_labels_from
-from ..comfy_glue.types import OrthoHydraAdapterType, StyleSetType
+from ..comfy_glue.types import OrthoHydraAdapterType, StyleSetType, reported
 
 
 class OrthoHydraFitRouter(io.ComfyNode):
@@ -17,8 +18,8 @@ class OrthoHydraFitRouter(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="OrthoHydraFitRouter",
-            display_name="Fit Ortho-Hydra Router from Examples",
-            category="loaders/ortho_hydra",
+            display_name="Ortho-Hydra Fit Mixer from Examples",
+            category=menus.MIXER,
             description="Fits only the routers of an adapter (for example an expert bank of LoRAs) so that live "
                         "routing sends each input to the expert whose examples it resembles. Give latents of each "
                         "style with their expert index; the weights of the experts are not touched.",
@@ -53,4 +54,4 @@ class OrthoHydraFitRouter(io.ComfyNode):
                                          seed=seed)
         text = (f"fitted {report['layers']} routers on {report['train']} latents; held-out ({report['held_out']}) "
                 f"routing accuracy {report['held_out_accuracy']:.2f}, purity (NMI) {report['held_out_purity']:.2f}")
-        return io.NodeOutput(fitted, text)
+        return reported(fitted, text, text=text)

@@ -7,6 +7,7 @@ import json
 import comfy.sample
 from comfy_api.v0_0_2 import io, ui
 
+from ..comfy_glue import menus
 from ..comfy_glue.gate_recording import recording, summarize_records
 from ..comfy_glue.images import heatmap, usage_bars
 from ..comfy_glue.types import sampler_inputs
@@ -18,7 +19,7 @@ class OrthoHydraRouterTrace(io.ComfyNode):
         return io.Schema(
             node_id="OrthoHydraRouterTrace",
             display_name="Ortho-Hydra Router Trace (sampler)",
-            category="sampling/ortho_hydra",
+            category=menus.TOOLS,
             description="Samples like KSampler while recording every routed layer's gates per step, for the "
                         "positive and negative sides separately: a steps x layers heatmap (hue = dominant expert, "
                         "saturation = 1 - normalised entropy), expert-usage bars and the raw numbers as JSON.",

@@ -7,9 +7,10 @@ from comfy_api.v0_0_2 import io
 from ortho_hydra import OrthoHydraError, save
 from ortho_hydra.text_lists import split_list
 
+from ..comfy_glue import menus
 from ..comfy_glue.adapter_files import lora_output_path
 from ..comfy_glue.images import plot_training
-from ..comfy_glue.types import OrthoHydraAdapterType, RouterTraceType
+from ..comfy_glue.types import OrthoHydraAdapterType, RouterTraceType, reported
 
 
 class OrthoHydraSave(io.ComfyNode):
@@ -17,8 +18,8 @@ class OrthoHydraSave(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="OrthoHydraSave",
-            display_name="Save Ortho-Hydra Adapter",
-            category="training/ortho_hydra",
+            display_name="Ortho-Hydra Save Adapter",
+            category=menus.TRAIN,
             description="Writes the adapter as <name>.safetensors in models/loras (atomic; λ on the up side, so the "
                         "file is exact under any Hydra runtime).",
             inputs=[OrthoHydraAdapterType.Input("adapter", tooltip="The adapter to save."),
@@ -37,7 +38,7 @@ class OrthoHydraSave(io.ComfyNode):
             raise OrthoHydraError(f"{len(names)} expert names for {adapter.num_experts} experts.", key="expert_names",
                                   fix=f"give exactly {adapter.num_experts} names, or none")
         save(adapter.with_expert_names(names), path)  # never mutate the input: it is often the loader's cache
-        return io.NodeOutput(path)
+        return reported(path, text=f"saved {path}")
 
 
 class OrthoHydraPlotTraining(io.ComfyNode):
@@ -45,8 +46,8 @@ class OrthoHydraPlotTraining(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="OrthoHydraPlotTraining",
-            display_name="Plot Ortho-Hydra Training",
-            category="training/ortho_hydra",
+            display_name="Ortho-Hydra Plot Training",
+            category=menus.TRAIN,
             description="Loss curve, each run's mean normalised gate entropy over steps, and a layers x experts "
                         "usage heatmap.",
             inputs=[io.Custom("LOSS_MAP").Input("loss_map", tooltip="The trainer's loss map."),

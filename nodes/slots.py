@@ -9,7 +9,8 @@ from comfy_api.v0_0_2 import io
 from ortho_hydra.slots import merge_slot_adapters
 from ortho_hydra.text_lists import adapter_names_from
 
-from ..comfy_glue.types import OrthoHydraAdapterType
+from ..comfy_glue import menus
+from ..comfy_glue.types import OrthoHydraAdapterType, reported
 
 MAX_ADAPTERS = 8
 
@@ -31,8 +32,8 @@ class OrthoHydraMergeSlots(io.ComfyNode):
                     for i in range(3, MAX_ADAPTERS + 1)]
         return io.Schema(
             node_id="OrthoHydraMergeSlots",
-            display_name="Merge Ortho-Hydra Slots",
-            category="loaders/ortho_hydra",
+            display_name="Ortho-Hydra Merge Slots",
+            category=menus.TOOLS,
             description="Stacks adapters trained with OrthoHydraTrain's 'slots' option (one expert each, on "
                         "disjoint slices of W0's singular vectors) into one adapter whose expert i is adapter i, "
                         "exactly. Refuses adapters on the same slot, cut into different slot counts, or trained "
@@ -58,4 +59,5 @@ class OrthoHydraMergeSlots(io.ComfyNode):
                  for i, a in enumerate(adapters)]
         labels = adapter_names_from(stems, names)
         merged, table = merge_slot_adapters(adapters, labels)
-        return io.NodeOutput(merged, overlap_report(labels, table))
+        report = overlap_report(labels, table)
+        return reported(merged, report, text=report)

@@ -9,8 +9,9 @@ from comfy_api.v0_0_2 import io
 
 from ortho_hydra import OrthoHydraError
 
+from ..comfy_glue import menus
 from ..comfy_glue.style_folders import MAX_SIDE, RESIZE_MODES, dataset_choices, load_style_folders, scan_dataset
-from ..comfy_glue.types import StyleSetType
+from ..comfy_glue.types import StyleSetType, reported
 
 
 class OrthoHydraLoadStyleFolders(io.ComfyNode):
@@ -18,8 +19,8 @@ class OrthoHydraLoadStyleFolders(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="OrthoHydraLoadStyleFolders",
-            display_name="Load Style Folders (Ortho-Hydra)",
-            category="training/ortho_hydra",
+            display_name="Ortho-Hydra Load Style Folders",
+            category=menus.STYLE,
             description="Loads input/<dataset>/<style>/*.png|jpg|webp as one image batch with one style label per "
                         "image (label i = the i-th style folder, sorted). Encode it with a VAE Encode node.",
             inputs=[
@@ -69,5 +70,6 @@ class OrthoHydraLoadStyleFolders(io.ComfyNode):
     @classmethod
     def execute(cls, dataset: str, width: int, height: int, resize: str, max_per_style: int) -> io.NodeOutput:
         images, styles = load_style_folders(dataset, width, height, resize, max_per_style)
-        return io.NodeOutput(images, styles, ",".join(str(label) for label in styles.labels),
-                             ",".join(styles.names), len(styles.labels))
+        counts = ", ".join(f"{name} {styles.labels.count(i)}" for i, name in enumerate(styles.names))
+        return reported(images, styles, ",".join(str(label) for label in styles.labels), ",".join(styles.names),
+                        len(styles.labels), text=f"{len(styles.labels)} images in {len(styles.names)} styles: {counts}")

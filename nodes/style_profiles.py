@@ -11,9 +11,10 @@ from comfy_api.v0_0_2 import io
 from ortho_hydra import OrthoHydraError
 from ortho_hydra.profiles import StyleProfile, load_profile, save_profile
 
+from ..comfy_glue import menus
 from ..comfy_glue.adapter_files import checked_file_name
 from ..comfy_glue.style_profiles import PROFILE_FOLDER, capture, parse_percents, profile_dir, register_profile_folder
-from ..comfy_glue.types import StyleProfileType
+from ..comfy_glue.types import StyleProfileType, reported
 
 
 class OrthoHydraCaptureStyle(io.ComfyNode):
@@ -21,8 +22,8 @@ class OrthoHydraCaptureStyle(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="OrthoHydraCaptureStyle",
-            display_name="Capture Ortho-Hydra Style",
-            category="loaders/ortho_hydra",
+            display_name="Ortho-Hydra Capture Style Profile",
+            category=menus.STYLE,
             description="Runs the router-live model on a reference latent (a VAE-encoded image of the style) at a "
                         "few noise levels and records each layer's mean gate: a profile you can replay at zero "
                         "cost with the router node.",
@@ -43,7 +44,8 @@ class OrthoHydraCaptureStyle(io.ComfyNode):
     def execute(cls, model, latent, conditioning, percents: str, seed: int, name: str) -> io.NodeOutput:
         profile = capture(model, latent["samples"], conditioning, parse_percents(percents), seed, name)
         usage = ", ".join(f"{n}: {w:.2f}" for n, w in zip(profile.expert_names, profile.mean_usage(), strict=False))
-        return io.NodeOutput(profile, f"profile '{name}' over {len(profile.layers)} layers; mean usage {usage}")
+        summary = f"profile '{name}' over {len(profile.layers)} layers; mean usage {usage}"
+        return reported(profile, summary, text=summary)
 
 
 class OrthoHydraSaveStyle(io.ComfyNode):
@@ -51,8 +53,8 @@ class OrthoHydraSaveStyle(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="OrthoHydraSaveStyle",
-            display_name="Save Ortho-Hydra Style",
-            category="loaders/ortho_hydra",
+            display_name="Ortho-Hydra Save Style Profile",
+            category=menus.STYLE,
             description="Saves a style profile as models/ortho_hydra_profiles/<name>.json.",
             inputs=[StyleProfileType.Input("profile", tooltip="The profile to save."),
                     io.String.Input("name", default="style", tooltip="File name (letters, digits, - _ . space).")],
@@ -65,7 +67,7 @@ class OrthoHydraSaveStyle(io.ComfyNode):
         checked_file_name(name, "name")
         path = os.path.join(profile_dir(), f"{name}.json")
         save_profile(profile, path)
-        return io.NodeOutput(path)
+        return reported(path, text=f"saved {path}")
 
 
 class OrthoHydraLoadStyle(io.ComfyNode):
@@ -74,8 +76,8 @@ class OrthoHydraLoadStyle(io.ComfyNode):
         register_profile_folder()
         return io.Schema(
             node_id="OrthoHydraLoadStyle",
-            display_name="Load Ortho-Hydra Style",
-            category="loaders/ortho_hydra",
+            display_name="Ortho-Hydra Load Style Profile",
+            category=menus.STYLE,
             description="Loads a saved style profile; the router node checks it belongs to the adapter.",
             inputs=[io.Combo.Input("profile_name", options=folder_paths.get_filename_list(PROFILE_FOLDER),
                                    tooltip="A profile from models/ortho_hydra_profiles.")],

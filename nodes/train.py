@@ -10,10 +10,19 @@ from comfy_api.v0_0_2 import io
 from ortho_hydra.text_lists import split_list
 from ortho_hydra.training import LR_SCHEDULES, TIMESTEP_SAMPLING
 
+from ..comfy_glue import menus
 from ..comfy_glue.adapter_files import checked_file_name
 from ..comfy_glue.model_linears import TARGETS
-from ..comfy_glue.training import INITS, TrainConfig, resume_choices, style_labels_from, train
-from ..comfy_glue.types import OrthoHydraAdapterType, RouterTraceType, StyleSetType
+from ..comfy_glue.training import (
+    INITS,
+    RESUME_FOLDER,
+    TrainConfig,
+    guidance_line,
+    resume_choices,
+    style_labels_from,
+    train,
+)
+from ..comfy_glue.types import OrthoHydraAdapterType, RouterTraceType, StyleSetType, reported
 
 DEFAULT = TrainConfig()  # every widget's default is this field's default
 
@@ -23,11 +32,11 @@ class OrthoHydraTrain(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="OrthoHydraTrain",
-            display_name="Train Ortho-Hydra",
-            category="training/ortho_hydra",
+            display_name="Ortho-Hydra Train",
+            category=menus.TRAIN,
             description="Fine-tunes a mixture-of-experts adapter on this MODEL inside the graph, with per-sample "
-                        "routing. Checkpoints (adapter + resume file) go to models/loras every save_every steps, at "
-                        "the end, and when interrupted.",
+                        "routing. Checkpoints go out every save_every steps, at the end and when interrupted: the "
+                        "adapter to models/loras, its resume file to models/ortho_hydra_resume.",
             is_experimental=True,
             hidden=[io.Hidden.unique_id],
             inputs=[
@@ -76,8 +85,9 @@ class OrthoHydraTrain(io.ComfyNode):
                                          "and the trained adapter are the same either way."),
                 io.Combo.Input("training_dtype", options=["fp32", "bf16"], default=DEFAULT.training_dtype,
                                tooltip="Autocast dtype of the forward; adapter weights stay fp32."),
-                io.Int.Input("seed", default=DEFAULT.seed, min=0, max=2**31 - 1, control_after_generate=True,
-                             tooltip="Seed for init, batches and noise."),
+                io.Int.Input("seed", default=DEFAULT.seed, min=0, max=2**31 - 1,
+                             tooltip="Seed for init, batches and noise. Fixed, so queueing again does not retrain "
+                                     "a different adapter over the same file."),
                 io.Int.Input("save_every", default=DEFAULT.save_every, min=0, max=1_000_000,
                              tooltip="Checkpoint every N steps (0: only at the end)."),
                 io.String.Input("output_name", default=DEFAULT.output_name,
@@ -88,13 +98,16 @@ class OrthoHydraTrain(io.ComfyNode):
                 io.String.Input("style_labels", default="", tooltip="Optional per-image style ids (e.g. 0,0,1,1): "
                                                                     "the purity diagnostic, and label guidance."),
                 io.Combo.Input("resume", options=["none", *resume_choices()], default="none",
-                               tooltip="Continue from a *.resume.safetensors written by an earlier run."),
+                               tooltip="Continue from a *.resume.safetensors an earlier run wrote to "
+                                       "models/ortho_hydra_resume."),
                 io.String.Input("style_names", default="", tooltip="Optional style names, comma-separated, in label "
                                                                    "order; stamped as expert names (style i -> "
                                                                    "expert i). Taken from 'styles' when connected."),
                 io.Float.Input("label_guidance", default=DEFAULT.label_guidance, min=0.0, max=100.0, step=0.01,
                                tooltip="Weight of the cross-entropy between each image's gate and its style's "
-                                       "expert (label i -> expert i). 0 turns it off; needs style labels."),
+                                       "expert (label i -> expert i). Applies only when style labels are connected "
+                                       "(style_labels or styles); the node's report says whether it ran. 0 turns "
+                                       "it off."),
                 io.Int.Input("label_guidance_steps", default=DEFAULT.label_guidance_steps, min=0, max=1_000_000,
                              tooltip="Hold the label guidance this many steps, then decay it to 0 over half as "
                                      "many, so the router carries the style alone at the end. 0: hold it for 60 % "
@@ -137,7 +150,11 @@ class OrthoHydraTrain(io.ComfyNode):
         else:
             labels, names = style_labels_from(style_labels, count), tuple(split_list(style_names))
         config = TrainConfig(output_name=output_name, style_names=names, **settings)
-        resume_path = None if resume == "none" else folder_paths.get_full_path_or_raise("loras", resume)
+        resume_path = None if resume == "none" else folder_paths.get_full_path_or_raise(RESUME_FOLDER, resume)
         live, adapter, loss_map, trace = train(model, latents["samples"], positive, config, resume=resume_path,
                                                labels=labels, unique_id=cls.hidden.unique_id)
-        return io.NodeOutput(live, adapter, loss_map, trace)
+        losses = loss_map.get("loss", [])
+        final = f"; final loss {losses[-1]:.4f}" if losses else ""
+        return reported(live, adapter, loss_map, trace,
+                        text=f"trained {len(losses)} steps{final}; saved as {config.output_name}\n"
+                             f"{guidance_line(config, labels)}\n{adapter.summary()}")

@@ -7,9 +7,10 @@ from comfy_api.v0_0_2 import io
 
 from ortho_hydra.transfer import MODES, TransferOptions
 
+from ..comfy_glue import menus
 from ..comfy_glue.lora_bank import NONE, lora_choices
 from ..comfy_glue.transfer import transfer_to
-from ..comfy_glue.types import OrthoHydraAdapterType
+from ..comfy_glue.types import OrthoHydraAdapterType, reported
 
 
 class OrthoHydraTransfer(io.ComfyNode):
@@ -17,8 +18,8 @@ class OrthoHydraTransfer(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="OrthoHydraTransfer",
-            display_name="Transfer Ortho-Hydra / LoRA to Another Base",
-            category="loaders/ortho_hydra",
+            display_name="Ortho-Hydra Transfer to Another Base",
+            category=menus.TOOLS,
             description="Carries an adapter trained on one version of a base model to another version of the same "
                         "architecture, without data (LoRA-X): each factor is projected onto the target weight's "
                         "principal subspaces, and layers whose source and target subspaces differ too much are "
@@ -44,11 +45,12 @@ class OrthoHydraTransfer(io.ComfyNode):
                 io.Float.Input("threshold", default=0.0, min=0.0, max=1.0, step=0.01,
                                tooltip="τ: a layer whose source/target subspace similarity (1 = same directions) "
                                        "is below this is dropped from the result."),
-                io.Combo.Input("mode", options=list(MODES), default="subspace",
-                               tooltip="subspace: LoRA-X, keep only the part in the target's principal subspace. "
-                                       "subspace+null: also carry the part outside the source's principal subspace "
-                                       "into the target's complement (better for ordinary LoRAs). copy: no "
-                                       "projection, the naive baseline."),
+                io.Combo.Input("mode", options=list(MODES), default="subspace+null",
+                               tooltip="subspace+null (default): keep the part in the target's principal subspace "
+                                       "and carry the part outside the source's into the target's complement; tied "
+                                       "with copy over the 9 measured settings (experiments/transfer). subspace: "
+                                       "LoRA-X as published, keeps only the first part; it lost most styles there. "
+                                       "copy: no projection, the naive baseline."),
                 io.String.Input("output_name", default="ortho_hydra_transferred",
                                 tooltip="File name for the result in models/loras (.safetensors is added)."),
                 io.Latent.Input("latent", optional=True,
@@ -74,4 +76,4 @@ class OrthoHydraTransfer(io.ComfyNode):
         options = TransferOptions(rank=rank, energy=energy, threshold=threshold, mode=mode, seed=seed)
         moved, report, path = transfer_to(source_model, target_model, options, output_name, adapter, lora_name,
                                           latent, conditioning)
-        return io.NodeOutput(moved, report, path, ui={"text": [report]})
+        return reported(moved, report, path, text=report)

@@ -106,7 +106,7 @@ def read(folder: str | os.PathLike) -> CachedDataset:
     manifest = read_manifest(folder)
     if manifest is None:
         raise OrthoHydraError("no manifest.json: not a cached Ortho-Hydra dataset (or its caching was interrupted).",
-                              path=folder, key=MANIFEST, fix="cache the dataset with the Cache Ortho-Hydra Dataset "
+                              path=folder, key=MANIFEST, fix="cache the dataset with the Ortho-Hydra Cache Dataset "
                                                              "node, then point --dataset at its folder")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise OrthoHydraError(f"format version {manifest.get('format_version')}, this pack reads "

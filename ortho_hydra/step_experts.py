@@ -65,7 +65,7 @@ class StepExpertLayer(ExpertLayer):
                                  "for that schedule, so the heads would load as an untrained router's uniform mix.",
                                  _NO_SAVE_FIX),
         Capability.ROUTER_FIT: Refusal("{name} has no router: its heads are chosen by the denoise step.",
-                                       "pin, blend or schedule the heads with the Ortho-Hydra Router node"),
+                                       "pin, blend or schedule the heads with the Ortho-Hydra Expert Mixer node"),
         Capability.TRANSFER: Refusal("{name} holds per-step turbo heads distilled against one base model.",
                                      "distill the turbo student again on the other base model"),
     }

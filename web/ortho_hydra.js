@@ -271,9 +271,33 @@ function drawChart(node) {
   ctx.fillText(`step ${last.step}/${total}  loss ${last.loss.toFixed(4)}  H/lnE ${last.entropy.toFixed(3)}`, 6, 12);
 }
 
+// A node's summary or report (its UI text output) shown on the node, in a read-only box that is never saved.
+function showReport(node, text) {
+  let box = node.ohReport;
+  if (!box) {
+    box = document.createElement("pre");
+    box.className = "ortho-hydra-report";
+    box.style.cssText = "margin:0;padding:4px;font-size:10px;white-space:pre-wrap;overflow:auto;max-height:160px;"
+      + "color:var(--input-text, #ddd);background:var(--comfy-input-bg, #222);border-radius:4px;";
+    node.ohReport = box;
+    transient(node.addDOMWidget("report", "ortho_hydra_report", box, { serialize: false, getValue() {}, setValue() {} }));
+  }
+  box.textContent = text;
+  refresh(node);
+}
+
 app.registerExtension({
   name: "ortho_hydra.ui",
   async nodeCreated(node) {
+    if (node.comfyClass?.startsWith("OrthoHydra")) {
+      const executed = node.onExecuted;
+      node.onExecuted = function (message) {
+        const result = executed?.apply(this, arguments);
+        const text = message?.text;
+        if (text?.length) showReport(this, Array.isArray(text) ? text.join("\n") : String(text));
+        return result;
+      };
+    }
     const lora = widget(node, "lora_name");
     if (lora && node.comfyClass?.startsWith("OrthoHydra")) {
       const original = lora.callback;

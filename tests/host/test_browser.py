@@ -282,12 +282,21 @@ def test_mixer_shows_one_slider_per_expert_and_drives_the_prompt(server, page, u
     prompt = page.evaluate("async () => (await window.app.graphToPrompt()).output")
     router = next(v for v in prompt.values() if v["class_type"] == "OrthoHydraRouter")
     assert router["inputs"]["mode"] == "blend" and not any(k.startswith("mix:") for k in router["inputs"])
+    saved = f"() => window.app.graph.serialize().nodes.find(n => n.id === ({ROUTER})().id).widgets_values"
+    widgets_before = page.evaluate(saved)
     page.evaluate("() => window.app.queuePrompt(0, 1)")
     done = srv.wait_history(before + 1)
     entry = done[-1]
     assert entry["status"]["status_str"] == "success", entry["status"]
     images = [i for out in entry["outputs"].values() for i in out.get("images", [])]
     assert images and all((base / "output" / i["filename"]).is_file() for i in images)
+    # the router's summary is shown on the node, and the report box is never saved with the workflow
+    router_id = next(k for k, v in entry["prompt"][2].items() if v["class_type"] == "OrthoHydraRouter")
+    summary = entry["outputs"][router_id]["text"][0]
+    page.wait_for_function(f"() => ({ROUTER})().ohReport?.textContent === {json.dumps(summary)}", timeout=30_000)
+    box = page.locator("pre.ortho-hydra-report").first.bounding_box()
+    assert box and box["width"] > 50 and box["height"] > 10
+    assert page.evaluate(saved) == widgets_before
     if ui == "nodes2":  # the sliders' rows are rendered and show the pushed weight
         rows = page.evaluate(f"() => Array.from(({NODE_EL})(({ROUTER})()).querySelectorAll('.lg-node-widget'))"
                              ".map(e => e.innerText)")

@@ -1,4 +1,4 @@
-"""Cache Ortho-Hydra Dataset on the real host: a real (random) SD-style VAE, shards, skip, refusals, then the
+"""Ortho-Hydra Cache Dataset on the real host: a real (random) SD-style VAE, shards, skip, refusals, then the
 torchrun command trains on the cache and the nodes load its adapter."""
 
 import os

@@ -61,3 +61,16 @@ def test_the_torchrun_commands_imports_leave_comfyuis_nodes_in_place(tmp_path):
     ours = ours_by_name(loaded)
     assert f"{PACK_MODULE}.comfy_glue.training" in ours
     assert {name for name in ours if not name.startswith(f"{PACK_MODULE}.")} == set()
+
+
+def test_readme_node_table_is_every_node_under_one_menu_root_with_its_registered_name():
+    """The README's node table names each registered node once, with the display name and menu the node declares,
+    and every menu sits under the one root ``Ortho-Hydra/``."""
+    import re
+
+    schemas = {node.define_schema().node_id: node.define_schema() for node in import_pack().nodes.NODES}
+    rows = re.findall(r"^\| (.+?) \(`(OrthoHydra\w+)`\) \| ([^|]+?) \|", (ROOT / "README.md").read_text(), re.M)
+    assert sorted(node_id for _, node_id, _ in rows) == sorted(schemas)
+    for display, node_id, menu in rows:
+        assert (display, menu) == (schemas[node_id].display_name, schemas[node_id].category)
+        assert menu.startswith("Ortho-Hydra/") and schemas[node_id].display_name.startswith("Ortho-Hydra ")

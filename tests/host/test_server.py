@@ -110,9 +110,19 @@ def test_every_example_workflow_uses_registered_nodes_and_runs(server, name):
     assert execution_error(entry) is None, execution_error(entry)
     images = output_images(entry, base / "output")
     assert images and all(p.is_file() for p in images)
+    shown = 0
+    for node_id, node in entry["prompt"][2].items():  # every pack node with a report shows it (UI text)
+        outputs = set(info[node["class_type"]].get("output_name", []))
+        if node["class_type"].startswith("OrthoHydra") and ({"summary", "report", "path"} & outputs
+                                                            or node["class_type"] == "OrthoHydraTrain"):
+            text = entry["outputs"].get(node_id, {}).get("text", [""])
+            assert text[0].strip(), f"{node['class_type']} ran and showed no text"
+            shown += 1
+    assert shown, "no pack node with a report in this example"
     if name.startswith("04"):  # trained in the server's inference-mode executor, checkpoint + resume file kept
         assert (base / "models" / "loras" / "ortho_hydra_demo_trained.safetensors").is_file()
-        assert (base / "models" / "loras" / "ortho_hydra_demo_trained.resume.safetensors").is_file()
+        assert (base / "models" / "ortho_hydra_resume" / "ortho_hydra_demo_trained.resume.safetensors").is_file()
+        assert not list((base / "models" / "loras").glob("*.resume.safetensors"))  # LoRA lists stay LoRAs
         assert len(images) == 3
     if name.startswith("07"):  # the transferred file, then v2 sampled with the naive copy and with it
         assert workflow.load(transfer_demo.WORKFLOW) == transfer_demo.workflow()
@@ -168,7 +178,7 @@ def test_web_extension_route_and_docs_are_served(server):
     assert any(e.endswith("ortho_hydra.js") for e in extensions)
     with urllib.request.urlopen(srv.url + "/extensions/comfyui-ortho-hydra/docs/OrthoHydraRouter.md",
                                 timeout=30) as resp:
-        assert resp.read().decode().startswith("# Ortho-Hydra Router")
+        assert resp.read().decode().startswith("# Ortho-Hydra Expert Mixer")
 
 
 def _refused(srv, graph) -> str:

@@ -43,7 +43,7 @@ def config(T, **kw):
                   init="ortho", jitter_std=0.1, balance_weight=1e-5, router_lr_scale=10.0, targets="attention+mlp",
                   target_regex="", timestep_sampling="logit_normal", shift=3.0, gradient_checkpointing=False,
                   training_dtype="fp32", seed=0, save_every=0, output_name="run", fixed_noise=False,
-                  lr_schedule="constant")
+                  lr_schedule="constant", label_guidance=0.0)
     values.update(kw)
     return T.TrainConfig(**values)
 

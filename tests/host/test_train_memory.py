@@ -37,7 +37,8 @@ def cosmos(blocks: int = 8, inference: bool = True):
 
 def config(T, **kw):
     values = dict(steps=2, learning_rate=1e-2, batch_size=2, rank=4, experts=4, training_dtype="fp32", seed=0,
-                  output_name="memory", balance_weight=1e-2, lr_schedule="constant")
+                  output_name="memory", balance_weight=1e-2, lr_schedule="constant", label_guidance=0.0,
+                  init="ortho")
     values.update(kw)
     return T.TrainConfig(**values)
 

@@ -1,18 +1,15 @@
 """Write web/docs/<NodeId>.md for every node from its V3 schema plus a short hand-written intro and tip.
 
-    .venv/bin/python scripts/gen_node_docs.py
+    .venv/bin/python -m devkit.node_docs
+
+tests/host/test_node_docs.py checks the committed pages are what this writes, so no page drifts from a default.
 """
 
 from __future__ import annotations
 
 import asyncio
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from devkit.host import import_pack  # noqa: E402
+from .host import ROOT, import_pack
 
 TIPS = {
     "OrthoHydraLoader": ("Reads an Ortho-Hydra or HydraLoRA `*_moe.safetensors` (ours or the reference trainer's) "
@@ -86,8 +83,9 @@ TIPS = {
                                 "Name the experts here or store names in the file with the save node."),
     "OrthoHydraTrain": ("Fine-tunes an Ortho-Hydra (or HydraLoRA) adapter on this model inside the graph, with "
                         "per-sample routing.",
-                        "Keep balance_weight tiny (2e-6..5e-5). Cancel at any time: a checkpoint and a resume file "
-                        "are kept in models/loras."),
+                        "Connect a style-folders loader to train one expert per style (label guidance). Cancel at "
+                        "any time: the adapter is kept in models/loras and its resume file in "
+                        "models/ortho_hydra_resume."),
     "OrthoHydraLoadStyleFolders": ("Loads `input/<dataset>/<style>/*.png|jpg|webp` as one image batch with one style "
                                    "label per image: label i is the i-th style folder in sorted order.",
                                    "Connect `styles` to the trainer's styles input and the images to a VAE Encode; "
@@ -108,7 +106,9 @@ def render(schema) -> str:
     lines = [f"# {schema.display_name}", "", intro, "", "## Inputs", ""]
     for item in schema.inputs:
         optional = " (optional)" if getattr(item, "optional", False) else ""
-        lines.append(f"- **{item.id}**{optional}: {item.tooltip}")
+        default = getattr(item, "default", None)
+        shown = "" if default is None or default == "" else f" (default `{default}`)"
+        lines.append(f"- **{item.id}**{optional}{shown}: {item.tooltip}")
     lines += ["", "## Outputs", ""]
     for out in schema.outputs or []:
         lines.append(f"- **{out.display_name or out.io_type}** ({out.io_type})")
@@ -116,15 +116,21 @@ def render(schema) -> str:
     return "\n".join(lines)
 
 
+PAGES = ROOT / "web" / "docs"
+
+
+def pages() -> dict[str, str]:
+    """Every node's help page as this module renders it, by node id."""
+    nodes = asyncio.run(asyncio.run(import_pack().comfy_entrypoint()).get_node_list())
+    return {schema.node_id: render(schema) for schema in (node.GET_SCHEMA() for node in nodes)}
+
+
 def main() -> None:
-    pack = import_pack()
-    nodes = asyncio.run(asyncio.run(pack.comfy_entrypoint()).get_node_list())
-    out = ROOT / "web" / "docs"
-    out.mkdir(parents=True, exist_ok=True)
-    for node in nodes:
-        schema = node.GET_SCHEMA()
-        (out / f"{schema.node_id}.md").write_text(render(schema))
-    print(f"wrote {len(nodes)} pages to {out}")
+    PAGES.mkdir(parents=True, exist_ok=True)
+    written = pages()
+    for node_id, text in written.items():
+        (PAGES / f"{node_id}.md").write_text(text)
+    print(f"wrote {len(written)} pages to {PAGES}")
 
 
 if __name__ == "__main__":
