@@ -299,7 +299,7 @@ def training_set(r: dict, gen: torch.Generator) -> tuple[torch.Tensor, torch.Ten
 SELECTION_FOLD = "BJRS2589"
 FORM_RECIPE = {"design": 2, "version": PROBE_VERSION, "world": gw.WORLD_VERSION,
                "chars": "".join(gw.SPLIT["train"]) + EXTRA_GLYPHS, "augmented_per_pair": 24, "junk": 1200,
-               "epochs": 16, "seeds": [0, 1, 2], "accept": ACCEPT,
+               "epochs": 16, "seeds": [0, 1, 2], "accept": 0.4,  # select_accept() chose 0.4 (fold accuracy 0.944)
                "selection": {"fold": SELECTION_FOLD, "candidates": [0.4, 0.5, 0.6, 0.7]}}
 
 

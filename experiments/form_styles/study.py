@@ -74,7 +74,7 @@ class GlyphStudy:
         self.base_build_seconds = gw.build_seconds(gw.model_path(models_dir, base_recipe))  # stamped at build time
         self.form, self.content = fp.certified_probes()
         self.probe_report = self.form.report
-        self.targets = self.pack.nodes.model_linears.adaptable_linears(self.base, "attention+mlp")
+        self.targets = self.pack.comfy_glue.model_linears.adaptable_linears(self.base, "attention+mlp")
         self.matched_rank = matched_rank(self.targets, plan.rank, plan.experts)
         self.splits = {part: self._split(part, k) for k, part in enumerate(("train", "validation", "held_out"))}
         self._tmp = tempfile.TemporaryDirectory(prefix="form_styles_")
@@ -96,7 +96,7 @@ class GlyphStudy:
               steps: int | None = None):
         """Train ``arm`` on the training characters in ``styles`` (default all); (live model, adapter, losses, s)."""
         arm = ARMS[arm] if isinstance(arm, str) else arm
-        plan, train = self.plan, self.pack.nodes.train
+        plan, train = self.plan, self.pack.comfy_glue.training
         data = self.splits["train"]
         keep = torch.ones(len(data.style), dtype=torch.bool) if styles is None else \
             torch.isin(data.style, torch.tensor(list(styles)))
@@ -122,7 +122,7 @@ class GlyphStudy:
         from ortho_hydra.overrides import GateRule, Keyframe, Override
 
         pin = adapter.with_override(Override((Keyframe(0.0, GateRule("pin", expert)),)))
-        return self.pack.nodes.patcher.apply_adapter(self.base, pin)[0]
+        return self.pack.comfy_glue.patcher.apply_adapter(self.base, pin)[0]
 
     @torch.no_grad()
     def loss(self, model, split: Split, named: bool = False, routed: bool = False):
@@ -134,7 +134,7 @@ class GlyphStudy:
         context, pooled = cond[0][0], cond[0][1]["pooled_output"]
         options = model.model_options.get("transformer_options", {})
         per_sigma = torch.zeros(len(self.plan.loss_sigmas), len(split.x_in), dtype=torch.float64)
-        recorder = self.pack.nodes.gate_recording.recording(model) if routed else contextlib.nullcontext()
+        recorder = self.pack.comfy_glue.gate_recording.recording(model) if routed else contextlib.nullcontext()
         with recorder as rec:
             for k, (sigma, noise) in enumerate(zip(self.plan.loss_sigmas, split.noises, strict=True)):
                 xs = (1 - sigma) * split.x_in + sigma * noise
