@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 
 import comfy.lora
 import comfy.lora_convert
@@ -106,17 +107,61 @@ def lora_pieces(model, name: str, tensors: dict) -> dict[str, list[LoraPiece]]:
     return pieces
 
 
-def build_bank(model, files: list[str], names: list[str]) -> Adapter:
+def text_encoder_keys(tensors: dict) -> list[str]:
+    """The file's text-encoder keys: a model-only bank leaves them out (as LoraLoaderModelOnly does)."""
+    return sorted(k for k in tensors if k.startswith(_TEXT_ENCODER))
+
+
+def build_bank(model, files: list[str], names: list[str], strengths: list[float] | None = None) -> Adapter:
+    """Expert i = LoRA i at ``strengths[i]`` (default 1): pinning it equals LoraLoaderModelOnly at that strength."""
     space = key_space(model)
-    experts = []
-    for name in files:
+    strengths = strengths or [1.0] * len(files)
+    experts, skipped = [], {}
+    for name, strength in zip(files, strengths, strict=True):
+        tensors = read_lora(name)
+        if text_keys := text_encoder_keys(tensors):
+            skipped[name] = len(text_keys)
         layers = {}
-        for prefix, pieces in lora_pieces(model, name, read_lora(name)).items():
+        for prefix, pieces in lora_pieces(model, name, tensors).items():
             out_features, in_features = space.shapes[space.key_map[prefix]]
-            layers[prefix] = lora_expert(prefix, pieces, out_features, in_features)
+            scaled = [replace(p, up=p.up * strength) for p in pieces]
+            layers[prefix] = lora_expert(prefix, scaled, out_features, in_features)
         experts.append(Adapter(layers=layers, path=name))
     bank = stack_as_experts(experts, names)
     return Adapter(layers=bank.layers, expert_names=bank.expert_names,
-                   metadata={**bank.metadata, "oh_bank_sources": json.dumps(files)})
+                   metadata={**bank.metadata, "oh_bank_sources": json.dumps(files),
+                             "oh_bank_strengths": json.dumps(strengths),
+                             "oh_bank_skipped_text_encoder_keys": json.dumps(skipped)})
+
+
+def bank_report(bank: Adapter) -> str:
+    """The bank's summary, its strengths, and which files' text-encoder keys were left out."""
+    files = json.loads(bank.metadata.get("oh_bank_sources", "[]"))
+    strengths = json.loads(bank.metadata.get("oh_bank_strengths", "[]"))
+    skipped = json.loads(bank.metadata.get("oh_bank_skipped_text_encoder_keys", "{}"))
+    lines = [bank.summary()]
+    if strengths and any(s != 1.0 for s in strengths):
+        lines.append("strengths: " + ", ".join(f"{n} {s:g}" for n, s in zip(bank.expert_names, strengths,
+                                                                                 strict=False)))
+    lines += [f"skipped {count} text-encoder keys of {name} (the bank patches the diffusion model only; load the "
+              "LoRA's CLIP part with a CLIP LoRA loader)" for name, count in skipped.items()]
+    if not skipped:
+        lines.append(f"no text-encoder keys in the {len(files)} files")
+    return "\n".join(lines)
+
+
+def stack_entries(stack) -> list[tuple[str, float]]:
+    """(file, model strength) from a ``LORA_STACK``: the ``[(name, model_strength, clip_strength)]`` list other
+    packs' stackers output; entries named "None" are empty slots, clip strengths do not apply here."""
+    entries = []
+    for i, item in enumerate(stack or []):
+        if not isinstance(item, (list, tuple)) or len(item) < 2:
+            raise OrthoHydraError(f"LORA_STACK entry {i} is {item!r}, not (name, model_strength, clip_strength).",
+                                  key="lora_stack", fix="connect a LoRA stacker's LORA_STACK output")
+        name, strength = item[0], item[1]
+        if name in (None, "None", NONE, ""):
+            continue
+        entries.append((str(name), float(strength)))
+    return entries
 
 

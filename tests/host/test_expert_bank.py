@@ -127,3 +127,46 @@ def test_bad_stacks_are_refused_naming_the_file_and_key(base, loras, tmp_path):
     big = kohya_lora(base, loras, "big", 6, rank=600)
     with pytest.raises(err_type, match="over 1024"):
         node.execute(base, big, kohya_lora(base, loras, "big2", 7, rank=600), "")
+
+
+def test_strengths_and_a_lora_stack_make_experts_at_their_model_strength(base, loras):
+    """Picked LoRAs at typed strengths, then a LORA_STACK's entries at their model strengths: each pinned expert
+    equals ComfyUI's LoraLoaderModelOnly at that strength; empty stack slots are skipped."""
+    pack = import_pack()
+    ov = library().overrides
+    warm, dots, grain = (kohya_lora(base, loras, "warm", 1), peft_lora(base, loras, "dots", 2),
+                         kohya_lora(base, loras, "grain", 3, pattern="context_block_mlp", rank=2, alpha=4.0))
+    stack = [(grain, 0.6, 1.0), ("None", 1.0, 1.0)]
+    bank, report = pack.nodes.expert_bank.OrthoHydraLoraBank.execute(base, warm, dots, "", strengths="0.5,1.5",
+                                                                     lora_stack=stack).args
+    assert bank.expert_names == ("warm", "dots", "grain")
+    assert "strengths: warm 0.5, dots 1.5, grain 0.6" in report
+    apply = pack.comfy_glue.patcher.apply_adapter
+    for expert, (name, strength) in enumerate([(warm, 0.5), (dots, 1.5), (grain, 0.6)]):
+        pin = bank.with_override(ov.Override((ov.Keyframe(0.0, ov.GateRule("pin", expert)),)))
+        got, want = _sample(apply(base, pin)[0]), _sample(_stock(base, [(name, strength)]))
+        assert (got - want).norm() / want.norm() < 1e-5, name
+    err_type = library().OrthoHydraError
+    with pytest.raises(err_type, match="2 strengths for 3 picked"):
+        pack.nodes.expert_bank.OrthoHydraLoraBank.execute(base, warm, dots, "", strengths="1,1", lora_3=grain)
+    with pytest.raises(err_type, match="LORA_STACK entry 0"):
+        pack.nodes.expert_bank.OrthoHydraLoraBank.execute(base, warm, dots, "", lora_stack=["warm"])
+    with pytest.raises(err_type, match="1 LoRAs picked"):
+        pack.nodes.expert_bank.OrthoHydraLoraBank.execute(base, warm, "none", "")
+
+
+def test_text_encoder_keys_are_left_out_and_reported(base, loras):
+    pack = import_pack()
+    tensors = {}
+    g = torch.Generator().manual_seed(5)
+    for prefix, (o, i) in _linears(base, "x_block_mlp").items():
+        tensors[f"{prefix}.lora_up.weight"] = torch.randn(o, 2, generator=g)
+        tensors[f"{prefix}.lora_down.weight"] = torch.randn(2, i, generator=g)
+    tensors["lora_te_text_model_encoder_layers_0_mlp_fc1.lora_up.weight"] = torch.randn(8, 2, generator=g)
+    tensors["lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight"] = torch.randn(2, 8, generator=g)
+    with_te = _write(loras / "with_te.safetensors", tensors)
+    plain = kohya_lora(base, loras, "plain", 6)
+    bank, report = pack.nodes.expert_bank.OrthoHydraLoraBank.execute(base, with_te, plain, "").args
+    assert "skipped 2 text-encoder keys of with_te.safetensors" in report
+    assert "plain.safetensors" not in report.split("skipped")[-1]
+    assert bank.num_experts == 2
