@@ -98,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
         if args.output_dir:
             Path(args.output_dir).mkdir(parents=True, exist_ok=True)
             folder_paths.add_model_folder_path("loras", str(Path(args.output_dir).resolve()), is_default=True)
+            folder_paths.add_model_folder_path("ortho_hydra_resume", str(Path(args.output_dir).resolve()),
+                                               is_default=True)  # the resume file beside the adapter
         model = comfy.sd.load_diffusion_model(args.model)
         channels = model.model.latent_format.latent_channels
         if data.latents.shape[1] != channels:
