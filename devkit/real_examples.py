@@ -33,7 +33,7 @@ SIZES = {
     "CheckpointLoaderSimple": (320, 100), "TripleCLIPLoader": (320, 106), "UNETLoader": (320, 82),
     "CLIPLoader": (320, 106), "VAELoader": (320, 58), "CLIPTextEncode": (400, 140), "EmptySD3LatentImage": (320, 106),
     "KSampler": (320, 262), "VAEDecode": (210, 46), "VAEEncode": (210, 46), "SaveImage": (400, 420),
-    "PreviewImage": (400, 420), "OrthoHydraLoraBank": (360, 276), "OrthoHydraRouter": (360, 380),
+    "PreviewImage": (400, 420), "OrthoHydraLoraBank": (360, 324), "OrthoHydraRouter": (360, 380),
     "OrthoHydraApply": (320, 102), "OrthoHydraLoader": (360, 126), "OrthoHydraLoadStyleFolders": (340, 240),
     "OrthoHydraTrain": (360, 930), "OrthoHydraExpertGallery": (340, 334), "OrthoHydraPlotTraining": (300, 90),
 }
@@ -48,7 +48,7 @@ VUE_SPACING = 0.8
 VUE_HEIGHTS = {
     "CheckpointLoaderSimple": 161, "TripleCLIPLoader": 181, "UNETLoader": 147, "CLIPLoader": 215, "VAELoader": 112,
     "CLIPTextEncode": 205, "EmptySD3LatentImage": 181, "KSampler": 354, "VAEDecode": 103, "VAEEncode": 103,
-    "SaveImage": 541, "PreviewImage": 541, "OrthoHydraLoraBank": 408, "OrthoHydraRouter": 544, "OrthoHydraApply": 171,
+    "SaveImage": 541, "PreviewImage": 541, "OrthoHydraLoraBank": 470, "OrthoHydraRouter": 544, "OrthoHydraApply": 171,
     "OrthoHydraLoader": 205, "OrthoHydraLoadStyleFolders": 344, "OrthoHydraTrain": 1333,
     "OrthoHydraExpertGallery": 437, "OrthoHydraPlotTraining": 151,
 }
@@ -178,7 +178,7 @@ def lora_bank() -> dict:
     c0 = lay.column()
     ckpt, clip = _sd35_loaders(lay, c0)
     c1 = lay.column()
-    bank = lay.add(c1, "OrthoHydraLoraBank", [*BANK_LORAS, "style a, style b", *["none"] * 6],
+    bank = lay.add(c1, "OrthoHydraLoraBank", [*BANK_LORAS, "style a, style b", *["none"] * 6, ""],
                    {"model": ("MODEL", (ckpt, 0))}, [("ORTHO_HYDRA", "adapter"), ("STRING", "summary")])
     positive = _prompt(lay, c1, clip, "a lighthouse on a rocky coast at dusk, waves, seagulls")
     negative = _prompt(lay, c1, clip, "blurry, low quality")

@@ -22,16 +22,28 @@ function widget(node, name) {
   return node.widgets?.find((w) => w.name === name);
 }
 
-// Follow the adapter link upstream (through other router nodes) to the loader's file name.
-function upstreamLoraName(node, seen = new Set()) {
+// Where the router's adapter comes from, following its adapter link upstream through the node's own graph (a subgraph
+// has its own links; app.graph would be the root): a loader's file (read by the server route), or the experts that
+// any other adapter-making node (bank, trainer, fit, merge, transfer) sent with its last run.
+function upstreamSource(node, seen = new Set()) {
   if (!node || seen.has(node.id)) return null;
   seen.add(node.id);
   const lora = widget(node, "lora_name");
-  if (lora) return lora.value;
+  if (lora && node.comfyClass?.startsWith("OrthoHydra")) return { loraName: lora.value };
+  if (node.ohAdapterInfo && node.comfyClass !== "OrthoHydraRouter") return { info: node.ohAdapterInfo };
   const slot = node.inputs?.findIndex((i) => i.name === "adapter");
-  if (slot === undefined || slot < 0 || node.inputs[slot].link == null) return null;
-  const link = app.graph.links[node.inputs[slot].link];
-  return link ? upstreamLoraName(app.graph.getNodeById(link.origin_id), seen) : null;
+  const graph = node.graph;
+  if (slot === undefined || slot < 0 || node.inputs[slot].link == null || !graph) {
+    return node.ohAdapterInfo ? { info: node.ohAdapterInfo } : null;
+  }
+  const links = graph.links;
+  const link = links instanceof Map ? links.get(node.inputs[slot].link) : links?.[node.inputs[slot].link];
+  const upstream = link ? upstreamSource(graph.getNodeById(link.origin_id), seen) : null;
+  return upstream ?? (node.ohAdapterInfo ? { info: node.ohAdapterInfo } : null);
+}
+
+function routersIn(graph) {
+  return (graph?._nodes ?? []).filter((n) => n.comfyClass === "OrthoHydraRouter");
 }
 
 function transient(w) {
@@ -190,10 +202,10 @@ function pushBlend(node) {
 async function buildMixer(node) {
   // a workflow load fires many connection changes: only the latest build may touch the widgets
   const token = (node.ohBuild = (node.ohBuild || 0) + 1);
-  const name = upstreamLoraName(node);
-  let info = null;
-  if (name) {
-    const response = await api.fetchApi(`/ortho_hydra/experts?lora_name=${encodeURIComponent(name)}`);
+  const source = upstreamSource(node);
+  let info = source?.info ?? null;
+  if (source?.loraName) {
+    const response = await api.fetchApi(`/ortho_hydra/experts?lora_name=${encodeURIComponent(source.loraName)}`);
     info = response.ok ? await response.json() : null;
   }
   if (token !== node.ohBuild) return;
@@ -295,6 +307,12 @@ app.registerExtension({
         const result = executed?.apply(this, arguments);
         const text = message?.text;
         if (text?.length) showReport(this, Array.isArray(text) ? text.join("\n") : String(text));
+        const experts = message?.ortho_hydra_experts?.[0];
+        if (experts) {  // a mixer downstream can now name its sliders, whatever made the adapter
+          const changed = JSON.stringify(experts) !== JSON.stringify(this.ohAdapterInfo);
+          this.ohAdapterInfo = experts;
+          if (changed) for (const router of routersIn(this.graph)) if (router !== this) requestMixer(router);
+        }
         return result;
       };
     }
@@ -303,9 +321,7 @@ app.registerExtension({
       const original = lora.callback;
       lora.callback = function (...args) {
         const result = original?.apply(this, args);
-        for (const other of app.graph._nodes) {
-          if (other.comfyClass === "OrthoHydraRouter") requestMixer(other);
-        }
+        for (const other of routersIn(node.graph ?? app.graph)) requestMixer(other);
         return result;
       };
     }
@@ -321,6 +337,10 @@ app.registerExtension({
       requestMixer(node, 50);
     }
     if (node.comfyClass === "OrthoHydraTrain") {
+      // a new trainer keeps its seed (a saved graph's own value is applied after this): re-queueing must not retrain
+      // a different adapter over the same file
+      const control = node.widgets?.find((w) => w.name === "control_after_generate");
+      if (control) control.value = "fixed";
       const canvas = document.createElement("canvas");
       canvas.width = 320;
       canvas.height = 120;

@@ -304,6 +304,41 @@ def test_mixer_shows_one_slider_per_expert_and_drives_the_prompt(server, page, u
     _show(page, "OrthoHydraRouter", _shot("mixer", ui))
 
 
+def test_mixer_after_an_expert_bank_is_named_from_the_banks_run(server, page, ui):
+    """No file to read behind a bank (or a trainer, fit or merge): the bank sends its experts with its run, and both
+    routers downstream build their mixers from them."""
+    srv, _ = server
+    before = len(srv.get("/history"))
+    _load(page, "demo/08_lora_bank_mixer.json")
+    routers = "() => window.app.graph._nodes.filter(n => n.comfyClass === 'OrthoHydraRouter')"
+    page.evaluate(f"() => ({routers})().forEach(r => r.widgets.find(w => w.name === 'refresh experts').callback())")
+    page.wait_for_function(f"() => ({routers})().every(r => r.ohMixerPending === 0)")
+    assert page.evaluate(f"() => ({routers})().map(r => r.widgets.filter(w => w.name.startsWith('mix: w ')).length)"
+                         ) == [0, 0]  # nothing to name the sliders from before the bank has run
+    # names of this UI's own, so the bank runs here (a node answered from the server's cache sends no UI message:
+    # the mixer is named once the adapter's node has run in this browser session)
+    names = [f"{ui} style {i}" for i in range(1, 5)]
+    page.evaluate("""(names) => { const bank = window.app.graph._nodes.find(n => n.comfyClass === 'OrthoHydraLoraBank');
+        bank.widgets.find(w => w.name === 'names').value = names; }""", ", ".join(names))
+    page.evaluate("() => window.app.queuePrompt(0, 1)")
+    entry = srv.wait_history(before + 1)[-1]
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    bank_id = next(k for k, v in entry["prompt"][2].items() if v["class_type"] == "OrthoHydraLoraBank")
+    assert entry["outputs"][bank_id]["ortho_hydra_experts"][0]["expert_names"] == names
+    page.wait_for_function(f"() => ({routers})().every(r => r.ohMixerPending === 0 && "
+                           "r.widgets.filter(w => w.name.startsWith('mix: w ')).length === 4)", timeout=30_000)
+    labels = page.evaluate(f"() => ({routers})()[0].widgets.filter(w => w.name.startsWith('mix: w ')).map(w => w.name)")
+    assert [label.split(": ", 2)[-1] for label in labels] == names
+
+
+def test_a_new_trainer_keeps_its_seed(page, ui):
+    """Re-queueing must not retrain a different adapter over the same file: a trainer added by hand starts 'fixed'."""
+    _load(page, "demo/02_pin_blend_gallery.json")
+    control = page.evaluate("""() => { const n = LiteGraph.createNode('OrthoHydraTrain'); window.app.graph.add(n);
+        return n.widgets.find(w => w.name === 'control_after_generate')?.value; }""")
+    assert control == "fixed"
+
+
 def test_rebuilt_mixer_starts_from_the_router_values(page, ui):
     """A rebuilt mixer (refresh experts, a new adapter) shows the router's weights and renormalize, not what its
     sliders showed before: front end 1.49 hands a new widget the stored value of a removed one of the same name."""

@@ -74,3 +74,23 @@ def test_readme_node_table_is_every_node_under_one_menu_root_with_its_registered
     for display, node_id, menu in rows:
         assert (display, menu) == (schemas[node_id].display_name, schemas[node_id].category)
         assert menu.startswith("Ortho-Hydra/") and schemas[node_id].display_name.startswith("Ortho-Hydra ")
+
+
+def test_the_trainer_shows_its_essentials_and_folds_the_research_knobs_where_the_host_can():
+    """On hosts whose node API has advanced inputs (ComfyUI 0.33; its front end folds them until "show advanced"),
+    the trainer shows about a dozen widgets; everywhere the widget order is the saved graphs' order."""
+    import pytest
+
+    pack = import_pack()
+    schema = pack.nodes.train.OrthoHydraTrain.define_schema()
+    widgets = [i for i in schema.inputs if i.get_io_type() in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")]
+    assert [i.id for i in widgets][:6] == ["steps", "learning_rate", "batch_size", "grad_accumulation", "rank",
+                                           "experts"]  # positions saved graphs rely on
+    if not pack.comfy_glue.types.ADVANCED:
+        pytest.skip("this ComfyUI's node API has no advanced inputs; every widget shows")
+    shown = [i.id for i in widgets if not getattr(i, "advanced", None)]
+    assert set(shown) == {"steps", "learning_rate", "batch_size", "rank", "experts", "gradient_checkpointing",
+                          "seed", "save_every", "output_name", "style_labels", "resume", "style_names",
+                          "label_guidance"}
+    assert {"init", "balance_weight", "slots", "fixed_noise", "jitter_std", "lr_schedule"} <= {
+        i.id for i in widgets if getattr(i, "advanced", None)}
