@@ -34,11 +34,11 @@ unit: setup
 	$(PY) -m pytest -q tests/unit
 
 demo: setup
-	$(PY) scripts/demo.py
+	$(PY) -m scripts.demo
 
 # The files the toy-world graphs in example_workflows/demo/ load, written into the test host (.host/ComfyUI)
 demo-assets: setup
-	$(PY) scripts/demo_assets.py
+	$(PY) -m scripts.demo_assets
 
 bench: setup
 	$(PY) -m bench.core

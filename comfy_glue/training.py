@@ -35,13 +35,17 @@ from ortho_hydra.training import (
     StepGates,
     UsageBalance,
     balance_starts_at,
+    calibration_generator,
     draw_noise_levels,
+    fixed_noise,
     guidance_hold,
     guidance_weight,
     label_guidance_loss,
     lr_factor,
     optimizer_groups,
     set_learning_rates,
+    step_noise,
+    total_loss,
 )
 from ortho_hydra.training_state import (
     RESUME_SUFFIX,
@@ -272,7 +276,7 @@ class OrthoHydraTrainSampler(comfy.samplers.Sampler):
         sampling = model_wrap.inner_model.model_sampling
         idx = list(range(min(max_samples, latents_all.shape[0])))
         latents = latents_all[idx]
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 7)
+        gen = calibration_generator(cfg.seed)
         with observing_router_inputs(run.hooks) as inputs:
             for level in levels:
                 noise = torch.randn(latents.shape, generator=gen)
@@ -295,11 +299,10 @@ class OrthoHydraTrainSampler(comfy.samplers.Sampler):
         latents = latents_all[idx]
         size = run.batches.global_batch
         if cfg.fixed_noise:
-            levels, noise = fixed_noise_for(idx, latents, cfg)
+            levels, noise = fixed_noise(idx, tuple(latents.shape[1:]), cfg.seed, cfg.timestep_sampling, cfg.shift)
         else:
             levels = draw_noise_levels(size, cfg.timestep_sampling, run.generator, cfg.shift)[rows]
-            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + run.step * 97 + micro)
-            noise = torch.randn((size, *latents.shape[1:]), generator=gen)[rows]
+            noise = step_noise(size, tuple(latents.shape[1:]), cfg.seed, run.step, micro, rows)
         sigmas = torch.tensor([float(sampling.percent_to_sigma(1.0 - float(u))) for u in levels]).to(latents.device)
         x0 = sampling.noise_scaling(torch.zeros_like(sigmas), torch.zeros_like(latents), latents, False)
         autocast = torch.autocast(latents.device.type, dtype=torch.bfloat16) \
@@ -317,15 +320,11 @@ class OrthoHydraTrainSampler(comfy.samplers.Sampler):
         def step() -> torch.Tensor:
             with autocast:
                 x0_pred = predict_x0(model_wrap, conds, extra_args, latents_all, idx, sigmas, noise)
-            losses["mse"] = loss = torch.nn.functional.mse_loss(x0_pred.float(), x0.float())
-            total = loss
-            if balance_on and cfg.balance_weight:
-                balance = run.balance.loss(run.gates)
-                total = total + cfg.balance_weight * balance if balance is not None else total
-            if guidance and run.labels is not None:
-                term = label_guidance_loss(run.router_gates if detached else run.gates, run.labels[idx])
-                total = total + guidance * term if term is not None else total
-            return total
+            losses["mse"] = mse = torch.nn.functional.mse_loss(x0_pred.float(), x0.float())
+            balance = run.balance.loss(run.gates) if balance_on and cfg.balance_weight else None
+            guided = label_guidance_loss(run.router_gates if detached else run.gates, run.labels[idx]) \
+                if guidance and run.labels is not None else None
+            return total_loss(mse, (cfg.balance_weight, balance), (guidance, guided))
 
         total = run.replicas.forward(step)  # DDP sees the forward, so the backward all-reduces the adapter's grads
         (total / cfg.grad_accumulation).backward()
@@ -348,16 +347,6 @@ def predict_x0(model_wrap, conds: list, extra_args: dict, latents_all: torch.Ten
         batch_extra = nodes_train.make_batch_extra_option_dict(extra_args, rows, full_size=latents_all.shape[0])
         outputs.append(model_wrap(xt[part], sigmas[part], **batch_extra))
     return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
-
-
-def fixed_noise_for(idx: list[int], latents: torch.Tensor, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """The same noise level and noise for an image at every step (seeded by image index)."""
-    levels, noises = [], []
-    for i, latent in zip(idx, latents, strict=True):
-        gen = torch.Generator().manual_seed(cfg.seed * 7919 + i)
-        levels.append(draw_noise_levels(1, cfg.timestep_sampling, gen, cfg.shift)[0])
-        noises.append(torch.randn(latent.shape, generator=gen))
-    return torch.stack(levels), torch.stack(noises)
 
 
 def style_labels_from(text: str, count: int) -> torch.Tensor | None:

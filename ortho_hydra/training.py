@@ -32,6 +32,40 @@ def draw_noise_levels(count: int, mode: str, generator: torch.Generator, shift: 
     return u.clamp(1e-4, 1 - 1e-4)
 
 
+def fixed_noise(indices: list[int], sample_shape: tuple[int, ...], seed: int, mode: str,
+                shift: float = 3.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """One noise level and one noise draw per image, seeded by the run's seed and the image's index, so every step
+    sees the same ones (a debugging aid: a set-up that cannot overfit a fixed batch is broken)."""
+    levels, noises = [], []
+    for i in indices:
+        gen = torch.Generator().manual_seed(seed * 7919 + i)
+        levels.append(draw_noise_levels(1, mode, gen, shift)[0])
+        noises.append(torch.randn(sample_shape, generator=gen))
+    return torch.stack(levels), torch.stack(noises)
+
+
+def step_noise(global_batch: int, sample_shape: tuple[int, ...], seed: int, step: int, micro: int,
+               rows: slice) -> torch.Tensor:
+    """One micro-batch's noise: drawn for the whole global batch from (seed, step, micro), then this process's
+    ``rows``, so N processes draw what one process draws at N times the batch."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + step * 97 + micro)
+    return torch.randn((global_batch, *sample_shape), generator=gen)[rows]
+
+
+def calibration_generator(seed: int) -> torch.Generator:
+    """The noise source of the router-calibration pass before step 1 (apart from the training draws)."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + 7)
+
+
+def total_loss(mse: torch.Tensor, *terms: tuple[float, torch.Tensor | None]) -> torch.Tensor:
+    """The training objective: the x0 MSE plus each (weight, term) that is on (weight > 0 and a term was made)."""
+    total = mse
+    for weight, term in terms:
+        if weight and term is not None:
+            total = total + weight * term
+    return total
+
+
 def lr_factor(step: int, total_steps: int, schedule: str) -> float:
     """The learning-rate multiplier for update ``step`` (0-based) of ``total_steps``: 1, or a decay towards 0.
 

@@ -24,12 +24,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from devkit import form_probe, glyph_demo, glyph_world, styles_demo, toy_world, workflow  # noqa: E402
-from devkit.host import COMFY_DIR  # noqa: E402
-from devkit.server import ComfyServer, execution_error, output_images  # noqa: E402
+from devkit import form_probe, glyph_demo, glyph_world, styles_demo, toy_world, workflow
+from devkit.host import COMFY_DIR, ROOT
+from devkit.server import ComfyServer, execution_error, output_images
 
 OUT = ROOT / "demo_out"
 

@@ -5,7 +5,7 @@ the tiny DiT and its "next version" (models/diffusion_models), a fitted demo ada
 (models/loras), two-style training latents (input), and the toy world's base model and style latents for demo 06.
 By default they go into the test host (.host/ComfyUI); pass another ComfyUI folder to write them there instead:
 
-    .venv/bin/python scripts/demo_assets.py [/path/to/ComfyUI]
+    .venv/bin/python -m scripts.demo_assets [/path/to/ComfyUI]
 """
 
 from __future__ import annotations
@@ -13,11 +13,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from devkit import demo_assets, styles_demo  # noqa: E402
-from devkit.host import COMFY_DIR  # noqa: E402
+from devkit import demo_assets, styles_demo
+from devkit.host import COMFY_DIR
 
 
 def main(comfy_dir: Path) -> None:

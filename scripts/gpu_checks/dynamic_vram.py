@@ -3,7 +3,7 @@
 Run from the repository root on a CUDA machine, with the ComfyUI tree to check and the python of its venv
 (comfy-aimdo installed, as ComfyUI's requirements.txt pins it):
 
-    OH_COMFYUI=/path/to/ComfyUI /path/to/venv/bin/python scripts/gpu_checks/dynamic_vram.py
+    cd comfyui-ortho-hydra && OH_COMFYUI=/path/to/ComfyUI /path/to/venv/bin/python -m scripts.gpu_checks.dynamic_vram
 
 A tiny SD3-style MMDiT is loaded by ComfyUI's own loader with dynamic VRAM turned on as main.py turns it on, and a
 router-live adapter and a pinned one (folded into weight patches, which the dynamic loader applies at cast time) are
@@ -27,10 +27,6 @@ from __future__ import annotations
 import argparse
 import inspect
 import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
 
 TARGETS = r"(attn_qkv|mlp_fc1)$"
 ROUTER = dict(mode="live", expert=0, weights="", renormalize=True, temperature=1.0, top_k=1, group="all",

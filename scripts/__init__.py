@@ -1,0 +1,1 @@
+"""Commands run from the repository root as ``python -m scripts.<name>`` (no sys.path edits)."""
