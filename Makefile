@@ -34,7 +34,7 @@ unit: setup
 	$(PY) -m pytest -q tests/unit
 
 demo: setup
-	$(PY) -m scripts.demo
+	OH_DEMO_GLYPH=$(GLYPH) $(PY) -m scripts.demo
 
 # The files the toy-world graphs in example_workflows/demo/ load, written into the test host (.host/ComfyUI)
 demo-assets: setup

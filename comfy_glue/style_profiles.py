@@ -8,7 +8,6 @@ import comfy.model_management
 import comfy.sample
 import comfy.samplers
 import comfy.utils
-import folder_paths
 import torch
 
 from ortho_hydra import OrthoHydraError
@@ -16,22 +15,11 @@ from ortho_hydra.profiles import StyleProfile, adapter_fingerprint
 from ortho_hydra.text_lists import parse_list
 
 from .gate_recording import recording
-
-PROFILE_FOLDER = "ortho_hydra_profiles"
-
-
-def register_profile_folder() -> None:
-    """models/ortho_hydra_profiles, for *.json style profiles."""
-    if PROFILE_FOLDER not in folder_paths.folder_names_and_paths:
-        path = os.path.join(folder_paths.models_dir, PROFILE_FOLDER)
-        folder_paths.folder_names_and_paths[PROFILE_FOLDER] = ([path], {".json"})
+from .model_folders import PROFILE_FOLDER, folder_dir
 
 
 def profile_dir() -> str:
-    register_profile_folder()
-    path = folder_paths.get_folder_paths(PROFILE_FOLDER)[0]
-    os.makedirs(path, exist_ok=True)
-    return path
+    return folder_dir(PROFILE_FOLDER)
 
 
 def capture(model, latent: torch.Tensor, conditioning, percents: list[float], seed: int, name: str) -> StyleProfile:

@@ -58,6 +58,7 @@ from ortho_hydra.training_state import (
 
 from .compile_support import require_hook_guards
 from .kitchen_autograd import OP_NAME, enable_kitchen_backward
+from .model_folders import RESUME_FOLDER, folder_dir, register_folder
 from .model_linears import adaptable_linears
 from .patcher import apply_adapter
 from .train_support import (
@@ -147,7 +148,7 @@ class TrainingRun:
     @property
     def resume_path(self) -> str:
         """The resume file, in its own folder so LoRA lists stay LoRAs (models/ortho_hydra_resume by default)."""
-        return os.path.join(resume_dir(), os.path.basename(resume_path_for(self.adapter_path)))
+        return os.path.join(folder_dir(RESUME_FOLDER), os.path.basename(resume_path_for(self.adapter_path)))
 
     def adapter(self):
         cfg = self.config
@@ -492,23 +493,6 @@ def _new_run(config: TrainConfig, targets: dict, fingerprint: dict, labels: torc
     return run
 
 
-RESUME_FOLDER = "ortho_hydra_resume"
-
-
-def register_resume_folder() -> None:
-    """models/ortho_hydra_resume, for the trainer's ``*.resume.safetensors`` (optimizer state, step, data order)."""
-    if RESUME_FOLDER not in folder_paths.folder_names_and_paths:
-        path = os.path.join(folder_paths.models_dir, RESUME_FOLDER)
-        folder_paths.folder_names_and_paths[RESUME_FOLDER] = ([path], {".safetensors"})
-
-
-def resume_dir() -> str:
-    register_resume_folder()
-    path = folder_paths.get_folder_paths(RESUME_FOLDER)[0]
-    os.makedirs(path, exist_ok=True)
-    return path
-
-
 def resume_choices() -> list[str]:
-    register_resume_folder()
+    register_folder(RESUME_FOLDER)
     return [n for n in folder_paths.get_filename_list(RESUME_FOLDER) if n.endswith(RESUME_SUFFIX)]

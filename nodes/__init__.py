@@ -6,8 +6,7 @@ from __future__ import annotations
 
 from comfy_api.v0_0_2 import ComfyExtension, io
 
-from ..comfy_glue.style_profiles import register_profile_folder
-from ..comfy_glue.training import register_resume_folder
+from ..comfy_glue.model_folders import register_folders
 from ..comfy_glue.web_routes import register_routes
 from .bake import OrthoHydraBakeLoRA
 from .dataset_cache import OrthoHydraCacheDataset
@@ -51,8 +50,7 @@ NODES: list[type[io.ComfyNode]] = [
 ]
 
 
-register_profile_folder()
-register_resume_folder()
+register_folders()
 register_routes()
 
 

@@ -13,7 +13,8 @@ from ortho_hydra.profiles import StyleProfile, load_profile, save_profile
 
 from ..comfy_glue import menus
 from ..comfy_glue.adapter_files import checked_file_name
-from ..comfy_glue.style_profiles import PROFILE_FOLDER, capture, parse_percents, profile_dir, register_profile_folder
+from ..comfy_glue.model_folders import PROFILE_FOLDER, register_folder
+from ..comfy_glue.style_profiles import capture, parse_percents, profile_dir
 from ..comfy_glue.types import StyleProfileType, reported
 
 
@@ -73,7 +74,7 @@ class OrthoHydraSaveStyle(io.ComfyNode):
 class OrthoHydraLoadStyle(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        register_profile_folder()
+        register_folder(PROFILE_FOLDER)
         return io.Schema(
             node_id="OrthoHydraLoadStyle",
             display_name="Ortho-Hydra Load Style Profile",

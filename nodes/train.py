@@ -12,10 +12,10 @@ from ortho_hydra.training import LR_SCHEDULES, TIMESTEP_SAMPLING
 
 from ..comfy_glue import menus
 from ..comfy_glue.adapter_files import checked_file_name
+from ..comfy_glue.model_folders import RESUME_FOLDER
 from ..comfy_glue.model_linears import TARGETS
 from ..comfy_glue.training import (
     INITS,
-    RESUME_FOLDER,
     TrainConfig,
     guidance_line,
     resume_choices,
