@@ -17,9 +17,31 @@ _lock = threading.Lock()
 _MAX_ENTRIES = 8
 
 
+_kinds: dict[tuple, bool] = {}
+
+
+def _is_adapter(name: str) -> bool:
+    """Whether a file's header holds routed experts (any kind this pack loads); read once per (path, size, mtime)."""
+    try:
+        key = file_fingerprint(name)
+    except (OrthoHydraError, OSError):
+        return False
+    if key not in _kinds:
+        try:
+            describe(key[0])
+            _kinds[key] = True
+        except (OrthoHydraError, OSError, ValueError):
+            _kinds[key] = False
+    return _kinds[key]
+
+
 def adapter_choices() -> list[str]:
-    """Files in ``models/loras`` a user can pick (resume sidecars are not adapters)."""
-    return [n for n in folder_paths.get_filename_list("loras") if not n.endswith(RESUME_SUFFIX)]
+    """Files in ``models/loras`` a user can pick: mixture-of-experts adapters first, then every other file (plain
+    LoRAs, which the loader refuses by name and the expert bank takes), each part in ComfyUI's order.  Resume files
+    live in their own folder and are never listed."""
+    names = [n for n in folder_paths.get_filename_list("loras") if not n.endswith(RESUME_SUFFIX)]
+    kinds = {n: n.endswith(".safetensors") and _is_adapter(n) for n in names}
+    return [n for n in names if kinds[n]] + [n for n in names if not kinds[n]]
 
 
 def resolve(name: str) -> str:

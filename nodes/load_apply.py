@@ -20,7 +20,8 @@ _CORRECTION_TIP = ("'training' restores the gates the router was trained with on
 def _lora_input() -> io.Combo.Input:
     return io.Combo.Input("lora_name", options=adapter_choices(),
                           tooltip="A Hydra / Ortho-Hydra *_moe.safetensors or ChimeraHydra *_chimera.safetensors "
-                                  "file from models/loras.")
+                                  "file from models/loras. Adapter files are listed first, plain LoRAs after them "
+                                  "(those go in the expert bank).")
 
 
 def _strict_input() -> io.Boolean.Input:

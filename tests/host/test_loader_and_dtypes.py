@@ -25,6 +25,21 @@ def test_loader_cache_picks_up_a_retrained_file(loras):
     assert not any(n.endswith(".resume.safetensors") for n in files.adapter_choices())
 
 
+def test_the_loader_lists_adapters_first_and_plain_loras_after(loras):
+    from safetensors.torch import save_file
+
+    files = import_pack().comfy_glue.adapter_files
+    w = {"lora_unet_blocks_0_mlp_layer1": torch.randn(32, 24)}
+    plain = {"lora_unet_blocks_0_mlp_layer1.lora_up.weight": torch.randn(32, 2),
+             "lora_unet_blocks_0_mlp_layer1.lora_down.weight": torch.randn(2, 24)}
+    save_file(plain, str(loras / "a_plain.safetensors"))
+    library().save(randomized_adapter(w, rank=2, experts=2, seed=1), loras / "z_styles_moe.safetensors")
+    (loras / "broken.safetensors").write_bytes(b"not a safetensors file")
+    listed = [n for n in files.adapter_choices() if n in {"a_plain.safetensors", "z_styles_moe.safetensors",
+                                                           "broken.safetensors"}]
+    assert listed == ["z_styles_moe.safetensors", "a_plain.safetensors", "broken.safetensors"]  # still listed
+
+
 def test_bf16_model_gemms_in_the_activation_dtype_fp32_gates_weights_owned_by_comfy():
     """bf16 weights: ComfyUI computes in its manual-cast dtype (fp32 on this CPU, bf16 on most GPUs); the
     adapter's GEMM operands must match what the Linear actually receives, and gates stay fp32."""
