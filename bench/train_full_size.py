@@ -231,6 +231,12 @@ def _run_core(spec: dict, model, latents, positive, phases: Phases, gemm) -> Non
     import torch
     from comfy_extras import nodes_train
 
+    from devkit.host import import_pack
+
+    # ComfyUI 0.33's own trainer cannot backward through Cosmos attention either (the kitchen op has no autograd
+    # formula); with the pack installed, the backward it registers serves every trainer in the process
+    import_pack().comfy_glue.kitchen_autograd.enable_kitchen_backward()
+
     sample = nodes_train.TrainSampler.sample
 
     def marked(sampler, *args, **kwargs):

@@ -98,8 +98,16 @@ def load_cosmos(num_blocks: int = 2, seed: int = 0, channels: int = 256, dtype: 
     state = raw.state_dict()
     del raw  # at 2B a third copy would not fit comfortably
     model.load_model_weights({k: v.clone() for k, v in state.items()} if channels <= 256 else state, "")
-    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
-                                            offload_device=mm.unet_offload_device())
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+                                               offload_device=mm.unet_offload_device())
+    # how ComfyUI 0.33's core loaders let a patcher rebuild its model (deep clones: its TrainLoraNode, multi-GPU)
+    patcher.cached_patcher_init = (_fresh_cosmos, (num_blocks, seed, channels, dtype))
+    return patcher
+
+
+def _fresh_cosmos(num_blocks: int, seed: int, channels: int, dtype: torch.dtype, disable_dynamic: bool = False):
+    """The same Cosmos stand-in again (the same seed gives the same weights), as a core loader would reload it."""
+    return load_cosmos(num_blocks, seed, channels, dtype)
 
 
 def load_anima(num_blocks: int = 2, seed: int = 0, channels: int = 256):
