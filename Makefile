@@ -44,4 +44,4 @@ bench: setup
 	$(PY) -m bench.core
 
 clean:
-	rm -rf .venv .host .hosts demo_out bench/out experiments/*/results/quick
+	rm -rf .venv .host .hosts .cache demo_out bench/out experiments/*/results/quick

@@ -41,7 +41,8 @@ same training renders and junk, with "neutral" and "junk" as its reject (it has 
 **Ink-only check** (:func:`ink_only_check`): a nearest-centroid classifier on ink mass alone, and one on ink mass
 plus the ink histogram, fitted on training characters, scored on the others.
 
-Fitted probes are cached (safetensors) under the host's ``models/ortho_hydra_probes`` by a hash of their recipe.
+Fitted probes are cached (safetensors) in ``.cache/probes`` at the repository root (``OH_PROBE_CACHE`` moves it) by a
+hash of their recipe: pure torch, so every test host shares one fit.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ import torch
 from torch import nn
 
 from . import glyph_world as gw
-from .host import COMFY_DIR
+from .host import ROOT
 
 STYLES = len(gw.STYLES)
 NEUTRAL = gw.NEUTRAL  # class index of the neutral face
@@ -74,6 +75,9 @@ UNSEEN = (*gw.SPLIT["validation"], *gw.SPLIT["held_out"])  # characters no probe
 # 25 shapes per face.  Lower-case letters shaped like a validation or held-out character (c k p u x) are left
 # out, so the never-seen characters stay unseen in every form.
 EXTRA_GLYPHS = "abdefghijlmnoqrstvwyz&?!#%@$"
+
+
+PROBE_CACHE = Path(os.environ.get("OH_PROBE_CACHE") or ROOT / ".cache" / "probes")
 
 
 class ProbeRefused(RuntimeError):
@@ -205,7 +209,7 @@ def _cached(kind: str, recipe: dict, net: nn.Module, build: Callable[[], nn.Modu
 
     from ortho_hydra.atomic import atomic_path
 
-    folder = Path(cache_dir) if cache_dir is not None else COMFY_DIR / "models" / "ortho_hydra_probes"
+    folder = Path(cache_dir) if cache_dir is not None else PROBE_CACHE
     path = folder / f"{kind}_{_stamp(recipe)}.safetensors"
     if path.is_file():
         net.load_state_dict(load_file(str(path)))

@@ -111,8 +111,11 @@ def test_every_example_workflow_uses_registered_nodes_and_runs(server, name):
     images = output_images(entry, base / "output")
     assert images and all(p.is_file() for p in images)
     shown = 0
-    for node_id, node in entry["prompt"][2].items():  # every pack node with a report shows it (UI text)
+    cached = {n for kind, data in entry["status"]["messages"] if kind == "execution_cached" for n in data["nodes"]}
+    for node_id, node in entry["prompt"][2].items():  # every pack node with a report that ran shows it (UI text)
         outputs = set(info[node["class_type"]].get("output_name", []))
+        if node_id in cached:  # answered from an earlier example's run: the host records no UI without a client
+            continue
         if node["class_type"].startswith("OrthoHydra") and ({"summary", "report", "path"} & outputs
                                                             or node["class_type"] == "OrthoHydraTrain"):
             text = entry["outputs"].get(node_id, {}).get("text", [""])
