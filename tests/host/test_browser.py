@@ -331,6 +331,23 @@ def test_mixer_after_an_expert_bank_is_named_from_the_banks_run(server, page, ui
     assert [label.split(": ", 2)[-1] for label in labels] == names
 
 
+def test_the_mixer_works_inside_a_subgraph(page, ui):
+    """A loader and its router packed into a subgraph: the router follows the links of its own graph (a subgraph's,
+    not app.graph's) to the loader and names its sliders from the file."""
+    _load(page, "demo/02_pin_blend_gallery.json")
+    page.wait_for_function(f"() => ({ROUTER})().ohMixerPending === 0", timeout=30_000)
+    inside = page.evaluate("""() => { const g = window.app.graph;
+        const kinds = ['OrthoHydraLoader', 'OrthoHydraRouter'];
+        g.convertToSubgraph(new Set(g._nodes.filter(n => kinds.includes(n.comfyClass))));
+        return [...g.subgraphs.values()].at(-1).nodes.map(n => n.comfyClass).sort(); }""")
+    assert inside == ["OrthoHydraLoader", "OrthoHydraRouter"]
+    inner = ("() => [...window.app.graph.subgraphs.values()].at(-1).nodes"
+             ".find(n => n.comfyClass === 'OrthoHydraRouter')")
+    page.evaluate(f"() => ({inner})().widgets.find(w => w.name === 'refresh experts').callback()")
+    page.wait_for_function(f"() => {{ const r = ({inner})(); return r.ohMixerPending === 0 && "
+                           "r.widgets.filter(w => w.name.startsWith('mix: w ')).length === 2; }", timeout=30_000)
+
+
 def test_a_new_trainer_keeps_its_seed(page, ui):
     """Re-queueing must not retrain a different adapter over the same file: a trainer added by hand starts 'fixed'."""
     _load(page, "demo/02_pin_blend_gallery.json")
