@@ -282,7 +282,8 @@ def test_mixer_shows_one_slider_per_expert_and_drives_the_prompt(server, page, u
     prompt = page.evaluate("async () => (await window.app.graphToPrompt()).output")
     router = next(v for v in prompt.values() if v["class_type"] == "OrthoHydraRouter")
     assert router["inputs"]["mode"] == "blend" and not any(k.startswith("mix:") for k in router["inputs"])
-    saved = f"() => window.app.graph.serialize().nodes.find(n => n.id === ({ROUTER})().id).widgets_values"
+    saved = (f"() => window.app.graph.serialize().nodes.find(n => String(n.id) === String(({ROUTER})().id))"
+             ".widgets_values")  # ids are strings in 1.49's serialisation
     widgets_before = page.evaluate(saved)
     page.evaluate("() => window.app.queuePrompt(0, 1)")
     done = srv.wait_history(before + 1)
