@@ -6,7 +6,7 @@ import functools
 
 import torch
 
-from .host import boot
+from .host import boot, import_pack
 
 
 def mmdit_state_dict(depth: int = 2, seed: int = 0, context_dim: int = 64,
@@ -152,9 +152,7 @@ def cosmos_backward_error() -> str | None:
     """None when gradients flow through this host's Cosmos-Predict2 blocks, else the host's error.  ComfyUI 0.33 runs
     Cosmos self-attention's RMS norm and RoPE as one comfy-kitchen op that has no autograd formula of its own; the
     pack's trainer registers one (``comfy_glue.kitchen_autograd``), and so does this probe, as the trainer would."""
-    from comfy_glue.kitchen_autograd import enable_kitchen_backward
-
-    enable_kitchen_backward()
+    import_pack().comfy_glue.kitchen_autograd.enable_kitchen_backward()  # the pack's module, never a top-level one
     model = load_cosmos(num_blocks=1, seed=0)
     dm = model.model.diffusion_model
     x = torch.randn(1, 16, 1, 8, 8, requires_grad=True)
