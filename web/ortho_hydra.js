@@ -292,7 +292,9 @@ function showReport(node, text) {
     box.style.cssText = "margin:0;padding:4px;font-size:10px;white-space:pre-wrap;overflow:auto;max-height:160px;"
       + "color:var(--input-text, #ddd);background:var(--comfy-input-bg, #222);border-radius:4px;";
     node.ohReport = box;
-    transient(node.addDOMWidget("report", "ortho_hydra_report", box, { serialize: false, getValue() {}, setValue() {} }));
+    // its own height range, so a box added beside another DOM widget (the trainer's chart) does not squeeze it
+    transient(node.addDOMWidget("report", "ortho_hydra_report", box, { serialize: false, getValue() {}, setValue() {},
+      getMinHeight: () => 48, getMaxHeight: () => 160 }));
   }
   box.textContent = text;
   refresh(node);
@@ -349,7 +351,7 @@ app.registerExtension({
       node.ohPoints = [];
       // not saved: the front end writes a DOM widget into widgets_values unless the widget itself says no
       transient(node.addDOMWidget("training_chart", "ortho_hydra_chart", canvas,
-        { serialize: false, getValue() {}, setValue() {} }));
+        { serialize: false, getValue() {}, setValue() {}, getMinHeight: () => 124 }));
       drawChart(node);
     }
   },
