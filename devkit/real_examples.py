@@ -35,7 +35,7 @@ SIZES = {
     "KSampler": (320, 262), "VAEDecode": (210, 46), "VAEEncode": (210, 46), "SaveImage": (400, 420),
     "PreviewImage": (400, 420), "OrthoHydraLoraBank": (360, 324), "OrthoHydraRouter": (360, 380),
     "OrthoHydraApply": (320, 102), "OrthoHydraLoader": (360, 126), "OrthoHydraLoadStyleFolders": (340, 240),
-    "OrthoHydraTrain": (360, 930), "OrthoHydraExpertGallery": (340, 334), "OrthoHydraPlotTraining": (300, 90),
+    "OrthoHydraTrain": (360, 1000), "OrthoHydraExpertGallery": (340, 334), "OrthoHydraPlotTraining": (300, 90),
 }
 # Nodes 2.0 (Vue nodes) draws each node 1.2x as wide as its saved size and as tall as its DOM needs, from the same
 # position: these are those heights, title included, at the sizes above (measured on front end 1.3x; CLIPLoader
