@@ -166,8 +166,14 @@ def _visible(page, ui: str) -> set[str]:
                     n.size[1] - n.computeSize()[1]]; }}""")
         assert (hidden_rows, holes, spare) == (0, 0, 0)  # hidden widgets leave no empty rows
     else:
-        names = page.evaluate(f"""() => Array.from(({NODE_EL})(({ROUTER})()).querySelectorAll('.lg-node-widget'))
-            .map(e => e.querySelector('textarea')?.getAttribute('aria-label') || e.innerText.trim().split('\\n')[0])""")
+        read = f"""() => Array.from(({NODE_EL})(({ROUTER})()).querySelectorAll('.lg-node-widget'))
+            .map(e => e.querySelector('textarea')?.getAttribute('aria-label') || e.innerText.trim().split('\\n')[0])"""
+        names, previous = page.evaluate(read), None
+        for _ in range(20):  # Vue renders in frames: read until two reads a few frames apart agree (busy machines)
+            if names == previous:
+                break
+            _frames(page)
+            previous, names = names, page.evaluate(read)
     return set(names) & set(ROUTER_WIDGETS)
 
 
