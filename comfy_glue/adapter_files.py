@@ -27,6 +27,8 @@ def _is_adapter(name: str) -> bool:
     except (OrthoHydraError, OSError):
         return False
     if key not in _kinds:
+        for stale in [k for k in _kinds if k[0] == key[0]]:  # a rewritten file: forget its old verdict
+            del _kinds[stale]
         try:
             describe(key[0])
             _kinds[key] = True
